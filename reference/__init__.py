@@ -1,0 +1,1 @@
+"""NumPy/CuPy reference of the diffusion mathematics behind DifNet."""
