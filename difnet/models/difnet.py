@@ -1,0 +1,165 @@
+"""DifNet: a seed branch (DeepLabV2-style scores times an importance map) diffused by a cascade
+of random walks whose transition matrices come from a second, similarity backbone (Sec. 4)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from difnet.diffusion import (
+    WALK_METHODS,
+    Cascade,
+    WalkMethod,
+    flatten_nodes,
+    transition_rows,
+    unflatten_nodes,
+)
+from difnet.models.heads import ImportanceHead, Projection, score_head, upsample
+from difnet.models.parameters import split_backbone_head
+from difnet.models.pretrained import LoadReport, PretrainedSource, load_pretrained_backbones
+from difnet.models.resnet import dilated_resnet
+from difnet.models.validation import check_images, check_num_classes
+
+NUM_LEVELS = 5  # the input image and the outputs of layer1..layer4
+DIFFUSION_STRIDES: tuple[int, ...] = (4, 8)
+
+
+@dataclass
+class DifNetOutput:
+    """Everything DifNet computes for a batch; maps are `[B, C, h, w]`.
+
+    `scores` (x), `importance` (M) and `seed` (s = M x) lie on the output-stride-8 grid;
+    `walks` (y_1..y_5) on the diffusion grid (stride 8, or 4 with `diffusion_stride=4`);
+    `logits` is y_5 upsampled to the input size; `mu`, `beta` are `[5]` tensors.
+    """
+
+    logits: Tensor
+    scores: Tensor
+    importance: Tensor
+    seed: Tensor
+    walks: list[Tensor]
+    mu: Tensor
+    beta: Tensor
+
+
+class DifNet(nn.Module):
+    """DifNet-`depth`: `model(images [B, 3, H, W])` -> logits `[B, num_classes, H, W]`.
+
+    `aspp=False` gives the paper's noASPP seed head; `walk="materialized"` builds every P_t
+    explicitly (debugging); `diffusion_stride=4` diffuses on a 2x finer grid than the seed's.
+    `pretrained_backbone` (a torchvision ResNet checkpoint path, or "imagenet") initialises
+    both backbones; the loads' missing/unexpected keys are kept in `backbone_load_reports`.
+    """
+
+    def __init__(
+        self,
+        depth: int = 50,
+        num_classes: int = 21,
+        aspp: bool = True,
+        pretrained_backbone: PretrainedSource | None = None,
+        walk: WalkMethod = "fused",
+        diffusion_stride: int = 8,
+    ) -> None:
+        super().__init__()
+        check_num_classes(num_classes)
+        if walk not in WALK_METHODS:
+            raise ValueError(f"walk must be one of {WALK_METHODS} (got {walk!r})")
+        if diffusion_stride not in DIFFUSION_STRIDES:
+            raise ValueError(
+                f"diffusion_stride must be one of {DIFFUSION_STRIDES} (got {diffusion_stride!r})"
+            )
+        self.depth, self.num_classes, self.diffusion_stride = depth, num_classes, diffusion_stride
+        self.seed_backbone = dilated_resnet(depth)
+        self.classifier = score_head(self.seed_backbone.out_channels[-1], num_classes, aspp)
+        self.importance = ImportanceHead(num_classes)
+        self.similarity_backbone = dilated_resnet(depth)
+        level_channels = (3, *self.similarity_backbone.out_channels)
+        self.projections = nn.ModuleList(Projection(c) for c in level_channels)
+        self.cascade = Cascade(NUM_LEVELS, walk)
+        self.backbone_load_reports: dict[str, LoadReport] = {}
+        if pretrained_backbone is not None:
+            backbones = {"seed": self.seed_backbone, "similarity": self.similarity_backbone}
+            self.backbone_load_reports = load_pretrained_backbones(
+                backbones, pretrained_backbone, depth
+            )
+
+    def forward(self, images: Tensor) -> Tensor:
+        """Images `[B, 3, H, W]` (ImageNet-normalised floats) -> logits `[B, K, H, W]`."""
+        return self.forward_intermediates(images).logits
+
+    def forward_intermediates(self, images: Tensor) -> DifNetOutput:
+        """The full computation: scores, importance, seed, every walk, and the walk weights."""
+        check_images(images)
+        scores = self.classifier(self.seed_backbone(images)[-1])
+        importance = self.importance(scores)
+        seed = importance * scores
+        features, grid = self._diffusion_features(images)
+        walks = self.cascade(features, flatten_nodes(upsample(seed, grid)))
+        maps = [unflatten_nodes(y, grid) for y in walks]
+        return DifNetOutput(
+            logits=upsample(maps[-1], images.shape[-2:]),
+            scores=scores,
+            importance=importance,
+            seed=seed,
+            walks=maps,
+            mu=self.cascade.mu,
+            beta=self.cascade.beta,
+        )
+
+    def _diffusion_features(self, images: Tensor) -> tuple[list[Tensor], tuple[int, int]]:
+        """`Psi_t` node features `[B, N, 64]` of the 5 levels, and the diffusion grid `(h, w)`."""
+        levels = [images, *self.similarity_backbone(images)]
+        # layer1 is at stride 4 and layer4 at the seed's stride 8
+        grid = tuple(levels[1 if self.diffusion_stride == 4 else -1].shape[-2:])
+        features = [
+            flatten_nodes(psi(level, grid))
+            for psi, level in zip(self.projections, levels, strict=True)
+        ]
+        return features, grid
+
+    def transition_rows(self, images: Tensor, nodes: Tensor | Sequence[Sequence[int]]) -> Tensor:
+        """Rows of every `P_t` for grid nodes `(row, col)` `[n, 2]`, as maps `[B, 5, n, h, w]`.
+
+        Only the `n` requested rows are computed; `(h, w)` is the diffusion grid of `images`.
+        """
+        check_images(images)
+        features, grid = self._diffusion_features(images)
+        flat = _flat_node_indices(nodes, grid, images.device)
+        rows = torch.stack([transition_rows(f, flat) for f in features], dim=1)
+        return rows.unflatten(-1, grid)
+
+    def walk_parameters(self) -> dict[str, list[float]]:
+        """The learned walk weights, `{"mu": [mu_1..mu_5], "beta": [beta_1..beta_5]}` (Table 3)."""
+        with torch.no_grad():
+            return {"mu": self.cascade.mu.tolist(), "beta": self.cascade.beta.tolist()}
+
+    def param_groups(self) -> dict[str, list[nn.Parameter]]:
+        """`"backbone"`: both ResNets (base lr); `"head"`: heads, projections and walks (10x lr)."""
+        return split_backbone_head(self, [self.seed_backbone, self.similarity_backbone])
+
+
+def _flat_node_indices(
+    nodes: Tensor | Sequence[Sequence[int]], grid: tuple[int, int], device: torch.device
+) -> Tensor:
+    """Flat indices `row * w + col` of `(row, col)` pairs `[n, 2]`, checked against the grid."""
+    nodes = torch.as_tensor(nodes, device=device)
+    if (
+        nodes.dim() != 2
+        or nodes.shape[1] != 2
+        or nodes.is_floating_point()
+        or nodes.dtype == torch.bool
+    ):
+        raise ValueError(
+            f"nodes must be integer (row, col) pairs of shape [n, 2] "
+            f"(got dtype {nodes.dtype}, shape {tuple(nodes.shape)})"
+        )
+    height, width = grid
+    rows, cols = nodes.unbind(1)
+    if bool(((rows < 0) | (rows >= height) | (cols < 0) | (cols >= width)).any()):
+        raise ValueError(
+            f"nodes must lie on the {height}x{width} diffusion grid (got {nodes.tolist()})"
+        )
+    return rows * width + cols

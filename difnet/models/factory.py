@@ -1,0 +1,52 @@
+"""Building models by name, and the parameter counts of Sec. 5 (DifNet-50 ~ Sim-DeepLab-101)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from difnet.models.difnet import DifNet
+from difnet.models.parameters import count_parameters
+from difnet.models.resnet import RESNET_DEPTHS
+from difnet.models.simdeeplab import SimDeepLab
+
+MODELS: dict[str, Callable[..., nn.Module]] = {"difnet": DifNet, "simdeeplab": SimDeepLab}
+
+
+def build_model(name: str, depth: int, num_classes: int, **kwargs: Any) -> nn.Module:
+    """`DifNet` or `SimDeepLab` (by `name`, case-insensitive) with the given depth and classes.
+
+    Extra keyword arguments go to the model's constructor (e.g. `aspp`, `walk`,
+    `diffusion_stride`, `pretrained_backbone`).
+    """
+    key = name.lower() if isinstance(name, str) else name
+    if key not in MODELS:
+        raise ValueError(f"model name must be one of {tuple(MODELS)} (got {name!r})")
+    return MODELS[key](depth=depth, num_classes=num_classes, **kwargs)
+
+
+def parameter_counts(
+    depths: Sequence[int] = RESNET_DEPTHS, num_classes: int = 21
+) -> dict[str, dict[int, int]]:
+    """`{model name: {depth: parameter count}}`, built on the meta device (no memory, no init)."""
+    with torch.device("meta"):
+        return {
+            name: {
+                depth: count_parameters(build_model(name, depth, num_classes)) for depth in depths
+            }
+            for name in MODELS
+        }
+
+
+def format_parameter_counts(counts: dict[str, dict[int, int]]) -> str:
+    """A markdown table of `parameter_counts` in millions, one row per depth."""
+    names = list(counts)
+    depths = list(next(iter(counts.values())))
+    lines = ["| depth | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    for depth in depths:
+        cells = " | ".join(f"{counts[name][depth] / 1e6:.2f} M" for name in names)
+        lines.append(f"| {depth} | {cells} |")
+    return "\n".join(lines)

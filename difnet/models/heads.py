@@ -1,0 +1,99 @@
+"""The heads on top of the backbones: class scores, importance map, the projections Psi_t,
+and the bilinear resize that brings score maps to another grid or the input size."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+ASPP_DILATIONS: tuple[int, ...] = (6, 12, 18, 24)
+PROJECTION_CHANNELS = 64
+
+
+def score_conv(in_channels: int, num_classes: int, dilation: int = 1) -> nn.Conv2d:
+    """3x3 convolution to class scores with bias, weights from N(0, 0.01) as in DeepLabV2."""
+    conv = nn.Conv2d(in_channels, num_classes, 3, padding=dilation, dilation=dilation)
+    nn.init.normal_(conv.weight, mean=0.0, std=0.01)
+    nn.init.zeros_(conv.bias)
+    return conv
+
+
+class ASPP(nn.Module):
+    """DeepLabV2 atrous spatial pyramid pooling: the **sum** of dilated 3x3 score convolutions."""
+
+    def __init__(
+        self, in_channels: int, num_classes: int, dilations: Sequence[int] = ASPP_DILATIONS
+    ) -> None:
+        super().__init__()
+        if not dilations:
+            raise ValueError("dilations must name at least one dilation rate")
+        self.branches = nn.ModuleList(score_conv(in_channels, num_classes, d) for d in dilations)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Features `[B, C, h, w]` -> scores `[B, K, h, w]`."""
+        branches = iter(self.branches)
+        scores = next(branches)(x)
+        for branch in branches:
+            scores = scores + branch(x)
+        return scores
+
+
+def score_head(in_channels: int, num_classes: int, aspp: bool = True) -> nn.Module:
+    """The seed branch's classifier: ASPP, or (the paper's "noASPP") a single 3x3 convolution."""
+    return ASPP(in_channels, num_classes) if aspp else score_conv(in_channels, num_classes)
+
+
+def _importance_conv(in_channels: int, out_channels: int) -> nn.Conv2d:
+    return nn.Conv2d(in_channels, out_channels, 5, padding=2, bias=False)
+
+
+class ImportanceHead(nn.Sequential):
+    """`M = H(x)`: BN-ReLU-conv5x5 three times (K -> 8 -> 4 -> 1), then sigmoid; `[B, 1, h, w]`."""
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__(
+            nn.BatchNorm2d(num_classes),
+            nn.ReLU(inplace=True),
+            _importance_conv(num_classes, 8),
+            nn.BatchNorm2d(8),
+            nn.ReLU(inplace=True),
+            _importance_conv(8, 4),
+            nn.BatchNorm2d(4),
+            nn.ReLU(inplace=True),
+            _importance_conv(4, 1),
+            nn.Sigmoid(),
+        )
+
+
+class Projection(nn.Module):
+    """`Psi_t`: 1x1 convolution to 64 channels (with bias), BN, adaptive max pool to the grid."""
+
+    def __init__(self, in_channels: int, out_channels: int = PROJECTION_CHANNELS) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, 1)
+        self.bn = nn.BatchNorm2d(out_channels)
+
+    def forward(self, x: Tensor, size: tuple[int, int]) -> Tensor:
+        """Features `[B, C_t, H_t, W_t]` -> `[B, 64, h, w]` (channels_last) on the grid `size`."""
+        # channels_last halves the time of Psi_0 (64 channels at full resolution) on CPU,
+        # and the pooled maps then flatten to nodes without a copy
+        x = x.contiguous(memory_format=torch.channels_last)
+        if self.training:
+            x = self.bn(self.conv(x))
+        else:  # eval BN is a per-channel affine map: fold it into the conv, one pass less
+            x = F.conv2d(x, *self._folded_conv())
+        return F.adaptive_max_pool2d(x, size)
+
+    def _folded_conv(self) -> tuple[Tensor, Tensor]:
+        """Weight and bias of the 1x1 convolution equal to `bn(conv(x))` with running statistics."""
+        scale = self.bn.weight * torch.rsqrt(self.bn.running_var + self.bn.eps)
+        weight = self.conv.weight * scale[:, None, None, None]
+        return weight, (self.conv.bias - self.bn.running_mean) * scale + self.bn.bias
+
+
+def upsample(maps: Tensor, size: Sequence[int]) -> Tensor:
+    """Bilinear resize of `[B, C, h, w]` maps to `size` (align_corners=False)."""
+    return F.interpolate(maps, size=tuple(size), mode="bilinear", align_corners=False)

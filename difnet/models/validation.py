@@ -1,0 +1,46 @@
+"""Checks at the model boundary (images, constructor arguments), so bad input fails early with
+a message that names the problem."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+MIN_IMAGE_SIZE = 16
+
+
+def check_images(images: Tensor, *, name: str = "images") -> None:
+    """Raise unless `images` is a finite float `[B, 3, H, W]` tensor with H, W >= 16.
+
+    The finiteness check reads every value; it is skipped while torch.compile or torch.export
+    traces the model, where data-dependent errors cannot be raised.
+    """
+    if not isinstance(images, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor (got {type(images).__name__})")
+    shape = tuple(images.shape)
+    if images.dim() != 4:
+        hint = "; add a batch dimension with images.unsqueeze(0)" if images.dim() == 3 else ""
+        raise ValueError(
+            f"{name} must have shape [B, 3, H, W] "
+            f"(got a {images.dim()}-D tensor of shape {shape}){hint}"
+        )
+    if shape[1] != 3:
+        raise ValueError(f"{name} must have 3 (RGB) channels in dim 1 (got shape {shape})")
+    if not images.is_floating_point():
+        raise ValueError(
+            f"{name} must be a floating-point tensor (got dtype {images.dtype}); "
+            "convert with images.float() and normalise as in training"
+        )
+    if min(shape[2:]) < MIN_IMAGE_SIZE:
+        raise ValueError(
+            f"{name} must be at least {MIN_IMAGE_SIZE}x{MIN_IMAGE_SIZE} pixels (got shape {shape})"
+        )
+    if not torch.compiler.is_compiling() and not bool(torch.isfinite(images).all()):
+        raise ValueError(f"{name} contain NaN or infinite values (shape {shape})")
+
+
+def check_num_classes(num_classes: int) -> int:
+    """`num_classes` if it is a positive int, else a `ValueError` naming it."""
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive integer (got {num_classes!r})")
+    return num_classes

@@ -1,0 +1,193 @@
+"""The walk op and cascade layers of `difnet.diffusion`, against explicit P and `reference`."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
+import reference
+from difnet.diffusion import (
+    Cascade,
+    RandomWalk,
+    flatten_nodes,
+    propagate,
+    transition_matrix,
+    transition_rows,
+    unflatten_nodes,
+)
+
+
+class LargestTensor(TorchDispatchMode):
+    """Records the element count of the largest tensor any op produces while active."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.numel = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for leaf in tree_flatten(out)[0]:
+            if isinstance(leaf, torch.Tensor):
+                self.numel = max(self.numel, leaf.numel())
+        return out
+
+
+def walk_inputs(batch, nodes, width, classes, *, scale=0.3, dtype=torch.float32, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    features = scale * torch.randn(batch, nodes, width, generator=generator, dtype=dtype)
+    values = torch.randn(batch, nodes, classes, generator=generator, dtype=dtype)
+    return features.requires_grad_(), values.requires_grad_()
+
+
+def assert_agree(actual, expected, tol=1e-5):
+    """Equal up to `tol` times the larger of 1 and the expected tensor's largest magnitude."""
+    scale = max(1.0, expected.abs().max().item())
+    torch.testing.assert_close(actual, expected, rtol=0, atol=tol * scale)
+
+
+def value_and_grads(walk, features, values, upstream):
+    out = propagate(features, values, walk=walk)
+    return (out, *torch.autograd.grad(out, (features, values), upstream))
+
+
+@given(
+    batch=st.integers(1, 3),
+    nodes=st.integers(1, 90),
+    width=st.sampled_from([8, 16, 64]),
+    classes=st.integers(1, 140),
+)
+def test_fused_matches_materialized_in_values_and_gradients(batch, nodes, width, classes):
+    features, values = walk_inputs(batch, nodes, width, classes)
+    upstream = torch.randn(batch, nodes, classes)
+    fused = value_and_grads("fused", features, values, upstream)
+    explicit = value_and_grads("materialized", features, values, upstream)
+    assert fused[0].shape == (batch, nodes, classes)
+    for a, b in zip(fused, explicit, strict=True):
+        assert_agree(a, b)
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_fused_walk_never_holds_an_n_by_n_tensor(batch):
+    nodes, classes = 1024, 21
+    features, values = walk_inputs(batch, nodes, 64, classes)
+    for walk, holds_matrix in (("fused", False), ("materialized", True)):
+        with LargestTensor() as largest:
+            out = propagate(features, values, walk=walk)
+            torch.autograd.grad(out, (features, values), torch.ones_like(out))
+        assert (largest.numel >= batch * nodes * nodes) == holds_matrix, (walk, largest.numel)
+
+
+def test_walk_is_row_stochastic_and_keeps_constants():
+    features, _ = walk_inputs(2, 30, 16, 1, scale=1.0)
+    P = transition_matrix(features.detach())
+    torch.testing.assert_close(P.sum(-1), torch.ones(2, 30))
+    constant = torch.full((2, 30, 4), 3.0)
+    torch.testing.assert_close(propagate(features.detach(), constant), constant)
+
+
+def test_transition_rows_are_rows_of_the_matrix():
+    features, _ = walk_inputs(2, 40, 16, 1, scale=1.0)
+    nodes = torch.tensor([0, 7, 39])
+    torch.testing.assert_close(
+        transition_rows(features, nodes), transition_matrix(features)[:, nodes]
+    )
+
+
+def test_propagate_matches_reference_in_float64():
+    features, values = walk_inputs(2, 50, 16, 5, scale=1.0, dtype=torch.float64)
+    P = reference.transition_matrix(features.detach().numpy())
+    expected = P @ values.detach().numpy()
+    np.testing.assert_allclose(propagate(features, values).detach().numpy(), expected, atol=1e-12)
+
+
+def test_walk_runs_in_float32_under_bfloat16_autocast():
+    features, values = walk_inputs(1, 30, 64, 3, scale=1.0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = propagate(features.bfloat16(), values)
+    assert out.dtype == torch.float32
+    expected = propagate(features.bfloat16().float(), values)
+    torch.testing.assert_close(out, expected)
+
+
+def test_unknown_walk_method_is_refused():
+    features, values = walk_inputs(1, 4, 8, 2)
+    with pytest.raises(ValueError, match="walk must be one of"):
+        propagate(features, values, walk="dense")
+    with pytest.raises(ValueError, match="walk must be one of"):
+        RandomWalk("dense")
+
+
+@pytest.mark.parametrize(
+    "features, values",
+    [((1, 5, 8), (1, 6, 2)), ((2, 5, 8), (1, 5, 2)), ((5, 8), (5, 2)), ((1, 5, 8), (1, 5, 2, 1))],
+)
+def test_mismatched_walk_inputs_name_their_shapes(features, values):
+    with pytest.raises(ValueError, match=r"must share B and N \(got"):
+        propagate(torch.zeros(features), torch.zeros(values))
+
+
+def test_random_walk_follows_eqs_4_and_5():
+    walk = RandomWalk()
+    assert walk.mu.item() == walk.beta.item() == 0.5
+    with torch.no_grad():
+        walk.raw_mu.fill_(0.3)
+        walk.raw_beta.fill_(-1.2)
+    features, y = walk_inputs(2, 25, 16, 4, scale=1.0)
+    seed = torch.randn(2, 25, 4)
+    mu, beta = torch.sigmoid(torch.tensor(0.3)), torch.sigmoid(torch.tensor(-1.2))
+    restarted = mu * transition_matrix(features) @ y + (1 - mu) * seed
+    expected = beta * restarted + (1 - beta) * y
+    torch.testing.assert_close(walk(features, y, seed), expected)
+
+
+@pytest.mark.parametrize("walk", ["fused", "materialized"])
+def test_cascade_matches_reference_cascade(walk):
+    torch.manual_seed(0)
+    cascade = Cascade(3, walk).double()
+    with torch.no_grad():
+        for layer, (raw_mu, raw_beta) in zip(
+            cascade.walks, [(-0.4, 0.2), (0.0, 1.1), (2.0, -0.7)], strict=True
+        ):
+            layer.raw_mu.fill_(raw_mu)
+            layer.raw_beta.fill_(raw_beta)
+    features = [torch.randn(2, 36, 8, dtype=torch.float64) for _ in range(3)]
+    seed = torch.randn(2, 36, 5, dtype=torch.float64)
+    outputs = cascade(features, seed)
+    expected = reference.cascade(
+        [reference.transition_matrix(f.numpy()) for f in features],
+        seed.numpy(),
+        cascade.mu.tolist(),
+        cascade.beta.tolist(),
+    )
+    assert len(outputs) == 3
+    for ours, theirs in zip(outputs, expected[1:], strict=True):
+        np.testing.assert_allclose(ours.detach().numpy(), theirs, rtol=0, atol=1e-10)
+
+
+def test_cascade_gradients_reach_every_walk_weight_and_feature():
+    cascade = Cascade(2)
+    features = [walk_inputs(1, 20, 8, 1, seed=i)[0] for i in range(2)]
+    seed = torch.randn(1, 20, 3, requires_grad=True)
+    cascade(features, seed)[-1].square().sum().backward()
+    for tensor in [*cascade.parameters(), *features, seed]:
+        assert tensor.grad is not None and tensor.grad.abs().sum() > 0
+
+
+def test_cascade_refuses_a_wrong_number_of_feature_tensors():
+    with pytest.raises(ValueError, match="expected 3 feature tensors"):
+        Cascade(3)([torch.zeros(1, 4, 8)] * 2, torch.zeros(1, 4, 2))
+    with pytest.raises(ValueError, match="num_walks"):
+        Cascade(0)
+
+
+def test_flatten_and_unflatten_nodes_round_trip():
+    maps = torch.randn(2, 5, 3, 4)
+    nodes = flatten_nodes(maps)
+    assert nodes.shape == (2, 12, 5) and nodes.is_contiguous()
+    torch.testing.assert_close(nodes[:, 1 * 4 + 2], maps[:, :, 1, 2])
+    torch.testing.assert_close(unflatten_nodes(nodes, (3, 4)), maps)
