@@ -1,0 +1,367 @@
+"""The `difnet` command line: `train`, `evaluate`, `predict`, `visualize` and `demo`.
+
+Each subcommand is a thin layer over the library; errors the library raises for bad input
+(`ValueError`, `TypeError`, missing or existing files) are printed as `difnet: error: ...`
+with exit status 2, like argparse's own errors, instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from difnet import __version__
+from difnet.training.loop import NonFiniteLossError
+
+TRAINING_FAILED = 1
+USAGE_ERROR = 2
+INTERRUPTED = 130
+BOUNDARY_ERRORS = (
+    ValueError, TypeError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
+)
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Shows defaults and keeps the hand-wrapped examples of each epilog."""
+
+
+def pixel(text: str) -> tuple[int, int]:
+    """argparse type of a `y,x` pixel."""
+    try:
+        y, x = (int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a pixel as y,x (e.g. 40,60), got {text!r}") from None
+    return y, x
+
+
+def positive_scale(text: str) -> float:
+    """argparse type of an inference scale factor (> 0)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"scales must be positive, got {text!r}")
+    return value
+
+
+def default_device() -> str:
+    """`cuda` when a GPU is visible, else `cpu`."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def add_checkpoint_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", type=Path, required=True, metavar="PATH",
+                        help="a checkpoint written by `difnet train` (best.pt or last.pt)")
+
+
+def add_device_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default=default_device(), help="torch device to run on")
+
+
+def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--scales", type=positive_scale, nargs="+", default=[1.0], metavar="S",
+                        help="image scales whose predictions are averaged (e.g. 0.75 1 1.25)")
+    parser.add_argument("--flip", action="store_true", help="also average horizontally flipped predictions")
+    add_device_argument(parser)
+
+
+def load_checkpoint_model(path: Path) -> tuple[torch.nn.Module, dict]:
+    """The model and metadata of a checkpoint (`difnet.training.checkpoint.load_model`)."""
+    from difnet.training.checkpoint import load_model
+
+    return load_model(path)
+
+
+def checkpoint_palette(metadata: dict, num_classes: int) -> list[tuple[int, int, int]]:
+    """The palette stored in a checkpoint, or a generic one for its number of classes."""
+    from difnet.data.palettes import generic_palette
+
+    palette = metadata.get("palette")
+    return [tuple(c) for c in palette] if palette else generic_palette(num_classes)
+
+
+# --- train -------------------------------------------------------------------------------------
+
+TRAIN_EPILOG = """\
+examples:
+  # DifNet-18 on generated scenes (no data needed), a few minutes on a CPU
+  difnet train --model difnet --depth 18 --dataset synthetic --epochs 5 --output-dir runs/syn
+
+  # the paper's recipe on Pascal VOC 2012 + SBD (see examples/train_voc.py for the layout)
+  difnet train --model difnet --depth 50 --dataset voc --data-root /data/VOCdevkit/VOC2012 \\
+      --train-split train_aug --output-dir runs/voc-difnet50
+
+  # continue an interrupted run exactly where it stopped
+  difnet train ... --resume runs/voc-difnet50/last.pt
+
+The output directory receives last.pt, best.pt, log.jsonl and config.json.
+"""
+
+
+def add_train_parser(subparsers: argparse._SubParsersAction) -> None:
+    from difnet.training import TrainConfig
+
+    parser = subparsers.add_parser(
+        "train", help="train DifNet or Sim-DeepLab with the paper's recipe",
+        description="Train a segmentation model; every option of the recipe can be overridden.",
+        epilog=TRAIN_EPILOG, formatter_class=HelpFormatter,
+    )
+    TrainConfig.add_arguments(parser)
+    parser.set_defaults(run=run_train)
+
+
+def run_train(args: argparse.Namespace) -> None:
+    from difnet.training import TrainConfig, train
+
+    result = train(TrainConfig.from_args(args))
+    if result.best_miou is not None:
+        print(f"best val mIoU: {100 * result.best_miou:.2f}")
+    for name, path in result.checkpoint_paths.items():
+        print(f"{name} checkpoint: {path}")
+
+
+# --- evaluate ----------------------------------------------------------------------------------
+
+EVALUATE_EPILOG = """\
+examples:
+  # the validation split the checkpoint was trained against
+  difnet evaluate --checkpoint runs/syn/best.pt
+
+  # CamVid val with multi-scale and flip averaging, metrics to JSON
+  difnet evaluate --checkpoint runs/camvid/best.pt --dataset camvid \\
+      --data-root ../shared/data/camvid --split val --scales 0.75 1 1.25 --flip \\
+      --output camvid-val.json
+"""
+
+
+def add_evaluate_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "evaluate", help="mIoU, per-class IoU and accuracies of a checkpoint on a dataset split",
+        description="Evaluate a checkpoint on whole images and print the metrics table.",
+        epilog=EVALUATE_EPILOG, formatter_class=HelpFormatter,
+    )
+    add_checkpoint_argument(parser)
+    parser.add_argument("--dataset", help="dataset name (default: the checkpoint's)")
+    parser.add_argument("--data-root", type=Path, help="dataset root (default: the checkpoint's)")
+    parser.add_argument("--split", help="split to evaluate (default: the checkpoint's validation split)")
+    add_inference_arguments(parser)
+    parser.add_argument("--output", type=Path, metavar="JSON", help="also write the metrics to this JSON file")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
+    parser.set_defaults(run=run_evaluate)
+
+
+def run_evaluate(args: argparse.Namespace) -> None:
+    from difnet.data import EvalTransform
+    from difnet.evaluation import evaluate
+    from difnet.predict import output_paths_free
+    from difnet.training import TrainConfig
+
+    if args.output is not None:
+        output_paths_free([args.output], overwrite=args.overwrite)
+    model, metadata = load_checkpoint_model(args.checkpoint)
+    settings = {**metadata["config"], "num_classes": model.num_classes}
+    if args.dataset is not None:
+        settings["dataset"] = args.dataset
+    if args.data_root is not None:
+        settings["data_root"] = str(args.data_root)
+    config = TrainConfig.from_dict(settings)
+    dataset = config.build_dataset(args.split or config.val_split or "val", EvalTransform())
+    result = evaluate(model, dataset, scales=tuple(args.scales), flip=args.flip, device=args.device)
+    print(result.format_table())
+    if args.output is not None:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+        print(f"metrics written to {args.output}")
+
+
+# --- predict -----------------------------------------------------------------------------------
+
+PREDICT_EPILOG = """\
+examples:
+  # one image -> masks/street.png (class ids, coloured by the checkpoint's palette)
+  difnet predict --checkpoint runs/camvid/best.pt --input street.jpg --output masks
+
+  # every image of a folder, with colour overlays and flip averaging
+  difnet predict --checkpoint best.pt --input photos/ --output masks --overlay --flip
+
+Masks are palette PNGs: pixel values are class ids, so they load back as label maps.
+"""
+
+
+def add_predict_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "predict", help="segment images into palette PNG masks",
+        description="Segment an image or a folder of images with a trained checkpoint.",
+        epilog=PREDICT_EPILOG, formatter_class=HelpFormatter,
+    )
+    add_checkpoint_argument(parser)
+    parser.add_argument("--input", type=Path, required=True, metavar="IMG_OR_DIR",
+                        help="an image file or a directory of images")
+    parser.add_argument("--output", type=Path, required=True, metavar="DIR",
+                        help="directory for <name>.png masks (created if missing)")
+    parser.add_argument("--overlay", action="store_true",
+                        help="also write <name>_overlay.png, the mask blended over the image")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    add_inference_arguments(parser)
+    parser.set_defaults(run=run_predict)
+
+
+def run_predict(args: argparse.Namespace) -> None:
+    from difnet.predict import find_images, predict_files
+
+    images = find_images(args.input)
+    model, metadata = load_checkpoint_model(args.checkpoint)
+    written = predict_files(
+        model, images, args.output, checkpoint_palette(metadata, model.num_classes),
+        overlay=args.overlay, overwrite=args.overwrite, scales=tuple(args.scales),
+        flip=args.flip, device=args.device,
+    )
+    print(f"wrote {len(written)} file(s) to {args.output}")
+
+
+# --- visualize ---------------------------------------------------------------------------------
+
+VISUALIZE_EPILOG = """\
+examples:
+  difnet visualize --checkpoint runs/camvid/best.pt --image 0001TP_008550.png \\
+      --label 0001TP_008550_annot.png --output figures --pixels 120,200 60,300
+
+Writes fig2_maps.png (image, ground truth, score-map argmax, influence map E = sum_k |x_k|,
+importance map M), fig3_transitions.png (rows of P_1..P_5 of the chosen pixels),
+fig4_walks.png (seed and the output after each walk) and table3_walk_parameters.png (learned
+mu_t, beta_t, also printed). Without --pixels, one pixel per large predicted region is chosen.
+Label values outside the checkpoint's classes are shown as ignored (white).
+"""
+
+
+def add_visualize_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "visualize", help="the paper's mechanism figures (Figs. 2-4, Table 3) for one image",
+        description="Draw DifNet's score, importance, transition and walk maps for one image.",
+        epilog=VISUALIZE_EPILOG, formatter_class=HelpFormatter,
+    )
+    add_checkpoint_argument(parser)
+    parser.add_argument("--image", type=Path, required=True, help="the input image")
+    parser.add_argument("--label", type=Path, help="its ground-truth mask (class ids; palette or grey PNG)")
+    parser.add_argument("--output", type=Path, required=True, metavar="DIR", help="directory for the PNGs")
+    parser.add_argument("--pixels", type=pixel, nargs="+", metavar="Y,X",
+                        help="image pixels whose transition rows Fig. 3 shows")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing figures")
+    add_device_argument(parser)
+    parser.set_defaults(run=run_visualize)
+
+
+def read_label(path: Path, num_classes: int) -> np.ndarray:
+    """A mask file as class ids `[H, W]`; values outside `[0, num_classes)` become 255 (ignore)."""
+    from difnet.predict import read_image
+
+    read_image(path)  # the same clear errors as for images
+    with Image.open(path) as image:
+        if image.mode not in ("P", "L", "I", "I;16"):
+            raise ValueError(f"label {path} must be a palette or greyscale PNG of class ids (got mode {image.mode})")
+        label = np.asarray(image).astype(np.int64)
+    label[(label < 0) | (label >= num_classes)] = 255
+    return label
+
+
+def run_visualize(args: argparse.Namespace) -> None:
+    from difnet.predict import read_image
+    from difnet.visualize import format_walk_parameters, write_mechanism_figures
+
+    image = read_image(args.image)
+    model, metadata = load_checkpoint_model(args.checkpoint)
+    label = read_label(args.label, model.num_classes) if args.label else None
+    paths = write_mechanism_figures(
+        model, image, args.output, label=label,
+        palette=checkpoint_palette(metadata, model.num_classes),
+        class_names=metadata.get("class_names"), pixels=args.pixels,
+        overwrite=args.overwrite, device=args.device,
+    )
+    print(format_walk_parameters(model.walk_parameters()))
+    for path in paths.values():
+        print(f"wrote {path}")
+
+
+# --- demo --------------------------------------------------------------------------------------
+
+DEMO_EPILOG = """\
+examples:
+  difnet demo                     # about 5 minutes on a laptop CPU
+  difnet demo --quick             # a 20-second smoke run (numbers are not meaningful)
+  difnet demo --steps 400 --size 96 --output my-demo --overwrite
+
+Both models train from scratch with the same recipe, seed and number of steps on generated
+scenes; the demo prints their per-class IoU and mIoU and writes demo.png (image, ground
+truth, seed, importance map, every walk output and both predictions) and results.json.
+"""
+
+
+def add_demo_parser(subparsers: argparse._SubParsersAction) -> None:
+    from difnet.demo import DemoConfig
+
+    parser = subparsers.add_parser(
+        "demo", help="train DifNet-18 and Sim-DeepLab-18 on generated scenes and compare them",
+        description="Train, evaluate and compare DifNet-18 and Sim-DeepLab-18 on SyntheticShapes, on CPU.",
+        epilog=DEMO_EPILOG, formatter_class=HelpFormatter,
+    )
+    DemoConfig.add_arguments(parser)
+    parser.set_defaults(run=run_demo)
+
+
+def run_demo(args: argparse.Namespace) -> None:
+    from difnet.demo import DemoConfig, run_demo as demo
+
+    result = demo(DemoConfig.from_args(args))
+    print(result.format_table())
+    print(f"figure: {result.figure_path}")
+    print(f"results: {result.results_path}")
+
+
+# --- main --------------------------------------------------------------------------------------
+
+PARSERS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
+    add_train_parser, add_evaluate_parser, add_predict_parser, add_visualize_parser, add_demo_parser,
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `difnet` parser with one subparser per subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="difnet",
+        description="DifNet: semantic segmentation by diffusion networks (NeurIPS 2018).",
+        epilog="Start with `difnet demo`; `difnet <command> --help` explains each command.",
+    )
+    parser.add_argument("--version", action="version", version=f"difnet {__version__}")
+    subparsers = parser.add_subparsers(title="commands", dest="command", required=True, metavar="COMMAND")
+    for add_parser in PARSERS:
+        add_parser(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the `difnet` command line; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        args.run(args)
+    except BOUNDARY_ERRORS as error:
+        print(f"difnet: error: {error}", file=sys.stderr)
+        return USAGE_ERROR
+    except NonFiniteLossError as error:
+        print(f"difnet: training stopped: {error}", file=sys.stderr)
+        return TRAINING_FAILED
+    except KeyboardInterrupt:
+        print("difnet: interrupted", file=sys.stderr)
+        return INTERRUPTED
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

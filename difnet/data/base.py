@@ -1,0 +1,249 @@
+"""Dataset base classes: class metadata and the transform for every dataset, plus reading and
+checking of image/mask file pairs, so that each concrete dataset only lists where its files live.
+
+When each check runs:
+
+* at construction (cheap, and a mistake in the layout should fail before training starts): the
+  root, folders and split list exist, the split is not empty, and every listed image and mask
+  file exists;
+* when an item is read (it needs the file decoded): the image and mask decode (corrupt or
+  truncated files), the mask is single-channel, both have the same size, and every label value
+  lies in `[0, num_classes)` or is 255 (ignore).
+
+Every error names the file, folder or value at fault.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import ClassVar
+
+import numpy as np
+from PIL import Image
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from difnet.data.palettes import IGNORE_INDEX, Colour
+from difnet.data.transforms import EvalTransform
+
+Transform = Callable[[np.ndarray, np.ndarray], tuple[Tensor, Tensor]]
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm")
+MASK_MODES = ("P", "L", "I;16", "I")
+MAX_CLASSES = IGNORE_INDEX  # class ids must stay below the ignore value
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One image file and the mask file that labels it."""
+
+    image: Path
+    mask: Path
+
+
+class SegmentationDataset(Dataset[tuple[Tensor, Tensor]]):
+    """A segmentation dataset: `(image float32 [3, H, W], label int64 [H, W])` items, 255 = ignore.
+
+    Subclasses implement `__len__` and `load`; the transform (by default `EvalTransform`, whole
+    image and ImageNet normalisation) is applied here.
+    """
+
+    ignore_index: int = IGNORE_INDEX
+
+    def __init__(
+        self,
+        class_names: Sequence[str],
+        palette: Sequence[Colour],
+        transform: Transform | None = None,
+        *,
+        resize: tuple[int, int] | None = None,
+    ) -> None:
+        if not 1 <= len(class_names) <= MAX_CLASSES:
+            raise ValueError(f"a dataset needs 1 to {MAX_CLASSES} classes (got {len(class_names)})")
+        if len(palette) != len(class_names):
+            raise ValueError(f"palette has {len(palette)} colours for {len(class_names)} classes")
+        if transform is not None and not callable(transform):
+            raise TypeError(
+                f"transform must be callable as transform(image, label) (got {transform!r})"
+            )
+        self.class_names = list(class_names)
+        self.palette = [tuple(int(v) for v in colour) for colour in palette]
+        self.transform = transform if transform is not None else EvalTransform()
+        self.resize = check_resize(resize)
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes; labels hold ids in `[0, num_classes)` and 255."""
+        return len(self.class_names)
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Item `index` before the transform: `(uint8 [H, W, 3] RGB image, uint8 [H, W] label)`."""
+        raise NotImplementedError
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+        size = len(self)
+        if not -size <= index < size:
+            raise IndexError(f"index {index} is out of range for a dataset of {size} items")
+        image, label = self.load(index % size)
+        if self.resize is not None and image.shape[:2] != self.resize:
+            height, width = self.resize
+            image = np.asarray(
+                Image.fromarray(image).resize((width, height), Image.Resampling.BILINEAR)
+            )
+            label = np.asarray(
+                Image.fromarray(label).resize((width, height), Image.Resampling.NEAREST)
+            )
+        return self.transform(image, label)
+
+
+class FilePairDataset(SegmentationDataset):
+    """Image/mask file pairs read with PIL and checked (see the module docstring for when).
+
+    `label_remap` maps raw mask values to class ids or 255 before the values are checked (CamVid
+    stores its "unlabelled" class as 11).
+    """
+
+    label_remap: ClassVar[Mapping[int, int]] = {}
+
+    def __init__(
+        self,
+        samples: Iterable[Sample],
+        class_names: Sequence[str],
+        palette: Sequence[Colour],
+        transform: Transform | None = None,
+        *,
+        source: str,
+        resize: tuple[int, int] | None = None,
+    ) -> None:
+        super().__init__(class_names, palette, transform, resize=resize)
+        self.samples = list(samples)
+        if not self.samples:
+            raise ValueError(f"{source} lists no images")
+        check_files_exist(self.samples, source)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        sample = self.samples[index]
+        image, label = read_image(sample.image), read_mask(sample.mask)
+        if image.shape[:2] != label.shape:
+            raise ValueError(
+                f"image {sample.image} is {image.shape[0]}x{image.shape[1]} (HxW) but its mask "
+                f"{sample.mask} is {label.shape[0]}x{label.shape[1]}"
+            )
+        return image, self.class_ids(label, sample.mask)
+
+    def class_ids(self, raw: np.ndarray, path: Path) -> np.ndarray:
+        """Mask values read from `path` as `uint8` class ids, after `label_remap` and checks."""
+        label = raw.copy()
+        for value, class_id in self.label_remap.items():
+            label[raw == value] = class_id
+        values = np.unique(label)
+        bad = values[((values < 0) | (values >= self.num_classes)) & (values != IGNORE_INDEX)]
+        if bad.size:
+            raise ValueError(
+                f"mask {path} holds values {bad[:10].tolist()} outside [0, {self.num_classes}) "
+                f"and {IGNORE_INDEX} (ignore)"
+            )
+        return label.astype(np.uint8)
+
+
+def check_resize(resize: Sequence[int] | None) -> tuple[int, int] | None:
+    """`resize` as `(height, width)` of positive ints, or None (keep each file's size)."""
+    if resize is None:
+        return None
+    if len(resize) != 2 or not all(isinstance(v, int) and v > 0 for v in resize):
+        raise ValueError(f"resize must be (height, width) of positive ints (got {resize!r})")
+    return int(resize[0]), int(resize[1])
+
+
+def check_files_exist(samples: Sequence[Sample], source: str) -> None:
+    """Raise `FileNotFoundError` naming the first listed image or mask that is missing."""
+    missing_images = [s.image for s in samples if not s.image.is_file()]
+    if missing_images:
+        raise FileNotFoundError(
+            f"image {missing_images[0]} listed by {source} does not exist "
+            f"({len(missing_images)} of {len(samples)} images missing)"
+        )
+    missing_masks = [s for s in samples if not s.mask.is_file()]
+    if missing_masks:
+        raise FileNotFoundError(
+            f"image {missing_masks[0].image} has no mask: expected {missing_masks[0].mask} "
+            f"({len(missing_masks)} of {len(samples)} masks missing)"
+        )
+
+
+def read_image(path: Path) -> np.ndarray:
+    """An image file as `uint8 [H, W, 3]` RGB; a file PIL cannot decode raises a `ValueError`."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return np.asarray(image.convert("RGB"))
+    except (OSError, SyntaxError, ValueError) as error:
+        raise ValueError(f"cannot read image {path}: {error}") from error
+
+
+def read_mask(path: Path) -> np.ndarray:
+    """A single-channel mask file as its integer `[H, W]` values (palette indices, not colours)."""
+    try:
+        with Image.open(path) as mask:
+            mask.load()
+            mode, values = mask.mode, np.asarray(mask)
+    except (OSError, SyntaxError, ValueError) as error:
+        raise ValueError(f"cannot read mask {path}: {error}") from error
+    if mode not in MASK_MODES:
+        raise ValueError(
+            f"mask {path} is a mode-{mode!r} image; expected single-channel class ids "
+            "(a palette 'P' or grayscale 'L' PNG), not colours"
+        )
+    return values
+
+
+def dataset_root(
+    root: str | Path, marker: str, *, nested: Sequence[str] = (), expected: str
+) -> Path:
+    """`root`, or the folder `root / nested[i]` below it, whichever holds `marker`.
+
+    `expected` describes the layout for the error raised when neither does.
+    """
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise FileNotFoundError(f"dataset root {root} does not exist; expected {expected}")
+    for candidate in (root, *(root / folder for folder in nested)):
+        if (candidate / marker).exists():
+            return candidate
+    raise FileNotFoundError(f"dataset root {root} has no {marker}; expected {expected}")
+
+
+def require_dir(path: Path, expected: str) -> Path:
+    """`path` if it is a folder, else a `FileNotFoundError` saying what it should hold."""
+    if not path.is_dir():
+        raise FileNotFoundError(f"folder {path} not found; expected {expected}")
+    return path
+
+
+def check_split(split: str, splits: Sequence[str], dataset: str) -> None:
+    """Raise a `ValueError` unless `split` is one of `splits`."""
+    if split not in splits:
+        raise ValueError(f"unknown {dataset} split {split!r}; choose one of {', '.join(splits)}")
+
+
+def read_list(path: Path, expected: str) -> list[list[str]]:
+    """The whitespace-separated fields of each non-empty line of a split list file."""
+    if not path.is_file():
+        raise FileNotFoundError(f"split file {path} not found; expected {expected}")
+    lines = [line.split() for line in path.read_text().splitlines() if line.strip()]
+    if not lines:
+        raise ValueError(f"split file {path} is empty")
+    return lines
+
+
+def foreign_path(text: str) -> PurePosixPath:
+    """A path written on another machine (POSIX or Windows separators), for its last parts."""
+    return PurePosixPath(text.replace("\\", "/"))

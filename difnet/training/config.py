@@ -1,0 +1,265 @@
+"""The training recipe as data: the paper's defaults, overridable from the command line, printed
+at start and stored in every checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import numbers
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import torch
+
+from difnet.data import DATASETS, TrainTransform, build_dataset
+from difnet.data.base import SegmentationDataset, Transform
+from difnet.devices import parse_device
+from difnet.diffusion import WALK_METHODS
+from difnet.models import MODELS, RESNET_DEPTHS
+
+NONFINITE_POLICIES = ("stop", "skip")
+SYNTHETIC_DEFAULT_CLASSES = 5
+SYNTHETIC_DEFAULT_SIZE = 64
+
+
+def default_device() -> str:
+    """`cuda` when a GPU is visible, else `cpu`."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run. Defaults are the paper's recipe (Sec. 5): SGD
+    with momentum 0.9, weight decay 5e-4, poly decay (power 0.9) per iteration, heads at 10x
+    the backbone learning rate, batch 16, random scale 0.5-1.5, 321x321 crops and flips.
+
+    `batch_size` is per process and per forward pass; the optimiser steps every `accumulate`
+    batches, so one step sees `batch_size * accumulate * processes` images.
+    """
+
+    model: str = "difnet"
+    depth: int = 50
+    aspp: bool = True
+    walk: str = "fused"
+    diffusion_stride: int = 8
+    pretrained_backbone: str | None = None
+    dataset: str = "voc"
+    data_root: str | None = None
+    train_split: str = "train"
+    val_split: str | None = "val"
+    num_classes: int | None = None
+    image_size: tuple[int, int] | None = None
+    crop_size: tuple[int, int] = (321, 321)
+    scale_range: tuple[float, float] = (0.5, 1.5)
+    flip: bool = True
+    batch_size: int = 16
+    accumulate: int = 1
+    epochs: int = 200
+    max_steps_per_epoch: int | None = None
+    lr: float = 0.01
+    head_lr_mult: float = 10.0
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    poly_power: float = 0.9
+    bf16: bool = False
+    seed: int = 0
+    workers: int = 2
+    device: str = field(default_factory=default_device)
+    output_dir: str = "runs/difnet"
+    overwrite: bool = False
+    resume: str | None = None
+    eval_every: int = 1
+    on_nonfinite: str = "stop"
+    log_every: int = 10
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        self.crop_size = _pair(self.crop_size, "crop_size")
+        if self.image_size is not None:
+            self.image_size = _pair(self.image_size, "image_size")
+        self.scale_range = tuple(float(s) for s in self.scale_range)
+        self.check()
+
+    def check(self) -> None:
+        """Raise a `ValueError` (a `TypeError` for a non-number) naming the first bad setting."""
+        self._check_choices()
+        self._check_counts()
+        self._check_rates()
+        parse_device(self.device)
+        if self.dataset == "folder" and self.num_classes is None:
+            raise ValueError("dataset 'folder' needs num_classes (--num-classes)")
+
+    def _check_choices(self) -> None:
+        choices = {
+            "model": (self.model, tuple(MODELS)),
+            "depth": (self.depth, RESNET_DEPTHS),
+            "walk": (self.walk, WALK_METHODS),
+            "diffusion_stride": (self.diffusion_stride, (4, 8)),
+            "dataset": (self.dataset, DATASETS),
+            "on_nonfinite": (self.on_nonfinite, NONFINITE_POLICIES),
+        }
+        for name, (value, allowed) in choices.items():
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(map(str, allowed))} (got {value!r})")
+
+    def _check_counts(self) -> None:
+        positive = {
+            "batch_size": self.batch_size, "accumulate": self.accumulate, "epochs": self.epochs,
+            "eval_every": self.eval_every, "log_every": self.log_every,
+            "max_steps_per_epoch": self.max_steps_per_epoch, "num_classes": self.num_classes,
+        }  # fmt: skip
+        for name, value in positive.items():
+            if value is not None and not _is_int(value, minimum=1):
+                raise ValueError(f"{name} must be a positive integer (got {value!r})")
+        for name in ("workers", "seed"):
+            if not _is_int(getattr(self, name), minimum=0):
+                raise ValueError(f"{name} must be a non-negative integer (got {getattr(self, name)!r})")
+
+    def _check_rates(self) -> None:
+        for name in ("lr", "head_lr_mult"):
+            if not _finite(getattr(self, name), name) > 0:
+                raise ValueError(f"{name} must be positive (got {getattr(self, name)!r})")
+        for name in ("momentum", "weight_decay", "poly_power"):
+            if not _finite(getattr(self, name), name) >= 0:
+                raise ValueError(f"{name} must be non-negative (got {getattr(self, name)!r})")
+        low, high = (_finite(value, "scale_range") for value in self.scale_range)
+        if not 0 < low <= high:
+            raise ValueError(
+                f"scale_range must be (low, high) with 0 < low <= high (got {self.scale_range!r})"
+            )
+
+    # --- datasets ------------------------------------------------------------------------------
+
+    def dataset_options(self) -> dict[str, Any]:
+        """Keyword options of `build_dataset` for this config's dataset."""
+        if self.dataset == "synthetic":
+            return {
+                "num_classes": self.num_classes or SYNTHETIC_DEFAULT_CLASSES,
+                "size": self.image_size or SYNTHETIC_DEFAULT_SIZE,
+                "seed": self.seed,
+            }
+        if self.dataset == "folder":
+            return {"num_classes": self.num_classes}
+        if self.dataset == "camvid" and self.image_size is not None:
+            return {"resize": self.image_size}
+        return {}
+
+    def train_transform(self) -> TrainTransform:
+        """The paper's augmentation with this config's crop, scale range and flip."""
+        return TrainTransform(self.crop_size, self.scale_range, self.flip)
+
+    def build_dataset(self, split: str, transform: Transform | None = None) -> SegmentationDataset:
+        """The `split` of this config's dataset, read with `transform`."""
+        return build_dataset(self.dataset, self.data_root, split, transform, **self.dataset_options())
+
+    # --- serialisation -------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-typed settings (tuples as lists), for JSON and for checkpoints."""
+        return json.loads(json.dumps(asdict(self)))
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        """The config of `to_dict`'s output; unknown keys are refused by name."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown training settings: {', '.join(unknown)}")
+        return cls(**values)
+
+    def format(self) -> str:
+        """One `name = value` line per setting, for the start of a run's log."""
+        return "\n".join(f"  {name} = {value!r}" for name, value in asdict(self).items())
+
+    # --- command line --------------------------------------------------------------------------
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        """One option per setting, defaulting to the paper's recipe."""
+        d = cls(device="cpu")
+        model = parser.add_argument_group("model")
+        model.add_argument("--model", choices=tuple(MODELS), default=d.model, help="architecture")
+        model.add_argument("--depth", type=int, choices=RESNET_DEPTHS, default=d.depth, help="ResNet depth")
+        model.add_argument("--no-aspp", dest="aspp", action="store_false",
+                           help="DifNet's noASPP seed head (one 3x3 conv instead of ASPP)")
+        model.add_argument("--walk", choices=WALK_METHODS, default=d.walk,
+                           help="how P_t y is computed (materialized: explicit P, for debugging)")
+        model.add_argument("--diffusion-stride", type=int, choices=(4, 8), default=d.diffusion_stride,
+                           help="output stride of the grid the walks run on")
+        model.add_argument("--pretrained-backbone", metavar="PATH_OR_imagenet",
+                           help="torchvision ResNet checkpoint for the backbones, or 'imagenet'")
+        data = parser.add_argument_group("data")
+        data.add_argument("--dataset", choices=DATASETS, default=d.dataset, help="dataset to train on")
+        data.add_argument("--data-root", help="folder holding the dataset (not needed for synthetic)")
+        data.add_argument("--train-split", default=d.train_split, help="split to train on (voc: train_aug for SBD)")
+        data.add_argument("--val-split", default=d.val_split,
+                          help="split evaluated after each epoch; 'none' to skip evaluation")
+        data.add_argument("--num-classes", type=int,
+                          help="number of classes (folder: required; synthetic: default 5)")
+        data.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"),
+                          help="resize every image on load (camvid) or the scene size (synthetic)")
+        data.add_argument("--crop-size", type=int, nargs="+", default=list(d.crop_size), metavar="PX",
+                          help="training crop: one side for a square, or H W")
+        data.add_argument("--scale-range", type=float, nargs=2, default=list(d.scale_range),
+                          metavar=("LOW", "HIGH"), help="random rescaling range before the crop")
+        data.add_argument("--no-flip", dest="flip", action="store_false", help="no random horizontal flips")
+        data.add_argument("--workers", type=int, default=d.workers, help="data-loading processes")
+        optim = parser.add_argument_group("optimisation")
+        optim.add_argument("--batch-size", type=int, default=d.batch_size, help="images per process and forward pass")
+        optim.add_argument("--accumulate", type=int, default=d.accumulate,
+                           help="forward passes whose gradients are summed per optimiser step")
+        optim.add_argument("--epochs", type=int, default=d.epochs, help="passes over the training split")
+        optim.add_argument("--max-steps-per-epoch", type=int, help="cut each epoch short (quick runs)")
+        optim.add_argument("--lr", type=float, default=d.lr, help="backbone learning rate")
+        optim.add_argument("--head-lr-mult", type=float, default=d.head_lr_mult,
+                           help="learning-rate factor of the heads, projections and walks")
+        optim.add_argument("--momentum", type=float, default=d.momentum, help="SGD momentum")
+        optim.add_argument("--weight-decay", type=float, default=d.weight_decay, help="L2 weight decay")
+        optim.add_argument("--poly-power", type=float, default=d.poly_power, help="power of the poly schedule")
+        optim.add_argument("--bf16", action="store_true", help="bfloat16 autocast (fast on GPUs; slow on many CPUs)")
+        optim.add_argument("--on-nonfinite", choices=NONFINITE_POLICIES, default=d.on_nonfinite,
+                           help="on a NaN/inf loss or gradient: stop the run, or skip that step")
+        run = parser.add_argument_group("run")
+        run.add_argument("--seed", type=int, default=d.seed, help="seed of the data order, augmentation and init")
+        run.add_argument("--device", default=default_device(), help="torch device (under torchrun: cuda or cpu)")
+        run.add_argument("--output-dir", default=d.output_dir, help="where checkpoints and logs go")
+        run.add_argument("--overwrite", action="store_true", help="reuse a non-empty output directory")
+        run.add_argument("--resume", metavar="CHECKPOINT", help="continue a run from its last.pt")
+        run.add_argument("--eval-every", type=int, default=d.eval_every, help="evaluate every N epochs")
+        run.add_argument("--log-every", type=int, default=d.log_every, help="log the loss every N steps")
+        run.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> TrainConfig:
+        """The config of options parsed by `add_arguments`."""
+        values = {f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)}
+        if isinstance(values.get("val_split"), str) and values["val_split"].lower() == "none":
+            values["val_split"] = None
+        crop = values.get("crop_size")
+        if isinstance(crop, list) and len(crop) not in (1, 2):
+            raise ValueError(f"--crop-size takes one or two values (got {len(crop)})")
+        return cls(**values)
+
+
+def _is_int(value: object, *, minimum: int) -> bool:
+    """Whether `value` is an int (not a bool) of at least `minimum`."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
+def _finite(value: object, name: str) -> float:
+    """`value` as a finite float; a non-number is a `TypeError` and inf or NaN a `ValueError`."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number (got {value!r})")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite (got {value!r})")
+    return float(value)
+
+
+def _pair(value: int | tuple[int, int] | list[int], name: str) -> tuple[int, int]:
+    """`value` as an `(h, w)` pair of positive ints; one int or a 1-list means a square."""
+    pair = list(value) if isinstance(value, tuple | list) else [value]
+    pair = pair * 2 if len(pair) == 1 else pair
+    if len(pair) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in pair):
+        raise ValueError(f"{name} must be a positive int or an (h, w) pair of them (got {value!r})")
+    return int(pair[0]), int(pair[1])

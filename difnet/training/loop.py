@@ -1,0 +1,373 @@
+"""The training loop: the paper's recipe on one process or many (torchrun + DDP), evaluation
+after each epoch, atomic checkpoints, exact resumption and a guard against non-finite steps.
+
+Reproducibility: every random generator (torch, NumPy, Python, DataLoader workers) is seeded
+from `(seed, epoch, rank)` at the start of each epoch, and the data order is a permutation
+drawn from `(seed, epoch)`. A run resumed from the checkpoint of epoch `e` therefore repeats
+epochs `e+1, ...` exactly as the uninterrupted run would (bit for bit on CPU; on CUDA as far as
+its kernels are deterministic).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import random
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, Sampler
+from tqdm.auto import tqdm
+
+from difnet.data import EvalTransform
+from difnet.data.palettes import IGNORE_INDEX
+from difnet.evaluation import evaluate
+from difnet.models import build_model
+from difnet.training import distributed
+from difnet.training.checkpoint import (
+    load_state,
+    model_spec,
+    read_checkpoint,
+    remove_partial_saves,
+    save_model,
+    unwrap,
+)
+from difnet.training.config import TrainConfig
+from difnet.training.optim import build_optimizer, set_learning_rate
+from difnet.training.records import RunLog
+
+LAST, BEST = "last.pt", "best.pt"
+
+
+class NonFiniteLossError(RuntimeError):
+    """A step produced a NaN or infinite loss or gradient; the weights were left untouched."""
+
+
+@dataclass
+class TrainResult:
+    """The trained model (unwrapped, on its device), the best validation mIoU (None without
+    validation), the checkpoints written and the per-epoch history."""
+
+    model: nn.Module
+    best_miou: float | None
+    checkpoint_paths: dict[str, Path]
+    history: list[dict] = field(default_factory=list)
+
+
+class EpochSampler(Sampler[int]):
+    """This process's share of a permutation of the dataset drawn from `(seed, epoch)`.
+
+    Shares are equal (the permutation's last `size % world_size` items are dropped), so every
+    process runs the same number of steps.
+    """
+
+    def __init__(self, size: int, seed: int, rank: int = 0, world_size: int = 1) -> None:
+        self.size, self.seed, self.rank, self.world_size = size, seed, rank, world_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
+        order = torch.randperm(self.size, generator=generator)
+        return iter(order[self.rank : len(self) * self.world_size : self.world_size].tolist())
+
+    def __len__(self) -> int:
+        return self.size // self.world_size
+
+
+def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
+    """The seed of one process's generators in one epoch."""
+    return (seed * 1_000_003 + epoch * 1_009 + rank) % 2**63
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch (CPU and CUDA), NumPy and Python's `random`."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
+def pixel_loss(logits: Tensor, labels: Tensor) -> Tensor:
+    """Cross-entropy averaged over labelled pixels (0, not NaN, for a batch with none)."""
+    total = F.cross_entropy(logits.float(), labels, ignore_index=IGNORE_INDEX, reduction="sum")
+    return total / (labels != IGNORE_INDEX).sum().clamp(min=1)
+
+
+def gradient_norm(parameters: list[nn.Parameter]) -> Tensor:
+    """The L2 norm of all gradients together (inf or NaN if any gradient is)."""
+    norms = [p.grad.detach().norm() for p in parameters if p.grad is not None]
+    return torch.stack(norms).norm() if norms else torch.zeros(())
+
+
+class Trainer:
+    """One run of `train`; holds the state that the steps, evaluation and checkpoints share."""
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        context: distributed.Context,
+        datasets: Mapping[str, Dataset | None] | None = None,
+    ) -> None:
+        self.config, self.context = config, context
+        self.device = context.device
+        datasets = dict(datasets or {})
+        self.train_set = datasets.get("train") or config.build_dataset(
+            config.train_split, config.train_transform()
+        )
+        if "val" in datasets:
+            self.val_set = datasets["val"]
+        elif config.val_split is not None:
+            self.val_set = config.build_dataset(config.val_split, EvalTransform())
+        else:
+            self.val_set = None
+        self.num_classes = self._num_classes()
+        self.output_dir = Path(config.output_dir)
+
+        seed_everything(config.seed)
+        kwargs = model_spec(config, self.num_classes)
+        model = build_model(kwargs.pop("name"), kwargs.pop("depth"), kwargs.pop("num_classes"),
+                            pretrained_backbone=config.pretrained_backbone, **kwargs)
+        if context.distributed and self.device.type == "cuda":
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        model.to(self.device)
+        self.optimizer = build_optimizer(model, config)
+        self.model = (
+            DistributedDataParallel(model, device_ids=[self.device] if self.device.type == "cuda" else None)
+            if context.distributed
+            else model
+        )
+        self.parameters = [p for p in model.parameters() if p.requires_grad]
+
+        self.sampler = EpochSampler(len(self.train_set), config.seed, context.rank, context.world_size)
+        self.loader_generator = torch.Generator()
+        self.loader = DataLoader(
+            self.train_set,
+            batch_size=config.batch_size,
+            sampler=self.sampler,
+            num_workers=config.workers,
+            drop_last=True,
+            generator=self.loader_generator,
+            pin_memory=self.device.type == "cuda",
+        )
+        batches = len(self.loader)
+        if config.max_steps_per_epoch is not None:
+            batches = min(batches, config.max_steps_per_epoch * config.accumulate)
+        self.steps_per_epoch = batches // config.accumulate
+        if self.steps_per_epoch == 0:
+            raise ValueError(
+                f"the training split has {len(self.train_set)} images, fewer than one step needs "
+                f"(batch_size {config.batch_size} x accumulate {config.accumulate} x "
+                f"{context.world_size} process(es)); lower --batch-size or --accumulate"
+            )
+        self.total_steps = config.epochs * self.steps_per_epoch
+
+        self.epoch, self.step = 0, 0
+        self.best_miou: float | None = None
+        self.history: list[dict] = []
+        if config.resume:
+            self._resume(Path(config.resume))
+        self.log: RunLog | None = None
+
+    def _num_classes(self) -> int:
+        classes = self.train_set.num_classes
+        if self.config.num_classes is not None and self.config.num_classes != classes:
+            raise ValueError(
+                f"--num-classes is {self.config.num_classes} but the training data has {classes} classes"
+            )
+        if self.val_set is not None and self.val_set.num_classes != classes:
+            raise ValueError(
+                f"the validation split has {self.val_set.num_classes} classes, the training split {classes}"
+            )
+        return classes
+
+    # --- checkpoints -------------------------------------------------------------------------
+
+    def _resume(self, path: Path) -> None:
+        payload = read_checkpoint(path)
+        expected = model_spec(self.config, self.num_classes)
+        if payload["model_spec"] != expected:
+            raise ValueError(
+                f"checkpoint {path} holds a model {payload['model_spec']} but this run builds "
+                f"{expected}; resume with the settings of the run that wrote it"
+            )
+        if "optimizer" not in payload:
+            raise ValueError(
+                f"checkpoint {path} has no optimiser state (an inference checkpoint such as "
+                f"{BEST}); resume from the run's {LAST}"
+            )
+        load_state(self.model, payload["model"], path)
+        self.optimizer.load_state_dict(payload["optimizer"])
+        self.epoch, self.step = payload["epoch"], payload["step"]
+        self.best_miou = payload["best_miou"]
+        self.history = list(payload["history"])
+
+    def _save(self, name: str, *, with_optimizer: bool) -> Path:
+        extra = {"optimizer": self.optimizer.state_dict()} if with_optimizer else {}
+        return save_model(
+            self.output_dir / name,
+            self.model,
+            self.config,
+            class_names=list(self.train_set.class_names),
+            palette=list(self.train_set.palette),
+            epoch=self.epoch,
+            step=self.step,
+            best_miou=self.best_miou,
+            history=self.history,
+            **extra,
+        )
+
+    def _prepare_output(self) -> None:
+        existing = sorted(p.name for p in self.output_dir.iterdir()) if self.output_dir.is_dir() else []
+        if existing and not (self.config.overwrite or self.config.resume):
+            raise FileExistsError(
+                f"output directory {self.output_dir} already holds {', '.join(existing[:4])}; pass "
+                f"--overwrite to replace that run or --resume {self.output_dir / LAST} to continue it"
+            )
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        for name in (LAST, BEST):  # left by a run killed mid-save
+            remove_partial_saves(self.output_dir / name)
+        if not self.config.resume:
+            for name in (LAST, BEST, "log.jsonl"):
+                (self.output_dir / name).unlink(missing_ok=True)
+        (self.output_dir / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
+        self.log = RunLog(self.output_dir)
+
+    # --- the run -----------------------------------------------------------------------------
+
+    def run(self) -> TrainResult:
+        if self.context.is_main:
+            self._prepare_output()
+            if self.config.progress:
+                tqdm.write(f"training {self.config.model}-{self.config.depth} with\n{self.config.format()}")
+        try:
+            while self.epoch < self.config.epochs:
+                self._train_epoch()
+                self.epoch += 1
+                record = {"epoch": self.epoch, "step": self.step}
+                if self.val_set is not None and (
+                    self.epoch % self.config.eval_every == 0 or self.epoch == self.config.epochs
+                ):
+                    record.update(self._validate())
+                self.history.append(record)
+                if self.context.is_main:
+                    self._save(LAST, with_optimizer=True)
+                    if record.get("is_best") or self.val_set is None:
+                        self._save(BEST, with_optimizer=False)
+        finally:
+            if self.log is not None:
+                self.log.close()
+        paths = {"last": self.output_dir / LAST, "best": self.output_dir / BEST}
+        return TrainResult(unwrap(self.model), self.best_miou, paths, self.history)
+
+    def _validate(self) -> dict:
+        result = evaluate(
+            unwrap(self.model), self.val_set, device=self.device,
+            workers=min(self.config.workers, 2), progress=self.config.progress,
+        )
+        miou = result.metrics.miou
+        is_best = self.best_miou is None or miou > self.best_miou
+        self.best_miou = miou if is_best else self.best_miou
+        if self.log is not None:
+            self.log.write("val", self.step, epoch=self.epoch, miou=miou,
+                           pixel_accuracy=result.metrics.pixel_accuracy,
+                           per_class_iou=result.metrics.per_class_iou)
+        if self.context.is_main and self.config.progress:
+            tqdm.write(f"epoch {self.epoch}: val mIoU {100 * miou:.2f} (best {100 * self.best_miou:.2f})")
+        return {"miou": miou, "is_best": is_best}
+
+    def _train_epoch(self) -> None:
+        config, rank = self.config, self.context.rank
+        seed_everything(epoch_seed(config.seed, self.epoch, rank))
+        self.sampler.set_epoch(self.epoch)
+        self.loader_generator.manual_seed(epoch_seed(config.seed, self.epoch, rank))
+        self.model.train()
+        bar = tqdm(
+            total=self.steps_per_epoch, unit="step", leave=False,
+            desc=f"epoch {self.epoch + 1}/{config.epochs}",
+            disable=not (self.context.is_main and config.progress),
+        )
+        batches = iter(self.loader)
+        window_loss, window_images, window_start = 0.0, 0, time.perf_counter()
+        for index in range(self.steps_per_epoch):
+            lr = set_learning_rate(self.optimizer, config, self.step, self.total_steps)
+            loss = self._step(batches, index)
+            window_loss += loss
+            window_images += config.batch_size * config.accumulate * self.context.world_size
+            speed = window_images / (time.perf_counter() - window_start)
+            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", img_s=f"{speed:.1f}")
+            bar.update()
+            steps_in_window = (index % config.log_every) + 1
+            if steps_in_window == config.log_every or index == self.steps_per_epoch - 1:
+                if self.log is not None:
+                    self.log.write("train", self.step, epoch=self.epoch + 1, lr=lr,
+                                   loss=window_loss / steps_in_window, images_per_second=speed)
+                window_loss, window_images, window_start = 0.0, 0, time.perf_counter()
+        bar.close()
+
+    def _step(self, batches: Iterator, index: int) -> float:
+        """One optimiser step over `accumulate` batches; returns its mean loss (NaN if skipped)."""
+        config = self.config
+        self.optimizer.zero_grad(set_to_none=True)
+        total = torch.zeros((), device=self.device)
+        for micro in range(config.accumulate):
+            images, labels = next(batches)
+            images = images.to(self.device, non_blocking=True)
+            labels = labels.to(self.device, non_blocking=True)
+            last = micro == config.accumulate - 1
+            sync = contextlib.nullcontext() if last or not self.context.distributed else self.model.no_sync()
+            with sync, torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=config.bf16):
+                loss = pixel_loss(self.model(images), labels)
+                (loss / config.accumulate).backward()
+            total += loss.detach()
+        loss = distributed.mean_over_processes(total / config.accumulate, self.context)
+        finite = bool(torch.isfinite(loss)) and bool(torch.isfinite(gradient_norm(self.parameters)))
+        if distributed.any_true(not finite, self.context):
+            return self._nonfinite(index, float(loss))
+        self.optimizer.step()
+        self.step += 1
+        return float(loss)
+
+    def _nonfinite(self, index: int, loss: float) -> float:
+        config = self.config
+        first = index * config.accumulate * config.batch_size
+        count = config.accumulate * config.batch_size
+        samples = list(self.sampler)[first : first + count]
+        where = (
+            f"non-finite loss or gradient (loss {loss}) at epoch {self.epoch + 1}, step "
+            f"{self.step + 1} (batch {index + 1} of the epoch, samples {samples} of the training split)"
+        )
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.log is not None:
+            self.log.write("nonfinite", self.step, epoch=self.epoch + 1, batch=index + 1,
+                           samples=samples, action=config.on_nonfinite)
+        if config.on_nonfinite == "stop":
+            raise NonFiniteLossError(
+                f"{where}; stopped before the weights changed, the last checkpoint in "
+                f"{self.output_dir} is intact (--on-nonfinite skip would skip such steps)"
+            )
+        tqdm.write(f"skipped a step: {where}")
+        self.step += 1  # the schedule moves on as if the step had run
+        return math.nan
+
+
+def train(config: TrainConfig, dataset_overrides: Mapping[str, Dataset | None] | None = None) -> TrainResult:
+    """Train a model with `config` (on every process when run under torchrun).
+
+    `dataset_overrides` may hold ready-made `"train"` and `"val"` datasets (with their own
+    transforms) in place of the ones the config names; `"val": None` skips evaluation.
+    """
+    context = distributed.setup(config.device)
+    try:
+        return Trainer(config, context, dataset_overrides).run()
+    finally:
+        distributed.teardown(context)

@@ -1,0 +1,167 @@
+"""The training loop: it learns, it resumes exactly, its schedule and accumulation are the
+recipe's, its config survives the command line and checkpoints, and it runs under torchrun."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from difnet.data import SyntheticShapes
+from difnet.models import DifNet
+from difnet.training import TrainConfig, load_model, read_checkpoint, train
+from difnet.training.loop import EpochSampler, Trainer
+from difnet.training.optim import build_optimizer, poly_lr
+from difnet.training.records import read_log
+
+TINY = dict(
+    model="difnet", depth=18, dataset="synthetic", num_classes=3, image_size=(32, 32),
+    crop_size=32, batch_size=4, epochs=3, max_steps_per_epoch=2, workers=0, device="cpu",
+    progress=False, val_split=None, overwrite=True,
+)  # fmt: skip
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def tiny_config(tmp_path, name: str = "run", **overrides) -> TrainConfig:
+    return TrainConfig(**{**TINY, "output_dir": str(tmp_path / name), **overrides})
+
+
+def states_equal(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_training_lowers_the_loss_on_a_fixed_batch(tmp_path):
+    scenes = SyntheticShapes(4, size=32, num_classes=3, seed=0)  # no augmentation: one fixed batch
+    config = tiny_config(tmp_path, epochs=12, max_steps_per_epoch=1, log_every=1, lr=0.005)
+    train(config, dataset_overrides={"train": scenes, "val": None})
+    losses = [r["loss"] for r in read_log(config.output_dir) if r["event"] == "train"]
+    assert len(losses) == 12
+    assert sum(losses[-3:]) / 3 < 0.8 * sum(losses[:3]) / 3, losses
+
+
+def test_stop_and_resume_equals_an_uninterrupted_run(tmp_path, monkeypatch):
+    config = tiny_config(tmp_path, "whole", val_split="val")
+    whole = train(config)
+
+    original = Trainer._train_epoch
+
+    def crash_in_epoch_three(trainer: Trainer) -> None:
+        if trainer.epoch == 2:
+            raise KeyboardInterrupt
+        original(trainer)
+
+    monkeypatch.setattr(Trainer, "_train_epoch", crash_in_epoch_three)
+    stopped = replace(config, output_dir=str(tmp_path / "stopped"))
+    with pytest.raises(KeyboardInterrupt):
+        train(stopped)
+    monkeypatch.setattr(Trainer, "_train_epoch", original)
+    assert read_checkpoint(tmp_path / "stopped" / "last.pt")["epoch"] == 2
+
+    resumed = train(replace(stopped, resume=str(tmp_path / "stopped" / "last.pt"), overwrite=False))
+    assert states_equal(whole.model, resumed.model)
+    assert resumed.history == whole.history and resumed.best_miou == whole.best_miou
+    saved = read_checkpoint(tmp_path / "stopped" / "last.pt")
+    assert (saved["epoch"], saved["step"]) == (3, 6)
+
+
+def test_best_checkpoint_is_an_inference_checkpoint_of_the_best_epoch(tmp_path):
+    result = train(tiny_config(tmp_path, val_split="val", epochs=2))
+    best = read_checkpoint(result.checkpoint_paths["best"])
+    assert "optimizer" not in best and "optimizer" in read_checkpoint(result.checkpoint_paths["last"])
+    assert best["best_miou"] == result.best_miou == max(h["miou"] for h in result.history)
+    model, metadata = load_model(result.checkpoint_paths["best"])
+    assert model.num_classes == 3 and metadata["class_names"][0] == "background"
+
+
+def test_poly_schedule_and_tenfold_head_rate():
+    assert poly_lr(0.01, 0, 100, 0.9) == 0.01
+    assert poly_lr(0.01, 50, 100, 0.9) == pytest.approx(0.01 * 0.5**0.9)
+    assert poly_lr(0.01, 100, 100, 0.9) == 0.0
+    config = TrainConfig(**{**TINY, "lr": 0.02})
+    groups = {g["name"]: g for g in build_optimizer(DifNet(depth=18, num_classes=3), config).param_groups}
+    assert groups["backbone"]["lr"] == 0.02 and groups["head"]["lr"] == pytest.approx(0.2)
+    assert groups["head"]["weight_decay"] == 5e-4 and groups["head"]["momentum"] == 0.9
+
+
+def test_accumulation_steps_once_per_group_of_batches(tmp_path):
+    result = train(tiny_config(tmp_path, batch_size=2, accumulate=2, epochs=1, max_steps_per_epoch=3))
+    saved = read_checkpoint(result.checkpoint_paths["last"])
+    assert saved["step"] == 3  # 6 batches of 2 images, 3 optimiser steps
+
+
+def test_epoch_sampler_shards_one_permutation_per_epoch():
+    shards = [list(EpochSampler(10, seed=1, rank=r, world_size=3)) for r in range(3)]
+    assert all(len(s) == 3 for s in shards)
+    assert len(set(sum(shards, []))) == 9  # disjoint shares of one permutation
+    sampler = EpochSampler(10, seed=1)
+    first = list(sampler)
+    sampler.set_epoch(1)
+    assert list(sampler) != first and sorted(sampler) == list(range(10))
+
+
+def test_config_survives_the_command_line_and_a_checkpoint():
+    parser = argparse.ArgumentParser()
+    TrainConfig.add_arguments(parser)
+    args = parser.parse_args(["--depth", "18", "--crop-size", "200", "240", "--val-split", "none",
+                              "--dataset", "camvid", "--image-size", "180", "240", "--no-aspp"])
+    config = TrainConfig.from_args(args)
+    assert config.crop_size == (200, 240) and config.val_split is None and not config.aspp
+    assert config.image_size == (180, 240)
+    assert TrainConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(ValueError, match="unknown training settings: colour"):
+        TrainConfig.from_dict({**config.to_dict(), "colour": "red"})
+
+
+def test_too_small_a_training_split_is_refused(tmp_path):
+    scenes = SyntheticShapes(3, size=32, num_classes=3)
+    with pytest.raises(ValueError, match="3 images, fewer than one step needs.*batch_size 4"):
+        train(tiny_config(tmp_path), dataset_overrides={"train": scenes, "val": None})
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_two_process_ddp_on_cpu_with_gloo(tmp_path):
+    output = tmp_path / "ddp"
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+        "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
+        "-m", "difnet.cli", "train", "--model", "difnet", "--depth", "18", "--dataset", "synthetic",
+        "--num-classes", "3", "--image-size", "32", "32", "--crop-size", "32", "--batch-size", "2",
+        "--epochs", "1", "--max-steps-per-epoch", "2", "--workers", "0", "--device", "cpu",
+        "--val-split", "val", "--no-progress", "--output-dir", str(output),
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    records = read_log(output)
+    assert [r["step"] for r in records if r["event"] == "train"] == [2]  # one writer, 2 steps
+    assert len([r for r in records if r["event"] == "val"]) == 1
+    saved = read_checkpoint(output / "last.pt")
+    assert saved["step"] == 2 and all(torch.isfinite(v).all() for v in saved["model"].values())
+
+
+def test_train_voc_example_explains_missing_data_and_runs_synthetic(tmp_path):
+    script = str(PROJECT_ROOT / "examples" / "train_voc.py")
+    missing = subprocess.run([sys.executable, script, "--data-root", str(tmp_path / "nowhere")],
+                             capture_output=True, text=True)
+    assert missing.returncode == 2
+    assert "SegmentationClassAug" in missing.stderr and "train_aug.txt" in missing.stderr
+    synthetic = subprocess.run(
+        [sys.executable, script, "--synthetic", "--epochs", "1", "--max-steps-per-epoch", "2",
+         "--no-progress", "--output-dir", str(tmp_path / "syn")],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert synthetic.returncode == 0, synthetic.stderr[-3000:]
+    assert "mIoU" in synthetic.stdout and (tmp_path / "syn" / "best.pt").is_file()
