@@ -75,12 +75,7 @@ def load_pretrained_backbones(
 
 def load_backbone(backbone: nn.Module, state: Mapping[str, Tensor], origin: str) -> LoadReport:
     """Copy `state` into `backbone` non-strictly, after checking every shared key's shape."""
-    own = backbone.state_dict()
-    wrong = [
-        f"{key}: checkpoint {tuple(value.shape)} vs model {tuple(own[key].shape)}"
-        for key, value in state.items()
-        if key in own and value.shape != own[key].shape
-    ]
+    wrong = shape_mismatches(backbone, state)
     if wrong:
         raise ValueError(f"{origin} does not fit the backbone: " + "; ".join(wrong[:5]))
     result = backbone.load_state_dict(state, strict=False)
@@ -95,6 +90,17 @@ def load_backbone(backbone: nn.Module, state: Mapping[str, Tensor], origin: str)
     if report.missing_keys:
         logger.warning("%s lacks backbone tensors %s", origin, list(report.missing_keys))
     return report
+
+
+def shape_mismatches(module: nn.Module, state: Mapping[str, Tensor]) -> list[str]:
+    """`"key: checkpoint (shape) vs model (shape)"` for each tensor of `state` that `module`
+    holds with another shape."""
+    own = module.state_dict()
+    return [
+        f"{key}: checkpoint {tuple(value.shape)} vs model {tuple(own[key].shape)}"
+        for key, value in state.items()
+        if key in own and value.shape != own[key].shape
+    ]
 
 
 def resnet_depth(state: Mapping[str, Tensor]) -> int | None:

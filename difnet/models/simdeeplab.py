@@ -38,7 +38,7 @@ class SimDeepLab(nn.Module):
 
     def forward(self, images: Tensor) -> Tensor:
         """Images `[B, 3, H, W]` (ImageNet-normalised floats) -> logits `[B, K, H, W]`."""
-        check_images(images)
+        check_images(images, self)
         scores = self.classifier(self.backbone(images)[-1])
         return upsample(scores, images.shape[-2:])
 

@@ -4,13 +4,14 @@ a message that names the problem."""
 from __future__ import annotations
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 MIN_IMAGE_SIZE = 16
 
 
-def check_images(images: Tensor, *, name: str = "images") -> None:
-    """Raise unless `images` is a finite float `[B, 3, H, W]` tensor with H, W >= 16.
+def check_images(images: Tensor, model: nn.Module | None = None, *, name: str = "images") -> None:
+    """Raise unless `images` is a finite float `[B, 3, H, W]` tensor with B >= 1 and H, W >= 16,
+    on `model`'s device and (outside autocast) of its weights' dtype.
 
     The finiteness check reads every value; it is skipped while torch.compile or torch.export
     traces the model, where data-dependent errors cannot be raised.
@@ -35,8 +36,30 @@ def check_images(images: Tensor, *, name: str = "images") -> None:
         raise ValueError(
             f"{name} must be at least {MIN_IMAGE_SIZE}x{MIN_IMAGE_SIZE} pixels (got shape {shape})"
         )
+    if shape[0] == 0:
+        raise ValueError(f"{name} must hold at least one image (got an empty batch, shape {shape})")
+    if model is not None:
+        check_matches_model(images, model, name)
     if not torch.compiler.is_compiling() and not bool(torch.isfinite(images).all()):
         raise ValueError(f"{name} contain NaN or infinite values (shape {shape})")
+
+
+def check_matches_model(images: Tensor, model: nn.Module, name: str = "images") -> None:
+    """Raise unless `images` lie on the device of `model`'s weights and, outside autocast, share
+    their dtype (torch's own error names neither tensor)."""
+    weight = next(model.parameters(), None)
+    if weight is None:
+        return
+    if images.device != weight.device:
+        raise ValueError(
+            f"{name} are on device {images.device} but the model is on {weight.device}; "
+            f"move them with {name}.to({str(weight.device)!r})"
+        )
+    if images.dtype != weight.dtype and not torch.is_autocast_enabled(images.device.type):
+        raise ValueError(
+            f"{name} have dtype {images.dtype} but the model's weights are {weight.dtype}; "
+            f"convert with {name}.to({weight.dtype}) or the model with model.to({images.dtype})"
+        )
 
 
 def check_num_classes(num_classes: int) -> int:

@@ -1,0 +1,436 @@
+"""The bad-input inventory of docs/errors.md: every row is one case here, which must raise the
+documented exception with a message naming the offending value; the doc and the cases share ids.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from data_fixtures import random_image, save_image, save_mask, write_camvid_fixture
+from PIL import Image
+
+from difnet.cli import main
+from difnet.data import (
+    CamVid,
+    EvalTransform,
+    FolderDataset,
+    SyntheticShapes,
+    TrainTransform,
+    VOCSegmentation,
+    build_dataset,
+    colorize,
+)
+from difnet.diffusion import Cascade, propagate
+from difnet.evaluation import evaluate
+from difnet.metrics import ConfusionMatrix
+from difnet.models import DifNet, SimDeepLab, build_model, dilated_resnet
+from difnet.predict import predict_labels
+from difnet.training import TrainConfig, train
+from difnet.training.checkpoint import FORMAT, load_model, save_model
+from reference import cascade, check_variant, closed_form, random_walk, transition_matrix
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "errors.md"
+RNG = np.random.default_rng(0)
+P = transition_matrix(RNG.standard_normal((4, 3)))
+S = RNG.standard_normal((4, 2))
+IMAGE = random_image(RNG, (20, 24))
+MASK = np.zeros((20, 24), dtype=np.uint8)
+NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
+QUICK_RUN = {"model": "simdeeplab", "depth": 18, "dataset": "synthetic", "num_classes": 3,
+             "device": "cpu", "val_split": None, "progress": False, "workers": 0}  # fmt: skip
+
+
+class PickledCode:
+    """Pickles as a call of `os.system`: loading it with plain pickle would run the command."""
+
+    def __init__(self, sentinel: Path) -> None:
+        self.sentinel = sentinel
+
+    def __reduce__(self) -> tuple[Callable[..., Any], tuple[str]]:
+        return os.system, (f"touch {self.sentinel}",)
+
+
+class Env:
+    """The inputs the cases share, each built on first use: tiny models, files and folders."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.sentinel = root / "pickled-code-ran"
+
+    @cached_property
+    def simdeeplab(self) -> SimDeepLab:
+        torch.manual_seed(0)
+        return SimDeepLab(depth=18, num_classes=3).eval()
+
+    @cached_property
+    def difnet(self) -> DifNet:
+        torch.manual_seed(0)
+        return DifNet(depth=18, num_classes=3).eval()
+
+    @cached_property
+    def checkpoint(self) -> Path:
+        """An inference checkpoint (no optimiser state) of the Sim-DeepLab-18 above."""
+        config = TrainConfig(**{**QUICK_RUN, "output_dir": str(self.root / "run")})
+        return save_model(self.root / "best.pt", self.simdeeplab, config)
+
+    def variant(self, name: str, **changes: Any) -> Path:
+        """The checkpoint with some entries replaced (`None`: removed), written as `name`."""
+        payload = torch.load(self.checkpoint, weights_only=True)
+        payload.update(changes)
+        torch.save({k: v for k, v in payload.items() if v is not None}, self.root / name)
+        return self.root / name
+
+    @cached_property
+    def resnet18_weights(self) -> Path:
+        """A torchvision-style ResNet-18 state dict (backbone names plus the `fc` classifier)."""
+        state = dilated_resnet(18).state_dict()
+        state.update({"fc.weight": torch.zeros(1000, 512), "fc.bias": torch.zeros(1000)})
+        torch.save(state, self.root / "resnet18.pth")
+        return self.root / "resnet18.pth"
+
+    @cached_property
+    def pickled_code(self) -> Path:
+        torch.save({"format": FORMAT, "model": PickledCode(self.sentinel)}, self.root / "code.pt")
+        return self.root / "code.pt"
+
+    def file(self, name: str, data: bytes) -> Path:
+        """A file of raw bytes."""
+        (self.root / name).write_bytes(data)
+        return self.root / name
+
+    def run_dir(self, name: str) -> Path:
+        """An output folder that already holds a file."""
+        (self.root / name).mkdir(exist_ok=True)
+        (self.root / name / "log.jsonl").write_text("{}\n")
+        return self.root / name
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Env:
+    return Env(tmp_path_factory.mktemp("errors"))
+
+
+def png_bytes(pixels: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def one_pair(env: Env, name: str, image: np.ndarray | bytes = IMAGE, mask: np.ndarray = MASK):
+    """Item 0 of a 3-class `FolderDataset` holding one image (pixels, or raw bytes) and mask."""
+    images, masks = env.root / name / "images", env.root / name / "masks"
+    images.mkdir(parents=True)
+    if isinstance(image, bytes):
+        (images / "a.png").write_bytes(image)
+    else:
+        save_image(images / "a.png", image)
+    save_mask(masks / "a.png", mask)
+    return FolderDataset(images, masks, num_classes=3)[0]
+
+
+def camvid_without_val(env: Env) -> CamVid:
+    root = write_camvid_fixture(env.root / "camvid", n_train=1, n_val=0, n_test=0)
+    return CamVid(root, "val")
+
+
+def with_value(value: int) -> np.ndarray:
+    mask = MASK.copy()
+    mask[3, 4] = value
+    return mask
+
+
+def images(*shape: int, dtype: torch.dtype = torch.float32, **kwargs: Any) -> torch.Tensor:
+    return torch.zeros(shape, dtype=dtype, **kwargs)
+
+
+def nan_images() -> torch.Tensor:
+    batch = images(1, 3, 32, 32)
+    batch[0, 1, 5, 7] = float("nan")
+    return batch
+
+
+def load_pickled_code(env: Env) -> None:
+    """`load_model` on a file holding pickled code, checking afterwards that nothing ran."""
+    try:
+        load_model(env.pickled_code)
+    finally:
+        assert not env.sentinel.exists(), "loading the checkpoint executed its pickled code"
+
+
+def quick_train(env: Env, **settings: Any) -> None:
+    train(TrainConfig(**{**QUICK_RUN, "output_dir": str(env.root / "quick"), **settings}))
+
+
+def cli(*argv: str) -> None:
+    """Run `difnet argv` as the console script does (`sys.exit(main())`); a failure raises the
+    `SystemExit`, its message holding the exit status and the last line printed to stderr."""
+    stderr = io.StringIO()
+    with contextlib.redirect_stderr(stderr):
+        try:
+            status = main(list(argv))
+        except SystemExit as exit_:
+            status = exit_.code
+    if status:
+        raise SystemExit(f"exit status {status}: {stderr.getvalue().splitlines()[-1]}")
+
+
+def cli_train(env: Env, *argv: str) -> None:
+    quick = ("--model", "simdeeplab", "--depth", "18", "--dataset", "synthetic", "--num-classes",
+             "3", "--device", "cpu", "--no-progress", "--workers", "0")
+    cli("train", *quick, *argv)
+
+
+@dataclass(frozen=True)
+class Case:
+    """One row of docs/errors.md: `call(env)` must raise `exception` matching `match`."""
+
+    id: str
+    call: Callable[[Env], object]
+    exception: type[BaseException]
+    match: str
+    marks: tuple[pytest.MarkDecorator, ...] = ()
+
+
+CASES = [
+    # reference ---------------------------------------------------------------------------------
+    Case("ref-mu-one", lambda e: closed_form(P, S, 1.0), ValueError,
+         r"mu must lie in \[0, 1\) \(got 1\.0\).*singular"),
+    Case("ref-mu-negative", lambda e: random_walk(P, S, -0.1, 3), ValueError,
+         r"mu must lie in \[0, 1\) \(got -0\.1\)"),
+    Case("ref-nan", lambda e: closed_form(np.where(P > P.max() - 1e-9, np.nan, P), S, 0.5),
+         ValueError, r"^P contains a non-finite value \(nan\) at index"),
+    Case("ref-not-stochastic", lambda e: closed_form(P * 2, S, 0.5), ValueError,
+         r"row 0 of P sums to 2,"),
+    Case("ref-seed-rows", lambda e: closed_form(P, S[:3], 0.5), ValueError,
+         r"s has shape \(3, 2\) but P has shape \(4, 4\)"),
+    Case("ref-complex", lambda e: transition_matrix(S.astype(complex)), TypeError,
+         r"features must be a real-valued array \(got dtype complex128\)"),
+    Case("ref-cascade-lengths", lambda e: cascade([P, P], S, [0.5], [0.5, 0.5]), ValueError,
+         r"one entry per walk \(got 2, 1 and 2\)"),
+    Case("ref-steps", lambda e: random_walk(P, S, 0.5, -1), ValueError,
+         r"steps must be a non-negative integer \(got -1\)"),
+    Case("ref-variant-kind", lambda e: check_variant(closed_form, kind="walk"), ValueError,
+         r"kind must be one of \('closed_form', 'cascade'\) \(got 'walk'\)"),
+    # diffusion layer ---------------------------------------------------------------------------
+    Case("walk-shapes", lambda e: propagate(torch.zeros(1, 4, 8), torch.zeros(1, 5, 2)),
+         ValueError, r"must share B and N \(got \(1, 4, 8\) and \(1, 5, 2\)\)"),
+    Case("walk-method", lambda e: propagate(torch.zeros(1, 4, 8), torch.zeros(1, 4, 2),
+                                            walk="dense"),
+         ValueError, r"walk must be one of \('fused', 'materialized'\) \(got 'dense'\)"),
+    Case("walk-feature-count", lambda e: Cascade(5)([torch.zeros(1, 4, 8)] * 3,
+                                                   torch.zeros(1, 4, 2)),
+         ValueError, r"expected 5 feature tensors, one per walk \(got 3\)"),
+    # model construction ------------------------------------------------------------------------
+    Case("model-depth", lambda e: DifNet(depth=19, num_classes=3), ValueError,
+         r"depth must be one of \(18, 34, 50, 101, 152\) \(got 19\)"),
+    Case("model-depth-string", lambda e: SimDeepLab(depth="50", num_classes=3), ValueError,
+         r"depth must be one of .* \(got '50'\)"),
+    Case("model-num-classes", lambda e: DifNet(depth=18, num_classes=0), ValueError,
+         r"num_classes must be a positive integer \(got 0\)"),
+    Case("model-name", lambda e: build_model("unet", 18, 3), ValueError,
+         r"model name must be one of \('difnet', 'simdeeplab'\) \(got 'unet'\)"),
+    Case("model-aspp-not-bool", lambda e: DifNet(depth=18, num_classes=3, aspp="no"), TypeError,
+         r"aspp must be True or False \(got 'no'\)"),
+    Case("model-diffusion-stride", lambda e: DifNet(depth=18, num_classes=3, diffusion_stride=16),
+         ValueError, r"diffusion_stride must be one of \(4, 8\) \(got 16\)"),
+    Case("model-pretrained-missing",
+         lambda e: SimDeepLab(depth=18, num_classes=3, pretrained_backbone=e.root / "no.pth"),
+         FileNotFoundError, r"pretrained backbone checkpoint not found: .*no\.pth"),
+    Case("model-pretrained-depth",
+         lambda e: SimDeepLab(depth=34, num_classes=3, pretrained_backbone=e.resnet18_weights),
+         ValueError, r"resnet18\.pth holds a ResNet-18 checkpoint but the model's backbone is "
+                     r"ResNet-34"),
+    Case("model-pretrained-code",
+         lambda e: SimDeepLab(depth=18, num_classes=3, pretrained_backbone=e.pickled_code),
+         ValueError, r"code\.pt is not a loadable weights-only checkpoint \(UnpicklingError"),
+    Case("model-pretrained-difnet-checkpoint",
+         lambda e: SimDeepLab(depth=18, num_classes=3, pretrained_backbone=e.checkpoint),
+         ValueError, r"best\.pt does not hold a state dict"),
+    # model forward -----------------------------------------------------------------------------
+    Case("forward-no-batch", lambda e: e.difnet(images(3, 32, 32)), ValueError,
+         r"3-D tensor of shape \(3, 32, 32\).*unsqueeze\(0\)"),
+    Case("forward-channels", lambda e: e.simdeeplab(images(1, 4, 32, 32)), ValueError,
+         r"3 \(RGB\) channels in dim 1 \(got shape \(1, 4, 32, 32\)\)"),
+    Case("forward-uint8", lambda e: e.simdeeplab(images(1, 3, 32, 32, dtype=torch.uint8)),
+         ValueError, r"floating-point tensor \(got dtype torch\.uint8\)"),
+    Case("forward-float64", lambda e: e.difnet(images(1, 3, 32, 32, dtype=torch.float64)),
+         ValueError, r"dtype torch\.float64 but the model's weights are torch\.float32"),
+    Case("forward-device", lambda e: e.simdeeplab(images(1, 3, 32, 32, device="meta")),
+         ValueError, r"images are on device meta but the model is on cpu"),
+    Case("forward-empty-batch", lambda e: e.difnet(images(0, 3, 32, 32)), ValueError,
+         r"at least one image \(got an empty batch, shape \(0, 3, 32, 32\)\)"),
+    Case("forward-too-small", lambda e: e.difnet(images(1, 3, 15, 32)), ValueError,
+         r"at least 16x16 pixels \(got shape \(1, 3, 15, 32\)\)"),
+    Case("forward-nan", lambda e: e.difnet(nan_images()), ValueError,
+         r"images contain NaN or infinite values"),
+    Case("forward-numpy", lambda e: e.simdeeplab(np.zeros((1, 3, 32, 32), np.float32)),
+         TypeError, r"images must be a torch\.Tensor \(got ndarray\)"),
+    Case("forward-nodes-off-grid",
+         lambda e: e.difnet.transition_rows(images(1, 3, 32, 32), [[9, 0]]), ValueError,
+         r"nodes must lie on the 4x4 diffusion grid \(got \[\[9, 0\]\]\)"),
+    Case("predict-float-image",
+         lambda e: predict_labels(e.simdeeplab, IMAGE.astype(np.float32) / 255), TypeError,
+         r"uint8 \[H, W, 3\] array \(got float32 \(20, 24, 3\)\)"),
+    # transforms --------------------------------------------------------------------------------
+    Case("transform-size-mismatch", lambda e: EvalTransform()(IMAGE, MASK[:, :20]), ValueError,
+         r"image is 20x24 \(HxW\) but its label is 20x20"),
+    Case("transform-float-label", lambda e: EvalTransform()(IMAGE, MASK.astype(np.float32)),
+         TypeError, r"label must be an integer \[H, W\] array .*\(got float32 \(20, 24\)\)"),
+    Case("transform-crop", lambda e: TrainTransform(crop_size=0), ValueError,
+         r"crop_size must be a positive int .* \(got 0\)"),
+    Case("transform-scale-range", lambda e: TrainTransform(scale_range=(1.5, 0.5)), ValueError,
+         r"0 < low <= high \(got \(1\.5, 0\.5\)\)"),
+    Case("transform-std", lambda e: EvalTransform(std=(0, 1, 1)), ValueError,
+         r"std must be positive \(got \(0\.0, 1\.0, 1\.0\)\)"),
+    # datasets ----------------------------------------------------------------------------------
+    Case("data-missing-root", lambda e: VOCSegmentation(e.root / "no-voc", "train"),
+         FileNotFoundError, r"dataset root .*no-voc does not exist; expected the VOC2012 folder"),
+    Case("data-missing-list", camvid_without_val, FileNotFoundError,
+         r"split file .*camvid/val\.txt not found"),
+    Case("data-missing-masks-folder",
+         lambda e: FolderDataset(e.root, e.root / "no-masks", num_classes=3), FileNotFoundError,
+         r"folder .*no-masks not found; expected a folder of mask PNGs"),
+    Case("data-label-out-of-range", lambda e: one_pair(e, "labels", mask=with_value(7)),
+         ValueError, r"mask .*labels/masks/a\.png holds values \[7\] outside \[0, 3\) and 255"),
+    Case("data-size-mismatch", lambda e: one_pair(e, "sizes", mask=MASK[:18]), ValueError,
+         r"image .*sizes/images/a\.png is 20x24 \(HxW\) but its mask .*a\.png is 18x24"),
+    Case("data-truncated-image", lambda e: one_pair(e, "cut", png_bytes(IMAGE)[:60]), ValueError,
+         r"cannot read image .*cut/images/a\.png: "),
+    Case("data-not-an-image", lambda e: one_pair(e, "text", b"not an image"), ValueError,
+         r"cannot read image .*text/images/a\.png: cannot identify image file"),
+    Case("data-unknown-split", lambda e: build_dataset("synthetic", None, "dev"), ValueError,
+         r"unknown synthetic split 'dev'; choose one of train, val, test"),
+    Case("data-index", lambda e: SyntheticShapes(2, 32)[5], IndexError,
+         r"index 5 is out of range for a dataset of 2 items"),
+    Case("data-palette", lambda e: colorize(with_value(7), [(0, 0, 0)] * 3), ValueError,
+         r"labels hold values \[7\] outside the palette's 3 classes"),
+    # evaluation and metrics --------------------------------------------------------------------
+    Case("metrics-float-predictions",
+         lambda e: ConfusionMatrix(3).update(torch.zeros(1, 3, 4, 4), torch.zeros(1, 4, 4)),
+         TypeError, r"pred must hold integer class ids \(got dtype torch\.float32\).*argmax"),
+    Case("evaluate-class-count",
+         lambda e: evaluate(e.simdeeplab, SyntheticShapes(1, 32, num_classes=4), progress=False),
+         ValueError, r"the model predicts 3 classes but the dataset has 4"),
+    Case("evaluate-device-name",
+         lambda e: evaluate(e.simdeeplab, SyntheticShapes(1, 32, num_classes=3), device="gpu"),
+         ValueError, r"device 'gpu' is not a torch device"),
+    Case("evaluate-cuda-on-cpu",
+         lambda e: evaluate(e.simdeeplab, SyntheticShapes(1, 32, num_classes=3), device="cuda"),
+         ValueError, r"device 'cuda' was asked for but CUDA is not available", (NO_CUDA,)),
+    # checkpoints -------------------------------------------------------------------------------
+    Case("checkpoint-missing", lambda e: load_model(e.root / "missing.pt"), FileNotFoundError,
+         r"checkpoint .*missing\.pt does not exist"),
+    Case("checkpoint-directory", lambda e: load_model(e.root), IsADirectoryError,
+         r"checkpoint .*errors\d* is a directory"),
+    Case("checkpoint-not-torch", lambda e: load_model(e.file("notes.pt", b"hello")), ValueError,
+         r"checkpoint .*notes\.pt is not a readable torch file"),
+    Case("checkpoint-truncated",
+         lambda e: load_model(e.file("cut.pt", e.checkpoint.read_bytes()[:5000])), ValueError,
+         r"checkpoint .*cut\.pt is not a readable torch file \(truncated"),
+    Case("checkpoint-torchvision", lambda e: load_model(e.resnet18_weights), ValueError,
+         r"resnet18\.pth is not a difnet checkpoint .*--pretrained-backbone"),
+    Case("checkpoint-pickled-code", load_pickled_code, ValueError,
+         r"checkpoint .*code\.pt holds pickled objects other than tensors.*refused"),
+    Case("checkpoint-class-count",
+         lambda e: load_model(e.variant("classes.pt", model_spec={
+             "name": "simdeeplab", "depth": 18, "num_classes": 5})),
+         ValueError, r"classes\.pt does not fit the model: classifier\.branches\.0\.weight: "
+                     r"checkpoint \(3, 512, 3, 3\) vs model \(5, 512, 3, 3\)"),
+    Case("checkpoint-no-spec", lambda e: load_model(e.variant("nospec.pt", model_spec=None)),
+         ValueError, r"nospec\.pt lacks the entries \['model_spec'\]"),
+    Case("checkpoint-newer-format", lambda e: load_model(e.variant("v9.pt", format_version=9)),
+         ValueError, r"v9\.pt has format version 9, newer than this difnet reads \(1\)"),
+    # training configuration and runs ------------------------------------------------------------
+    Case("config-lr-zero", lambda e: TrainConfig(lr=0), ValueError,
+         r"lr must be positive \(got 0\)"),
+    Case("config-lr-string", lambda e: TrainConfig(lr="0.1"), TypeError,
+         r"lr must be a real number \(got '0\.1'\)"),
+    Case("config-lr-inf", lambda e: TrainConfig(lr=float("inf")), ValueError,
+         r"lr must be finite \(got inf\)"),
+    Case("config-scale-range", lambda e: TrainConfig(scale_range=(2, 1)), ValueError,
+         r"scale_range must be \(low, high\) with 0 < low <= high \(got \(2\.0, 1\.0\)\)"),
+    Case("config-batch-size", lambda e: TrainConfig(batch_size=0), ValueError,
+         r"batch_size must be a positive integer \(got 0\)"),
+    Case("config-seed", lambda e: TrainConfig(seed=-1), ValueError,
+         r"seed must be a non-negative integer \(got -1\)"),
+    Case("config-device-name", lambda e: TrainConfig(device="gpu"), ValueError,
+         r"device 'gpu' is not a torch device"),
+    Case("config-folder-classes", lambda e: TrainConfig(dataset="folder", data_root="x"),
+         ValueError, r"dataset 'folder' needs num_classes"),
+    Case("config-unknown-setting", lambda e: TrainConfig.from_dict({"lrate": 0.1}), ValueError,
+         r"unknown training settings: lrate"),
+    Case("train-cuda-on-cpu", lambda e: quick_train(e, device="cuda"), ValueError,
+         r"device 'cuda' was asked for but CUDA is not available", (NO_CUDA,)),
+    Case("train-resume-other-depth",
+         lambda e: quick_train(e, resume=str(e.variant("deeper.pt", model_spec={
+             "name": "simdeeplab", "depth": 34, "num_classes": 3}))),
+         ValueError, r"deeper\.pt holds a model .*'depth': 34.* but this run builds .*'depth': 18"),
+    Case("train-resume-other-classes",
+         lambda e: quick_train(e, num_classes=4, resume=str(e.checkpoint)), ValueError,
+         r"best\.pt holds a model .*'num_classes': 3.* but this run builds .*'num_classes': 4"),
+    # command line ------------------------------------------------------------------------------
+    Case("cli-depth-choice", lambda e: cli("train", "--depth", "19"), SystemExit,
+         r"exit status 2: difnet train: error: argument --depth: invalid choice: '?19'?"),
+    Case("cli-crop-size", lambda e: cli_train(e, "--crop-size", "1", "2", "3"), SystemExit,
+         r"exit status 2: difnet: error: --crop-size takes one or two values \(got 3\)"),
+    Case("cli-resume-inference-checkpoint",
+         lambda e: cli_train(e, "--output-dir", str(e.root / "resumed"), "--resume",
+                             str(e.checkpoint)),
+         SystemExit, r"exit status 2: difnet: error: checkpoint .*best\.pt has no optimiser "
+                     r"state .*resume from the run's last\.pt"),
+    Case("cli-output-exists", lambda e: cli_train(e, "--output-dir", str(e.run_dir("taken"))),
+         SystemExit, r"exit status 2: difnet: error: output directory .*taken already holds "
+                     r"log\.jsonl; pass --overwrite"),
+    Case("cli-checkpoint-not-torch",
+         lambda e: cli("evaluate", "--checkpoint", str(e.file("junk.pt", b"junk"))), SystemExit,
+         r"exit status 2: difnet: error: checkpoint .*junk\.pt is not a readable torch file"),
+    Case("cli-predict-missing-input",
+         lambda e: cli("predict", "--checkpoint", str(e.checkpoint), "--input",
+                       str(e.root / "no-photos"), "--output", str(e.root / "masks")),
+         SystemExit, r"exit status 2: difnet: error: input .*no-photos does not exist"),
+    Case("cli-predict-cuda-on-cpu",
+         lambda e: cli("predict", "--checkpoint", str(e.checkpoint), "--input",
+                       str(save_image(e.root / "photo.png", IMAGE)), "--output",
+                       str(e.root / "masks"), "--device", "cuda"),
+         SystemExit, r"exit status 2: difnet: error: device 'cuda' was asked for", (NO_CUDA,)),
+    Case("cli-evaluate-output-exists",
+         lambda e: cli("evaluate", "--checkpoint", str(e.checkpoint), "--output",
+                       str(e.file("metrics.json", b"{}"))),
+         SystemExit, r"exit status 2: difnet: error: refusing to overwrite .*metrics\.json"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "case", [pytest.param(case, id=case.id, marks=case.marks) for case in CASES]
+)
+def test_bad_input_raises_the_documented_error(env: Env, case: Case) -> None:
+    with pytest.raises(case.exception, match=case.match):
+        case.call(env)
+
+
+def documented_rows() -> list[list[str]]:
+    """The cells of each body row of the table in docs/errors.md."""
+    lines = [line for line in DOC.read_text().splitlines() if re.match(r"\|\s*\d+\s*\|", line)]
+    return [[cell.strip() for cell in line.strip().strip("|").split("|")] for line in lines]
+
+
+def test_the_doc_and_the_cases_list_the_same_bad_inputs() -> None:
+    rows = documented_rows()
+    assert [int(row[0]) for row in rows] == list(range(1, len(rows) + 1)), "rows are numbered 1..N"
+    documented = {row[1].strip("`"): row[4] for row in rows}
+    cases = {case.id: case.exception.__name__ for case in CASES}
+    assert len(documented) == len(rows) and len(cases) == len(CASES), "ids are unique"
+    assert set(documented) == set(cases)
+    wrong = {id_: name for id_, name in cases.items() if name not in documented[id_]}
+    assert not wrong, f"the doc names another exception for {wrong}"
