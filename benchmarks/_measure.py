@@ -134,12 +134,25 @@ def machine_info() -> dict[str, Any]:
         "torch": torch.__version__,
         "cpu": _cpu_name(),
         "torch_threads": torch.get_num_threads(),
+        "torch_interop_threads": torch.get_num_interop_threads(),
         "cpu_count": os.cpu_count(),
         "load_average_1m_5m_15m": list(os.getloadavg()),
     }
     if torch.cuda.is_available():
         info["cuda_device"] = torch.cuda.get_device_name()
     return info
+
+
+def describe_machine(info: dict[str, Any]) -> str:
+    """One line for a results page: the machine, torch and its threads, the load around the run."""
+    cuda = f", CUDA device {info['cuda_device']}" if "cuda_device" in info else ""
+    after = f", after {info['load_average_after']}" if "load_average_after" in info else ""
+    return (
+        f"Measured {info['date']} on {info['cpu']} ({info['cpu_count']} logical CPUs{cuda}), "
+        f"torch {info['torch']} with {info['torch_threads']} intra-op and "
+        f"{info['torch_interop_threads']} inter-op threads; load average (1, 5, 15 min) before "
+        f"{info['load_average_1m_5m_15m']}{after}."
+    )
 
 
 def _cpu_name() -> str:
@@ -154,13 +167,13 @@ def _cpu_name() -> str:
 
 def markdown_table(rows: Sequence[dict[str, Any]], columns: dict[str, str]) -> str:
     """A markdown table of `rows` with `columns` mapping row keys to headers; floats get 4
-    significant digits, missing values a dash."""
+    significant digits (no exponent from 10^4 on), missing values a dash."""
 
     def cell(value: Any) -> str:
         if value is None:
             return "-"
         if isinstance(value, float):
-            return f"{value:.4g}"
+            return f"{value:.0f}" if abs(value) >= 1e4 else f"{value:.4g}"
         return str(value)
 
     lines = ["| " + " | ".join(columns.values()) + " |", "|" + "---|" * len(columns)]

@@ -97,6 +97,19 @@ def forward_backward(
     return logits.detach(), {name: p.grad for name, p in model.named_parameters()}
 
 
+@pytest.mark.parametrize("diffusion_stride", [8, 4])
+def test_branches_and_diffuse_compose_to_forward(diffusion_stride):
+    model = tiny_difnet(diffusion_stride=diffusion_stride).eval()
+    x = images(2, 41, 37)
+    with torch.no_grad():
+        levels = model.similarity_branch(x)
+        out = model.diffuse(model.seed_branch(x), levels)
+        whole = model.forward_intermediates(x)
+    assert len(levels) == 5 and levels[0] is x
+    torch.testing.assert_close(out.scores, whole.scores, rtol=0, atol=0)
+    torch.testing.assert_close(out.logits, whole.logits, rtol=0, atol=0)
+
+
 def test_fused_and_materialized_models_agree_in_values_and_gradients():
     fused = spread_transitions(tiny_difnet())
     explicit = tiny_difnet(walk="materialized")

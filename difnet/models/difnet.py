@@ -65,6 +65,8 @@ class DifNet(nn.Module):
     ) -> None:
         super().__init__()
         check_num_classes(num_classes)
+        if not isinstance(aspp, bool):
+            raise TypeError(f"aspp must be True or False (got {aspp!r})")
         if walk not in WALK_METHODS:
             raise ValueError(f"walk must be one of {WALK_METHODS} (got {walk!r})")
         if diffusion_stride not in DIFFUSION_STRIDES:
@@ -92,15 +94,27 @@ class DifNet(nn.Module):
 
     def forward_intermediates(self, images: Tensor) -> DifNetOutput:
         """The full computation: scores, importance, seed, every walk, and the walk weights."""
-        check_images(images)
-        scores = self.classifier(self.seed_backbone(images)[-1])
+        check_images(images, self)
+        return self.diffuse(self.seed_branch(images), self.similarity_branch(images))
+
+    def seed_branch(self, images: Tensor) -> Tensor:
+        """Class scores x `[B, K, h', w']` of the seed backbone and its classifier (stride 8)."""
+        return self.classifier(self.seed_backbone(images)[-1])
+
+    def similarity_branch(self, images: Tensor) -> list[Tensor]:
+        """The 5 levels the transition matrices come from: `images` and layer1..layer4's outputs."""
+        return [images, *self.similarity_backbone(images)]
+
+    def diffuse(self, scores: Tensor, levels: Sequence[Tensor]) -> DifNetOutput:
+        """The diffusion stage on the branches' outputs: importance map, seed, Psi_t, the 5 walks,
+        upsampling to the input size (a method apart so the branches can be timed or overlapped)."""
         importance = self.importance(scores)
         seed = importance * scores
-        features, grid = self._diffusion_features(images)
+        features, grid = self._diffusion_features(levels)
         walks = self.cascade(features, flatten_nodes(upsample(seed, grid)))
         maps = [unflatten_nodes(y, grid) for y in walks]
         return DifNetOutput(
-            logits=upsample(maps[-1], images.shape[-2:]),
+            logits=upsample(maps[-1], levels[0].shape[-2:]),
             scores=scores,
             importance=importance,
             seed=seed,
@@ -109,9 +123,8 @@ class DifNet(nn.Module):
             beta=self.cascade.beta,
         )
 
-    def _diffusion_features(self, images: Tensor) -> tuple[list[Tensor], tuple[int, int]]:
+    def _diffusion_features(self, levels: Sequence[Tensor]) -> tuple[list[Tensor], tuple[int, int]]:
         """`Psi_t` node features `[B, N, 64]` of the 5 levels, and the diffusion grid `(h, w)`."""
-        levels = [images, *self.similarity_backbone(images)]
         # layer1 is at stride 4 and layer4 at the seed's stride 8
         grid = tuple(levels[1 if self.diffusion_stride == 4 else -1].shape[-2:])
         features = [
@@ -125,8 +138,8 @@ class DifNet(nn.Module):
 
         Only the `n` requested rows are computed; `(h, w)` is the diffusion grid of `images`.
         """
-        check_images(images)
-        features, grid = self._diffusion_features(images)
+        check_images(images, self)
+        features, grid = self._diffusion_features(self.similarity_branch(images))
         flat = _flat_node_indices(nodes, grid, images.device)
         rows = torch.stack([transition_rows(f, flat) for f in features], dim=1)
         return rows.unflatten(-1, grid)
