@@ -9,6 +9,7 @@ validation history) go to `benchmarks/results/camvid.{json,md}`.
 
     python benchmarks/camvid.py                        # both models, about an hour on 2 cores
     python benchmarks/camvid.py --model difnet --epochs 1 --output runs/try
+    python benchmarks/camvid.py --stages               # then: mIoU after each walk, M's statistics
 """
 
 from __future__ import annotations
@@ -26,8 +27,10 @@ import torch
 
 from difnet.data import CamVid, EvalTransform
 from difnet.evaluation import evaluate
+from difnet.metrics import ConfusionMatrix
 from difnet.models import DifNet
-from difnet.training import TrainConfig, train
+from difnet.models.heads import upsample
+from difnet.training import TrainConfig, load_model, train
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "camvid"
@@ -137,6 +140,45 @@ def markdown(records: list[dict], wall_seconds: float) -> str:
     return "\n".join(lines) + "\n"
 
 
+@torch.no_grad()
+def walk_stages(checkpoint: Path, data_root: Path) -> dict:
+    """Val mIoU of the seed's argmax and of each walk's output, and the importance map's
+    statistics, for a trained DifNet: whether the walks help, and whether M collapsed."""
+    model, _ = load_model(checkpoint)
+    val = CamVid(data_root, "val", EvalTransform(), resize=HALF_RESOLUTION)
+    names = ["seed", *(f"walk {t}" for t in range(1, 6))]
+    matrices = {name: ConfusionMatrix(val.num_classes) for name in names}
+    importance = []
+    for index in range(len(val)):
+        image, label = val[index]
+        out = model.forward_intermediates(image[None])
+        for name, maps in zip(names, [out.seed, *out.walks], strict=True):
+            matrices[name].update(upsample(maps, label.shape).argmax(1)[0], label)
+        importance.append(out.importance.flatten())
+    importance = torch.cat(importance)
+    return {
+        "miou": {name: matrix.compute().miou for name, matrix in matrices.items()},
+        "importance": {
+            "mean": float(importance.mean()), "min": float(importance.min()),
+            "max": float(importance.max()), "fraction_below_0.05": float((importance < 0.05).float().mean()),
+        },
+    }
+
+
+def stages_markdown(stages: dict) -> str:
+    """The per-stage val mIoU and the importance map's statistics as markdown."""
+    names = list(stages["miou"])
+    m = stages["importance"]
+    return "\n".join([
+        "| | " + " | ".join(names) + " |",
+        "|---" * (len(names) + 1) + "|",
+        "| val mIoU (%) | " + " | ".join(f"{100 * v:.1f}" for v in stages["miou"].values()) + " |",
+        "",
+        f"Importance map M over val: mean {m['mean']:.3f}, min {m['min']:.3f}, max {m['max']:.3f}, "
+        f"{100 * m['fraction_below_0.05']:.1f}% of nodes below 0.05.",
+    ]) + "\n"
+
+
 def machine() -> str:
     cpu = platform.processor() or platform.machine()
     try:
@@ -164,10 +206,18 @@ def main() -> None:
     parser.add_argument("--data-root", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--output", type=Path, default=ROOT / "runs" / "camvid")
     parser.add_argument("--results", type=Path, default=RESULTS, help="folder for camvid.json/.md")
+    parser.add_argument("--stages", action="store_true",
+                        help="only analyse the trained DifNet: val mIoU after each walk, M's statistics")
     args = parser.parse_args()
     if not (args.data_root / "train.txt").is_file():
         sys.exit(f"CamVid not found at {args.data_root}: pass --data-root (the SegNet tutorial layout)")
     args.output.mkdir(parents=True, exist_ok=True)
+    if args.stages:
+        stages = walk_stages(args.output / "difnet" / "last.pt", args.data_root)
+        (args.results / "camvid_stages.json").write_text(json.dumps(stages, indent=2) + "\n")
+        (args.results / "camvid_stages.md").write_text(stages_markdown(stages))
+        print(stages_markdown(stages))
+        return
     if args.model:
         run_one(args, args.model)
         return

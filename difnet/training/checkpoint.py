@@ -13,13 +13,11 @@ from __future__ import annotations
 
 import os
 import pickle
-import random
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -169,27 +167,3 @@ def load_state(model: nn.Module, state: Mapping[str, torch.Tensor], path: str | 
             f"checkpoint {path} does not fit the model: missing {result.missing_keys[:5]}, "
             f"unexpected {result.unexpected_keys[:5]}"
         )
-
-
-def rng_states() -> dict[str, Any]:
-    """The states of every random generator a run draws from, as weights-only-loadable values."""
-    kind, keys, position, has_gauss, gauss = np.random.get_state()
-    states: dict[str, Any] = {
-        "torch": torch.get_rng_state(),
-        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, gauss],
-        "python": random.getstate(),
-    }
-    if torch.cuda.is_available():
-        states["cuda"] = torch.cuda.get_rng_state_all()
-    return states
-
-
-def restore_rng_states(states: Mapping[str, Any]) -> None:
-    """Put every random generator back in the state `rng_states` recorded."""
-    torch.set_rng_state(states["torch"])
-    kind, keys, position, has_gauss, gauss = states["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, gauss))
-    version, internal, gauss_next = states["python"]
-    random.setstate((version, tuple(internal), gauss_next))
-    if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
