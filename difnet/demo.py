@@ -102,6 +102,7 @@ class DemoConfig:
             epochs=math.ceil(self.steps / steps_per_epoch),
             max_steps_per_epoch=min(self.steps, steps_per_epoch),
             lr=self.lr,
+            head_lr_mult=1.0,  # from scratch, the paper's 10x made the scores diverge and M collapse
             seed=self.seed,
             workers=0,
             output_dir=str(self.output_dir / model),
