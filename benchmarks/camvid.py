@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from difnet.data import CamVid, EvalTransform
+from difnet.diffusion import transition_matrix
 from difnet.evaluation import evaluate
 from difnet.metrics import ConfusionMatrix
 from difnet.models import DifNet
@@ -142,16 +143,19 @@ def markdown(records: list[dict], wall_seconds: float) -> str:
 
 @torch.no_grad()
 def walk_stages(checkpoint: Path, data_root: Path) -> dict:
-    """Val mIoU of the seed's argmax and of each walk's output, and the importance map's
-    statistics, for a trained DifNet: whether the walks help, and whether M collapsed."""
+    """Val mIoU of the seed's argmax and of each walk's output, the importance map's statistics
+    and each P_t's mean self-weight P_t[i, i], for a trained DifNet: whether the walks help,
+    whether M collapsed, and whether the P_t are near the identity (walks that do not mix)."""
     model, _ = load_model(checkpoint)
     val = CamVid(data_root, "val", EvalTransform(), resize=HALF_RESOLUTION)
     names = ["seed", *(f"walk {t}" for t in range(1, 6))]
     matrices = {name: ConfusionMatrix(val.num_classes) for name in names}
-    importance = []
+    importance, self_weights = [], []
     for index in range(len(val)):
         image, label = val[index]
         out = model.forward_intermediates(image[None])
+        features, _ = model._diffusion_features(model.similarity_branch(image[None]))
+        self_weights.append([float(transition_matrix(f).diagonal(dim1=1, dim2=2).mean()) for f in features])
         for name, maps in zip(names, [out.seed, *out.walks], strict=True):
             matrices[name].update(upsample(maps, label.shape).argmax(1)[0], label)
         importance.append(out.importance.flatten())
@@ -162,6 +166,7 @@ def walk_stages(checkpoint: Path, data_root: Path) -> dict:
             "mean": float(importance.mean()), "min": float(importance.min()),
             "max": float(importance.max()), "fraction_below_0.05": float((importance < 0.05).float().mean()),
         },
+        "mean_self_weight": torch.tensor(self_weights).mean(0).tolist(),
     }
 
 
@@ -176,6 +181,9 @@ def stages_markdown(stages: dict) -> str:
         "",
         f"Importance map M over val: mean {m['mean']:.3f}, min {m['min']:.3f}, max {m['max']:.3f}, "
         f"{100 * m['fraction_below_0.05']:.1f}% of nodes below 0.05.",
+        "",
+        "Mean self-weight P_t[i, i] of levels 0-4 (1 = the walk leaves y unchanged): "
+        + ", ".join(f"{v:.3f}" for v in stages["mean_self_weight"]) + ".",
     ]) + "\n"
 
 
