@@ -65,8 +65,13 @@ def test_stop_and_resume_equals_an_uninterrupted_run(tmp_path, monkeypatch):
     monkeypatch.setattr(Trainer, "_train_epoch", original)
     assert read_checkpoint(tmp_path / "stopped" / "last.pt")["epoch"] == 2
 
+    with (tmp_path / "stopped" / "log.jsonl").open("a") as log:  # as if epoch 3 had logged
+        log.write('{"event": "train", "step": 5, "epoch": 3, "loss": 1.0}\n')
     resumed = train(replace(stopped, resume=str(tmp_path / "stopped" / "last.pt"), overwrite=False))
     assert states_equal(whole.model, resumed.model)
+    events = [[(r["event"], r["epoch"], r["step"]) for r in read_log(result)] for result in
+              (tmp_path / "whole", tmp_path / "stopped")]
+    assert events[0] == events[1]
     assert resumed.history == whole.history and resumed.best_miou == whole.best_miou
     saved = read_checkpoint(tmp_path / "stopped" / "last.pt")
     assert (saved["epoch"], saved["step"]) == (3, 6)

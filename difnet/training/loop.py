@@ -42,7 +42,7 @@ from difnet.training.checkpoint import (
 )
 from difnet.training.config import TrainConfig
 from difnet.training.optim import build_optimizer, set_learning_rate
-from difnet.training.records import RunLog
+from difnet.training.records import LOG_NAME, RunLog, keep_epochs
 
 LAST, BEST = "last.pt", "best.pt"
 
@@ -236,8 +236,10 @@ class Trainer:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         for name in (LAST, BEST):  # left by a run killed mid-save
             remove_partial_saves(self.output_dir / name)
-        if not self.config.resume:
-            for name in (LAST, BEST, "log.jsonl"):
+        if self.config.resume:
+            keep_epochs(self.output_dir, self.epoch)  # the interrupted epoch runs again
+        else:
+            for name in (LAST, BEST, LOG_NAME):
                 (self.output_dir / name).unlink(missing_ok=True)
         (self.output_dir / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
         self.log = RunLog(self.output_dir)
