@@ -7,9 +7,9 @@ default the two runs go in parallel processes of one thread each, so they share 
 evenly. Results (per-class IoU, mIoU, pixel accuracy, wall time, learned mu_t/beta_t, the
 validation history) go to `benchmarks/results/camvid.{json,md}`.
 
-    python benchmarks/camvid.py                        # both models, about an hour on 2 cores
-    python benchmarks/camvid.py --model difnet --epochs 1 --output runs/try
-    python benchmarks/camvid.py --stages               # then: mIoU after each walk, M's statistics
+    python -m benchmarks.camvid                        # both models, about an hour on 2 cores
+    python -m benchmarks.camvid --model difnet --epochs 1 --output runs/try
+    python -m benchmarks.camvid --stages               # then: mIoU after each walk, M's statistics
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks._measure import describe_machine, machine_info
 from difnet.data import CamVid, EvalTransform
 from difnet.diffusion import transition_matrix
 from difnet.evaluation import evaluate
@@ -92,10 +92,10 @@ def run_one(args: argparse.Namespace, model: str) -> dict:
 
 def spawn(args: argparse.Namespace, model: str) -> subprocess.Popen:
     """This script for one model in a single-threaded child process, logging to a file."""
-    command = [sys.executable, __file__, "--model", model, *forwarded(args)]
+    command = [sys.executable, "-m", "benchmarks.camvid", "--model", model, *forwarded(args)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     log = (args.output / f"{model}.log").open("w")
-    return subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+    return subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
 def forwarded(args: argparse.Namespace) -> list[str]:
@@ -136,7 +136,7 @@ def markdown(records: list[dict], wall_seconds: float) -> str:
         ),
         "",
         f"Initialisation: {records[0]['initialisation']}. Wall time of the whole experiment "
-        f"{wall_seconds / 60:.1f} min on {machine()}.",
+        f"{wall_seconds / 60:.1f} min. {describe_machine(machine_info())}",
     ]
     return "\n".join(lines) + "\n"
 
@@ -187,19 +187,6 @@ def stages_markdown(stages: dict) -> str:
     ]) + "\n"
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        )
-    except (OSError, StopIteration):
-        pass
-    return f"{os.cpu_count()} cores of {cpu}, torch {torch.__version__}"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", choices=tuple(MODELS), help="train only this model, in this process")
@@ -237,7 +224,7 @@ def main() -> None:
     wall = time.perf_counter() - start
     records = [json.loads((args.output / f"{model}.json").read_text()) for model in MODELS]
     args.results.mkdir(parents=True, exist_ok=True)
-    summary = {"machine": machine(), "wall_seconds": round(wall, 1), "runs": records}
+    summary = {"machine": machine_info(), "wall_seconds": round(wall, 1), "runs": records}
     (args.results / "camvid.json").write_text(json.dumps(summary, indent=2) + "\n")
     (args.results / "camvid.md").write_text(markdown(records, wall))
     print(markdown(records, wall))

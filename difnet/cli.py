@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 
 from difnet import __version__
+from difnet.devices import default_device
 from difnet.training.loop import NonFiniteLossError
 
 TRAINING_FAILED = 1
@@ -50,11 +51,6 @@ def positive_scale(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"scales must be positive, got {text!r}")
     return value
-
-
-def default_device() -> str:
-    """`cuda` when a GPU is visible, else `cpu`."""
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def add_checkpoint_argument(parser: argparse.ArgumentParser) -> None:

@@ -22,7 +22,7 @@ from torch import nn
 
 from difnet.data import SyntheticShapes, denormalize
 from difnet.data.transforms import normalize
-from difnet.evaluation import EvaluationResult, evaluate
+from difnet.evaluation import EvaluationResult, evaluate, percent
 from difnet.models import DifNet
 from difnet.predict import output_paths_free
 from difnet.training import TrainConfig, train
@@ -138,7 +138,7 @@ class DemoResult:
         metrics = [m.evaluation.metrics for m in self.models]
         rows = [(name, [mt.per_class_iou[i] for mt in metrics]) for i, name in enumerate(self.class_names)]
         rows += [("**mIoU**", [mt.miou for mt in metrics]), ("pixel accuracy", [mt.pixel_accuracy for mt in metrics])]
-        lines += [f"| {name} | " + " | ".join(map(percent, values)) + " |" for name, values in rows]
+        lines += [f"| {name} | " + " | ".join(percent(v, digits=1) for v in values) + " |" for name, values in rows]
         lines.append("| train time (s) | " + " | ".join(f"{m.train_seconds:.0f}" for m in self.models) + " |")
         walks = [m.walk_parameters for m in self.models if m.walk_parameters]
         if walks:
@@ -158,11 +158,6 @@ class DemoResult:
                 for m in self.models
             },
         }
-
-
-def percent(value: float | None) -> str:
-    """A metric in [0, 1] as a percentage; `None` (class absent from the data) as a dash."""
-    return "-" if value is None else f"{100 * value:.1f}"
 
 
 def demo_datasets(config: DemoConfig) -> tuple[SyntheticShapes, SyntheticShapes]:

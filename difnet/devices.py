@@ -6,6 +6,11 @@ from __future__ import annotations
 import torch
 
 
+def default_device() -> str:
+    """`cuda` when a GPU is visible, else `cpu`."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def parse_device(device: str | torch.device) -> torch.device:
     """`device` as a `torch.device`; a name torch does not know raises a `ValueError` naming it."""
     try:

@@ -79,11 +79,11 @@ class EvaluationResult:
         for name, iou, accuracy in zip(
             self.class_names, m.per_class_iou, m.per_class_accuracy, strict=True
         ):
-            lines.append(f"| {name} | {_percent(iou)} | {_percent(accuracy)} |")
+            lines.append(f"| {name} | {percent(iou)} | {percent(accuracy)} |")
         lines += [
-            f"| **mIoU** | {_percent(m.miou)} | |",
-            f"| pixel accuracy | {_percent(m.pixel_accuracy)} | |",
-            f"| mean class accuracy | {_percent(m.mean_class_accuracy)} | |",
+            f"| **mIoU** | {percent(m.miou)} | |",
+            f"| pixel accuracy | {percent(m.pixel_accuracy)} | |",
+            f"| mean class accuracy | {percent(m.mean_class_accuracy)} | |",
         ]
         views = f"scales {', '.join(f'{s:g}' for s in self.scales)}" + (", flip" if self.flip else "")
         return "\n".join(lines) + f"\n\n{m.num_pixels} labelled pixels; {views}"
@@ -98,8 +98,9 @@ class EvaluationResult:
         }
 
 
-def _percent(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.2f}"
+def percent(value: float | None, digits: int = 2) -> str:
+    """A metric in [0, 1] as a percentage; `None` (class absent from the data) as a dash."""
+    return "-" if value is None else f"{100 * value:.{digits}f}"
 
 
 def _shard(dataset: Dataset, rank: int, world_size: int) -> Dataset:

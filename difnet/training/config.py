@@ -10,22 +10,16 @@ import numbers
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-import torch
 
 from difnet.data import DATASETS, TrainTransform, build_dataset
 from difnet.data.base import SegmentationDataset, Transform
-from difnet.devices import parse_device
+from difnet.devices import default_device, parse_device
 from difnet.diffusion import WALK_METHODS
 from difnet.models import MODELS, RESNET_DEPTHS
 
 NONFINITE_POLICIES = ("stop", "skip")
 SYNTHETIC_DEFAULT_CLASSES = 5
 SYNTHETIC_DEFAULT_SIZE = 64
-
-
-def default_device() -> str:
-    """`cuda` when a GPU is visible, else `cpu`."""
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 @dataclass
