@@ -1,5 +1,6 @@
-"""Crash safety: a training run SIGKILLed at a random moment and resumed from its last.pt ends
-with the uninterrupted run's weights bit for bit; a save killed midway never leaves a
+"""Crash safety: a training run that writes last.pt every step, SIGKILLed at a random moment
+(mid-epoch or between epochs) and resumed with `difnet train --resume last.pt` alone, ends with
+the uninterrupted run's weights bit for bit; a save killed midway never leaves a
 half-written checkpoint; and `difnet train` never replaces an existing run without --overwrite.
 
 SIGKILL gives `atomic_save` no chance to delete its temporary file, so a kill mid-save can leave
@@ -28,12 +29,12 @@ from difnet.training import TrainConfig, train
 from difnet.training.checkpoint import FORMAT, atomic_save, read_checkpoint, remove_partial_saves
 from difnet.training.loop import LAST
 
-EPOCHS = 3
+EPOCHS, STEPS_PER_EPOCH = 3, 2
 TRAIN_ARGS = (
     "train", "--model", "difnet", "--depth", "18", "--dataset", "synthetic",
     "--image-size", "32", "32", "--crop-size", "32", "--batch-size", "4",
-    "--epochs", str(EPOCHS), "--max-steps-per-epoch", "1", "--num-classes", "3",
-    "--workers", "0", "--device", "cpu", "--no-progress", "--val-split", "none",
+    "--epochs", str(EPOCHS), "--max-steps-per-epoch", str(STEPS_PER_EPOCH), "--num-classes", "3",
+    "--workers", "0", "--device", "cpu", "--no-progress", "--val-split", "none", "--save-every", "1",
 )  # fmt: skip
 KILL_SEEDS = (0, 1, 2)
 SAVE_KILL_SEEDS = (0, 1, 2, 3, 4, 5)
@@ -110,24 +111,25 @@ def kill_after(process: subprocess.Popen, last: Path, saves: int, delay: float) 
 @pytest.mark.parametrize("seed", KILL_SEEDS)
 def test_a_run_killed_anywhere_resumes_to_the_same_weights(tmp_path, uninterrupted, seed):
     rng = random.Random(seed)
-    epochs, delay = rng.randint(1, EPOCHS - 1), rng.uniform(0.0, 0.3)
+    saves, delay = rng.randint(1, EPOCHS * STEPS_PER_EPOCH - 1), rng.uniform(0.0, 0.3)
     output_dir = tmp_path / "run"
     last = output_dir / LAST
     process = start_training(output_dir)
     try:
-        kill_after(process, last, epochs, delay)
+        kill_after(process, last, saves, delay)
     finally:
         if process.poll() is None:
             process.kill()
             process.wait()
         process.stderr.close()
     (output_dir / f".{LAST}.planted.tmp").write_bytes(b"half a checkpoint")  # as a kill mid-save leaves
-    resumed_from = read_checkpoint(last)["epoch"]
-    assert resumed_from >= epochs
+    stopped = read_checkpoint(last)
+    assert stopped["step"] >= saves
     with single_thread():
-        train(train_config(output_dir, "--resume", str(last)))
+        assert main(["train", "--resume", str(last)]) == 0  # the recipe comes from the checkpoint
     resumed = read_checkpoint(last)
-    print(f"seed {seed}: killed {delay:.2f}s after saving epoch {epochs}, resumed from epoch {resumed_from}")
+    print(f"seed {seed}: killed {delay:.2f}s after save {saves}, resumed from step {stopped['step']} "
+          f"({stopped['steps_into_epoch']} into epoch {stopped['epoch'] + 1})")
     assert resumed["epoch"] == uninterrupted["epoch"] == EPOCHS
     assert resumed["step"] == uninterrupted["step"]
     assert_identical(resumed["model"], uninterrupted["model"])

@@ -35,11 +35,18 @@ def images(batch: int = 1, height: int = 65, width: int = 65, dtype=torch.float3
     )
 
 
+def seed_grid_side(side: int) -> int:
+    """Stride-2 conv, ceil-mode stride-2 max-pool, stride-2 layer2: the output-stride-8 side."""
+    side = (side - 1) // 2 + 1
+    side = -(-(side - 1) // 2) + 1
+    return (side - 1) // 2 + 1
+
+
 @pytest.mark.parametrize("batch, height, width", [(1, 65, 67), (2, 33, 50), (1, 16, 16)])
 def test_logits_have_input_size_for_any_size(batch, height, width):
     model = tiny_difnet()
     out = model.forward_intermediates(images(batch, height, width))
-    grid = (math.ceil(height / 8), math.ceil(width / 8))
+    grid = (seed_grid_side(height), seed_grid_side(width))
     assert isinstance(out, DifNetOutput)
     assert out.logits.shape == (batch, NUM_CLASSES, height, width)
     assert out.scores.shape == out.seed.shape == (batch, NUM_CLASSES, *grid)
@@ -54,7 +61,7 @@ def test_logits_have_input_size_for_any_size(batch, height, width):
 def test_diffusion_stride_4_walks_on_a_twice_finer_grid():
     out = tiny_difnet(diffusion_stride=4).forward_intermediates(images(1, 65, 67))
     assert out.seed.shape[-2:] == (9, 9)
-    assert all(y.shape == (1, NUM_CLASSES, 17, 17) for y in out.walks)
+    assert all(y.shape == (1, NUM_CLASSES, 17, 18) for y in out.walks)
     assert out.logits.shape == (1, NUM_CLASSES, 65, 67)
 
 
@@ -145,16 +152,16 @@ def test_transition_rows_are_rows_of_each_p_t():
     nodes = [[0, 0], [2, 3], [4, 5]]
     with torch.no_grad():
         rows = model.transition_rows(x, nodes)
-    assert rows.shape == (2, 5, 3, 5, 6)
+    assert rows.shape == (2, 5, 3, 6, 7)
     for level, f in enumerate(projections):
         P = transition_matrix(flatten_nodes(f))
-        torch.testing.assert_close(rows[:, level].flatten(-2), P[:, [0, 15, 29]])
+        torch.testing.assert_close(rows[:, level].flatten(-2), P[:, [0, 17, 33]])
 
 
 @pytest.mark.parametrize(
     "nodes, problem",
     [
-        ([[0, 6]], "diffusion grid"),
+        ([[0, 7]], "diffusion grid"),
         ([[-1, 0]], "diffusion grid"),
         ([0, 1], r"\[n, 2\]"),
         ([[0.5, 1.0]], "integer"),
@@ -173,16 +180,16 @@ def test_walk_parameters_start_at_one_half_and_follow_the_raw_parameters():
     assert model.walk_parameters()["mu"][2] == pytest.approx(1 / (1 + math.exp(-1.0)))
 
 
-def test_param_groups_split_backbones_from_heads():
+def test_param_groups_split_backbones_heads_and_walks():
     model = tiny_difnet()
     groups = model.param_groups()
-    assert set(groups) == {"backbone", "head"}
+    assert set(groups) == {"backbone", "head", "walk"}
     ids = {name: {id(p) for p in params} for name, params in groups.items()}
-    assert not ids["backbone"] & ids["head"]
-    assert ids["backbone"] | ids["head"] == {id(p) for p in model.parameters()}
+    assert sum(len(i) for i in ids.values()) == len(set.union(*ids.values()))  # disjoint
+    assert set.union(*ids.values()) == {id(p) for p in model.parameters()}
     backbones = [*model.seed_backbone.parameters(), *model.similarity_backbone.parameters()]
     assert ids["backbone"] == {id(p) for p in backbones}
-    assert {id(w.raw_mu) for w in model.cascade.walks} <= ids["head"]
+    assert ids["walk"] == {id(p) for w in model.cascade.walks for p in (w.raw_mu, w.raw_beta)}
 
 
 def test_eval_mode_is_deterministic_and_batch_independent():

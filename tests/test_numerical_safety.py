@@ -201,7 +201,7 @@ def test_a_nan_loss_stops_the_run_naming_the_step_and_keeps_the_last_checkpoint(
     assert f"samples {samples}" in message
     assert_finite_checkpoint(read_checkpoint(tmp_path / "run" / LAST), epoch=1, step=2)
     assert nonfinite_records(config) == [
-        {"event": "nonfinite", "step": 2, "epoch": 2, "batch": 1, "samples": samples, "action": "stop"}
+        {"event": "nonfinite", "step": 3, "epoch": 2, "batch": 1, "samples": samples, "action": "stop"}
     ]
 
 
@@ -213,6 +213,6 @@ def test_a_nan_loss_is_skipped_and_the_run_finishes_with_finite_weights(tmp_path
     assert all(torch.isfinite(p).all() for p in result.model.state_dict().values())
     assert_finite_checkpoint(read_checkpoint(tmp_path / "run" / LAST), epoch=2, step=4)
     assert nonfinite_records(config) == [
-        {"event": "nonfinite", "step": 2, "epoch": 2, "batch": 1,
+        {"event": "nonfinite", "step": 3, "epoch": 2, "batch": 1,
          "samples": poisoned_samples(config), "action": "skip"}
     ]  # fmt: skip

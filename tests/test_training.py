@@ -4,6 +4,7 @@ recipe's, its config survives the command line and checkpoints, and it runs unde
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import socket
 import subprocess
@@ -18,7 +19,7 @@ from difnet.data import SyntheticShapes
 from difnet.models import DifNet
 from difnet.training import TrainConfig, load_model, read_checkpoint, train
 from difnet.training.loop import EpochSampler, Trainer
-from difnet.training.optim import build_optimizer, poly_lr
+from difnet.training.optim import build_optimizer, poly_lr, set_learning_rate
 from difnet.training.records import read_log
 
 TINY = dict(
@@ -77,6 +78,69 @@ def test_stop_and_resume_equals_an_uninterrupted_run(tmp_path, monkeypatch):
     assert (saved["epoch"], saved["step"]) == (3, 6)
 
 
+def test_a_mid_epoch_checkpoint_resumes_from_the_same_sample(tmp_path, monkeypatch):
+    config = tiny_config(tmp_path, "whole", max_steps_per_epoch=3, save_every=2, log_every=1)
+    whole = train(config)
+    original = Trainer._step
+
+    def crash_at_step_five(trainer: Trainer, batches, index: int) -> float:
+        if trainer.step == 4:  # epoch 2's second step; last.pt holds step 4 = 1 step into epoch 2
+            raise KeyboardInterrupt
+        return original(trainer, batches, index)
+
+    monkeypatch.setattr(Trainer, "_step", crash_at_step_five)
+    stopped = replace(config, output_dir=str(tmp_path / "stopped"))
+    with pytest.raises(KeyboardInterrupt):
+        train(stopped)
+    monkeypatch.setattr(Trainer, "_step", original)
+    saved = read_checkpoint(tmp_path / "stopped" / "last.pt")
+    assert (saved["epoch"], saved["step"], saved["steps_into_epoch"]) == (1, 4, 1)
+    resumed = train(replace(stopped, resume=str(tmp_path / "stopped" / "last.pt")))
+    assert states_equal(whole.model, resumed.model)
+    events = [[(r["event"], r["epoch"], r["step"]) for r in read_log(result)] for result in
+              (tmp_path / "whole", tmp_path / "stopped")]
+    assert events[0] == events[1]
+
+
+def run_cli(*args: str) -> int:
+    from difnet.cli import main
+
+    return main(["train", *map(str, args)])
+
+
+def test_resume_takes_the_recipe_from_the_checkpoint_alone(tmp_path, capsys):
+    output = tmp_path / "run"
+    assert run_cli("--model", "simdeeplab", "--depth", "18", "--dataset", "synthetic",
+                   "--num-classes", "3", "--image-size", "32", "32", "--crop-size", "32",
+                   "--batch-size", "4", "--epochs", "1", "--max-steps-per-epoch", "1", "--lr", "0.02",
+                   "--workers", "0", "--device", "cpu", "--no-progress", "--val-split", "none",
+                   "--output-dir", output) == 0  # fmt: skip
+    last = output / "last.pt"
+    assert run_cli("--resume", last, "--epochs", "2") == 0  # extend: allowed
+    saved = read_checkpoint(last)
+    assert (saved["epoch"], saved["step"]) == (2, 2)
+    assert saved["config"]["lr"] == 0.02 and saved["config"]["model"] == "simdeeplab"
+    capsys.readouterr()
+    assert run_cli("--resume", last, "--lr", "0.0025", "--epochs", "3") == 2
+    error = capsys.readouterr().err
+    assert "--lr 0.0025 (the run used 0.02)" in error and "--epochs" in error
+    assert read_checkpoint(last)["step"] == 2  # nothing ran
+
+
+def test_train_voc_example_resumes_from_the_checkpoint_alone(tmp_path):
+    spec = importlib.util.spec_from_file_location("train_voc", PROJECT_ROOT / "examples" / "train_voc.py")
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    parse_config = example.parse_config
+    output = tmp_path / "syn"
+    train(parse_config(["--synthetic", "--epochs", "1", "--max-steps-per-epoch", "1", "--no-progress",
+                        "--workers", "0", "--device", "cpu", "--output-dir", str(output)]))  # fmt: skip
+    config = parse_config(["--resume", str(output / "last.pt"), "--epochs", "2"])
+    assert config.dataset == "synthetic" and config.epochs == 2 and config.output_dir == str(output)
+    with pytest.raises(ValueError, match=r"--dataset 'voc' \(the run used 'synthetic'\)"):
+        parse_config(["--resume", str(output / "last.pt"), "--dataset", "voc"])
+
+
 def test_best_checkpoint_is_an_inference_checkpoint_of_the_best_epoch(tmp_path):
     result = train(tiny_config(tmp_path, val_split="val", epochs=2))
     best = read_checkpoint(result.checkpoint_paths["best"])
@@ -86,14 +150,19 @@ def test_best_checkpoint_is_an_inference_checkpoint_of_the_best_epoch(tmp_path):
     assert model.num_classes == 3 and metadata["class_names"][0] == "background"
 
 
-def test_poly_schedule_and_tenfold_head_rate():
+def test_poly_schedule_and_optional_group_rates():
     assert poly_lr(0.01, 0, 100, 0.9) == 0.01
     assert poly_lr(0.01, 50, 100, 0.9) == pytest.approx(0.01 * 0.5**0.9)
     assert poly_lr(0.01, 100, 100, 0.9) == 0.0
-    config = TrainConfig(**{**TINY, "lr": 0.02})
-    groups = {g["name"]: g for g in build_optimizer(DifNet(depth=18, num_classes=3), config).param_groups}
+    config = TrainConfig(**{**TINY, "lr": 0.02, "head_lr_mult": 10.0, "walk_lr_mult": 30.0,
+                            "walk_weight_decay": 0.0})  # fmt: skip
+    optimizer = build_optimizer(DifNet(depth=18, num_classes=3), config)
+    groups = {g["name"]: g for g in optimizer.param_groups}
     assert groups["backbone"]["lr"] == 0.02 and groups["head"]["lr"] == pytest.approx(0.2)
+    assert groups["walk"]["lr"] == pytest.approx(0.6) and groups["walk"]["weight_decay"] == 0.0
     assert groups["head"]["weight_decay"] == 5e-4 and groups["head"]["momentum"] == 0.9
+    set_learning_rate(optimizer, config, 50, 100)
+    assert groups["walk"]["lr"] == pytest.approx(0.6 * 0.5**0.9)
 
 
 def test_accumulation_steps_once_per_group_of_batches(tmp_path):

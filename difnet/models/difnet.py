@@ -17,7 +17,13 @@ from difnet.diffusion import (
     transition_rows,
     unflatten_nodes,
 )
-from difnet.models.heads import ImportanceHead, Projection, score_head, upsample
+from difnet.models.heads import (
+    UNSATURATED_PSI_SCALE,
+    ImportanceHead,
+    Projection,
+    score_head,
+    upsample,
+)
 from difnet.models.parameters import split_backbone_head
 from difnet.models.pretrained import LoadReport, PretrainedSource, load_pretrained_backbones
 from difnet.models.resnet import dilated_resnet
@@ -50,6 +56,9 @@ class DifNet(nn.Module):
 
     `aspp=False` gives the paper's noASPP seed head; `walk="materialized"` builds every P_t
     explicitly (debugging); `diffusion_stride=4` diffuses on a 2x finer grid than the seed's.
+    `psi_scale_init` is the initial BN scale of every Psi_t: the default 64^(-1/4) starts
+    `f f^T` at 1/8 of its BN-normalised value so the walks mix from the first step; 1.0 is the
+    authors' code exactly (docs/fidelity.md).
     `pretrained_backbone` (a torchvision ResNet checkpoint path, or "imagenet") initialises
     both backbones; the loads' missing/unexpected keys are kept in `backbone_load_reports`.
     """
@@ -62,9 +71,14 @@ class DifNet(nn.Module):
         pretrained_backbone: PretrainedSource | None = None,
         walk: WalkMethod = "fused",
         diffusion_stride: int = 8,
+        psi_scale_init: float = UNSATURATED_PSI_SCALE,
     ) -> None:
         super().__init__()
         check_num_classes(num_classes)
+        if isinstance(psi_scale_init, bool) or not isinstance(psi_scale_init, int | float) or not (
+            0 < psi_scale_init < float("inf")
+        ):
+            raise ValueError(f"psi_scale_init must be a positive number (got {psi_scale_init!r})")
         if not isinstance(aspp, bool):
             raise TypeError(f"aspp must be True or False (got {aspp!r})")
         if walk not in WALK_METHODS:
@@ -79,7 +93,9 @@ class DifNet(nn.Module):
         self.importance = ImportanceHead(num_classes)
         self.similarity_backbone = dilated_resnet(depth)
         level_channels = (3, *self.similarity_backbone.out_channels)
-        self.projections = nn.ModuleList(Projection(c) for c in level_channels)
+        self.projections = nn.ModuleList(
+            Projection(c, scale_init=psi_scale_init) for c in level_channels
+        )
         self.cascade = Cascade(NUM_LEVELS, walk)
         self.backbone_load_reports: dict[str, LoadReport] = {}
         if pretrained_backbone is not None:
@@ -150,8 +166,9 @@ class DifNet(nn.Module):
             return {"mu": self.cascade.mu.tolist(), "beta": self.cascade.beta.tolist()}
 
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
-        """`"backbone"`: both ResNets (base lr); `"head"`: heads, projections and walks (10x lr)."""
-        return split_backbone_head(self, [self.seed_backbone, self.similarity_backbone])
+        """`"backbone"`: both ResNets; `"head"`: heads and projections; `"walk"`: mu_t, beta_t."""
+        backbones = [self.seed_backbone, self.similarity_backbone]
+        return split_backbone_head(self, backbones, walk=self.cascade)
 
 
 def _flat_node_indices(

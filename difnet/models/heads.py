@@ -11,13 +11,20 @@ from torch import Tensor, nn
 
 ASPP_DILATIONS: tuple[int, ...] = (6, 12, 18, 24)
 PROJECTION_CHANNELS = 64
+# Psi's BN scale at init such that f f^T starts as (BN-normalised inner product) / sqrt(64),
+# the softmax's scale in attention: unsaturated transitions from the first step (docs/fidelity.md)
+UNSATURATED_PSI_SCALE = PROJECTION_CHANNELS**-0.25
 
 
 def score_conv(in_channels: int, num_classes: int, dilation: int = 1) -> nn.Conv2d:
-    """3x3 convolution to class scores with bias, weights from N(0, 0.01) as in DeepLabV2."""
+    """3x3 convolution to class scores with bias, initialised as the authors' code trains it.
+
+    DeepLabV2 draws these weights from N(0, 0.01), but in the authors' DifNet code the ResNet's
+    init loop runs afterwards and redraws them from N(0, sqrt(2 / (9 K))) (fan-out He init);
+    the bias keeps torch's default. docs/fidelity.md
+    """
     conv = nn.Conv2d(in_channels, num_classes, 3, padding=dilation, dilation=dilation)
-    nn.init.normal_(conv.weight, mean=0.0, std=0.01)
-    nn.init.zeros_(conv.bias)
+    nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
     return conv
 
 
@@ -69,12 +76,20 @@ class ImportanceHead(nn.Sequential):
 
 
 class Projection(nn.Module):
-    """`Psi_t`: 1x1 convolution to 64 channels (with bias), BN, adaptive max pool to the grid."""
+    """`Psi_t`: 1x1 convolution to 64 channels (with bias), BN, adaptive max pool to the grid.
 
-    def __init__(self, in_channels: int, out_channels: int = PROJECTION_CHANNELS) -> None:
+    `scale_init` is the BN scale gamma at init (1 in the authors' code). Since
+    `f f^T = sum_c gamma_c^2 z_c z_c^T` for BN-normalised `z`, gamma is a learned per-channel
+    temperature of the transition softmax, and `scale_init` its starting value.
+    """
+
+    def __init__(
+        self, in_channels: int, out_channels: int = PROJECTION_CHANNELS, scale_init: float = 1.0
+    ) -> None:
         super().__init__()
         self.conv = nn.Conv2d(in_channels, out_channels, 1)
         self.bn = nn.BatchNorm2d(out_channels)
+        nn.init.constant_(self.bn.weight, scale_init)
 
     def forward(self, x: Tensor, size: tuple[int, int]) -> Tensor:
         """Features `[B, C_t, H_t, W_t]` -> `[B, 64, h, w]` (channels_last) on the grid `size`."""

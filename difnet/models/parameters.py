@@ -13,10 +13,14 @@ def count_parameters(model: nn.Module, *, trainable_only: bool = False) -> int:
 
 
 def split_backbone_head(
-    model: nn.Module, backbones: Iterable[nn.Module]
+    model: nn.Module, backbones: Iterable[nn.Module], walk: nn.Module | None = None
 ) -> dict[str, list[nn.Parameter]]:
-    """`{"backbone": ..., "head": ...}`: ResNet weights (base lr) and everything else (10x lr)."""
+    """`{"backbone": ..., "head": ...}`: the ResNets' weights and everything else; with `walk`,
+    its parameters form a third group `"walk"`, so the recipe can give them a rate of their own."""
     backbone = [p for module in backbones for p in module.parameters()]
-    taken = {id(p) for p in backbone}
-    head = [p for p in model.parameters() if id(p) not in taken]
-    return {"backbone": backbone, "head": head}
+    walks = list(walk.parameters()) if walk is not None else []
+    taken = {id(p) for p in (*backbone, *walks)}
+    groups = {"backbone": backbone, "head": [p for p in model.parameters() if id(p) not in taken]}
+    if walk is not None:
+        groups["walk"] = walks
+    return groups

@@ -27,7 +27,11 @@ def conv1x1(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
 
 
 class BasicBlock(nn.Module):
-    """Two 3x3 convolutions with a residual connection (ResNet-18/34)."""
+    """Two 3x3 convolutions with a residual connection (ResNet-18/34).
+
+    In a dilated stage only `conv2` is dilated; `conv1` keeps dilation 1, as in the authors'
+    DifNet code (docs/fidelity.md).
+    """
 
     expansion = 1
 
@@ -40,7 +44,7 @@ class BasicBlock(nn.Module):
         downsample: nn.Module | None = None,
     ) -> None:
         super().__init__()
-        self.conv1 = conv3x3(in_channels, channels, stride, dilation)
+        self.conv1 = conv3x3(in_channels, channels, stride)
         self.bn1 = nn.BatchNorm2d(channels)
         self.relu = nn.ReLU(inplace=True)
         self.conv2 = conv3x3(channels, channels, dilation=dilation)
@@ -119,7 +123,8 @@ class DilatedResNet(nn.Module):
         self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
         self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
+        # ceil_mode as in the authors' code: a 64x64 input gives a 9x9 grid, not 8x8
+        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1, ceil_mode=True)
 
         in_channels, dilation, stride_so_far = 64, 1, 4
         stages = []

@@ -23,7 +23,7 @@ from torch import nn
 
 from difnet.models import build_model
 from difnet.models.pretrained import shape_mismatches
-from difnet.training.config import TrainConfig
+from difnet.training.config import RESUME_CHANGEABLE, TrainConfig
 
 FORMAT = "difnet-checkpoint"
 FORMAT_VERSION = 1
@@ -98,6 +98,31 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     if missing:
         raise ValueError(f"checkpoint {path} lacks the entries {missing}; it is damaged")
     return payload
+
+
+def resume_config(path: str | Path, options: Mapping[str, Any]) -> TrainConfig:
+    """The recipe stored in checkpoint `path`, set to resume from it, with `options` applied.
+
+    Options may only change what `RESUME_CHANGEABLE` names (more epochs, another device, ...);
+    any other that differs from the stored recipe is refused, naming it and both values. The
+    output folder defaults to the checkpoint's own.
+    """
+    stored = TrainConfig.from_dict(read_checkpoint(path)["config"])
+    resumed = TrainConfig.from_dict(
+        {**stored.to_dict(), "output_dir": str(Path(path).parent), **options, "resume": str(path)}
+    )
+    before, after = stored.to_dict(), resumed.to_dict()
+    refused = [name for name in after if name not in RESUME_CHANGEABLE and after[name] != before[name]]
+    if refused:
+        changes = "; ".join(
+            f"--{name.replace('_', '-')} {after[name]!r} (the run used {before[name]!r})" for name in refused
+        )
+        raise ValueError(
+            f"cannot resume {path} with a different recipe: {changes}. Beside --resume only "
+            + ", ".join("--" + name.replace("_", "-") for name in RESUME_CHANGEABLE if name != "resume")
+            + " may change; start a new run for anything else"
+        )
+    return resumed
 
 
 def model_spec(config: TrainConfig, num_classes: int) -> dict[str, Any]:

@@ -16,17 +16,26 @@ from difnet.data.base import SegmentationDataset, Transform
 from difnet.devices import default_device, parse_device
 from difnet.diffusion import WALK_METHODS
 from difnet.models import MODELS, RESNET_DEPTHS
+from difnet.models.heads import UNSATURATED_PSI_SCALE
 
 NONFINITE_POLICIES = ("stop", "skip")
+# what `--resume` may change in the stored recipe: how long, where and how the run goes on, never
+# what it computes
+RESUME_CHANGEABLE = (
+    "epochs", "workers", "device", "output_dir", "overwrite", "resume", "data_root", "eval_every",
+    "log_every", "progress", "on_nonfinite", "save_every",
+)  # fmt: skip
 SYNTHETIC_DEFAULT_CLASSES = 5
 SYNTHETIC_DEFAULT_SIZE = 64
 
 
 @dataclass
 class TrainConfig:
-    """Everything that defines a training run. Defaults are the paper's recipe (Sec. 5): SGD
-    with momentum 0.9, weight decay 5e-4, poly decay (power 0.9) per iteration, heads at 10x
-    the backbone learning rate, batch 16, random scale 0.5-1.5, 321x321 crops and flips.
+    """Everything that defines a training run. Defaults are the authors' recipe (their
+    `main.sh`/`main.py`): SGD with momentum 0.9 over every parameter at one learning rate,
+    2.5e-3, weight decay 5e-4 on all of them, poly decay (power 0.9) per iteration, batch 16,
+    random scale 0.5-1.5, 321x321 crops and flips, 200 epochs. docs/fidelity.md lists each
+    point and where difnet departs from it.
 
     `batch_size` is per process and per forward pass; the optimiser steps every `accumulate`
     batches, so one step sees `batch_size * accumulate * processes` images.
@@ -37,6 +46,7 @@ class TrainConfig:
     aspp: bool = True
     walk: str = "fused"
     diffusion_stride: int = 8
+    psi_scale_init: float = UNSATURATED_PSI_SCALE
     pretrained_backbone: str | None = None
     dataset: str = "voc"
     data_root: str | None = None
@@ -51,8 +61,10 @@ class TrainConfig:
     accumulate: int = 1
     epochs: int = 200
     max_steps_per_epoch: int | None = None
-    lr: float = 0.01
-    head_lr_mult: float = 10.0
+    lr: float = 2.5e-3
+    head_lr_mult: float = 1.0
+    walk_lr_mult: float = 1.0
+    walk_weight_decay: float | None = None
     momentum: float = 0.9
     weight_decay: float = 5e-4
     poly_power: float = 0.9
@@ -63,6 +75,7 @@ class TrainConfig:
     output_dir: str = "runs/difnet"
     overwrite: bool = False
     resume: str | None = None
+    save_every: int | None = None
     eval_every: int = 1
     on_nonfinite: str = "stop"
     log_every: int = 10
@@ -102,6 +115,7 @@ class TrainConfig:
             "batch_size": self.batch_size, "accumulate": self.accumulate, "epochs": self.epochs,
             "eval_every": self.eval_every, "log_every": self.log_every,
             "max_steps_per_epoch": self.max_steps_per_epoch, "num_classes": self.num_classes,
+            "save_every": self.save_every,
         }  # fmt: skip
         for name, value in positive.items():
             if value is not None and not _is_int(value, minimum=1):
@@ -111,11 +125,11 @@ class TrainConfig:
                 raise ValueError(f"{name} must be a non-negative integer (got {getattr(self, name)!r})")
 
     def _check_rates(self) -> None:
-        for name in ("lr", "head_lr_mult"):
+        for name in ("lr", "head_lr_mult", "walk_lr_mult", "psi_scale_init"):
             if not _finite(getattr(self, name), name) > 0:
                 raise ValueError(f"{name} must be positive (got {getattr(self, name)!r})")
-        for name in ("momentum", "weight_decay", "poly_power"):
-            if not _finite(getattr(self, name), name) >= 0:
+        for name in ("momentum", "weight_decay", "poly_power", "walk_weight_decay"):
+            if getattr(self, name) is not None and not _finite(getattr(self, name), name) >= 0:
                 raise ValueError(f"{name} must be non-negative (got {getattr(self, name)!r})")
         low, high = (_finite(value, "scale_range") for value in self.scale_range)
         if not 0 < low <= high:
@@ -181,6 +195,9 @@ class TrainConfig:
                            help="how P_t y is computed (materialized: explicit P, for debugging)")
         model.add_argument("--diffusion-stride", type=int, choices=(4, 8), default=d.diffusion_stride,
                            help="output stride of the grid the walks run on")
+        model.add_argument("--psi-scale-init", type=float, default=d.psi_scale_init,
+                           help="initial BN scale of DifNet's Psi_t (1.0: the authors' code; "
+                                "default 64^-1/4: unsaturated transitions at init)")
         model.add_argument("--pretrained-backbone", metavar="PATH_OR_imagenet",
                            help="torchvision ResNet checkpoint for the backbones, or 'imagenet'")
         data = parser.add_argument_group("data")
@@ -205,9 +222,13 @@ class TrainConfig:
                            help="forward passes whose gradients are summed per optimiser step")
         optim.add_argument("--epochs", type=int, default=d.epochs, help="passes over the training split")
         optim.add_argument("--max-steps-per-epoch", type=int, help="cut each epoch short (quick runs)")
-        optim.add_argument("--lr", type=float, default=d.lr, help="backbone learning rate")
+        optim.add_argument("--lr", type=float, default=d.lr, help="base learning rate (every parameter group scales it)")
         optim.add_argument("--head-lr-mult", type=float, default=d.head_lr_mult,
-                           help="learning-rate factor of the heads, projections and walks")
+                           help="learning-rate factor of the heads and projections (authors: 1)")
+        optim.add_argument("--walk-lr-mult", type=float, default=d.walk_lr_mult,
+                           help="learning-rate factor of DifNet's walk weights mu_t, beta_t (authors: 1)")
+        optim.add_argument("--walk-weight-decay", type=float,
+                           help="weight decay of the walk weights (default: --weight-decay, as the authors)")
         optim.add_argument("--momentum", type=float, default=d.momentum, help="SGD momentum")
         optim.add_argument("--weight-decay", type=float, default=d.weight_decay, help="L2 weight decay")
         optim.add_argument("--poly-power", type=float, default=d.poly_power, help="power of the poly schedule")
@@ -219,21 +240,54 @@ class TrainConfig:
         run.add_argument("--device", default=default_device(), help="torch device (under torchrun: cuda or cpu)")
         run.add_argument("--output-dir", default=d.output_dir, help="where checkpoints and logs go")
         run.add_argument("--overwrite", action="store_true", help="reuse a non-empty output directory")
-        run.add_argument("--resume", metavar="CHECKPOINT", help="continue a run from its last.pt")
+        run.add_argument("--resume", metavar="CHECKPOINT",
+                         help="continue a run from its last.pt with the recipe stored there; only "
+                              + ", ".join("--" + n.replace("_", "-") for n in RESUME_CHANGEABLE[:-1])
+                              + " may be given beside it")
+        run.add_argument("--save-every", type=int, metavar="STEPS",
+                         help="also write last.pt every STEPS optimiser steps (a crash loses at most that many)")
         run.add_argument("--eval-every", type=int, default=d.eval_every, help="evaluate every N epochs")
         run.add_argument("--log-every", type=int, default=d.log_every, help="log the loss every N steps")
         run.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+        defaults = cls()
+        parser.set_defaults(**{f.name: Default(getattr(defaults, f.name)) for f in fields(cls)})
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> TrainConfig:
-        """The config of options parsed by `add_arguments`."""
-        values = {f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)}
-        if isinstance(values.get("val_split"), str) and values["val_split"].lower() == "none":
-            values["val_split"] = None
-        crop = values.get("crop_size")
-        if isinstance(crop, list) and len(crop) not in (1, 2):
-            raise ValueError(f"--crop-size takes one or two values (got {len(crop)})")
+        """The config of options parsed by `add_arguments`; with `--resume`, the recipe stored in
+        that checkpoint, changed only by the options given on the command line."""
+        values, given = {}, {}
+        for name in (f.name for f in fields(cls) if hasattr(args, f.name)):
+            value = getattr(args, name)
+            if isinstance(value, Default):
+                values[name] = value.value
+            else:
+                values[name] = given[name] = _normalise_option(name, value)
+        if values.get("resume"):
+            from difnet.training.checkpoint import resume_config  # it reads configs: no cycle
+
+            return resume_config(values["resume"], given)
         return cls(**values)
+
+
+@dataclass(frozen=True)
+class Default:
+    """A default in a parsed namespace, so a value the user typed (even an equal one) is told
+    apart from one they left out; prints as the value in `--help`."""
+
+    value: Any
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+
+def _normalise_option(name: str, value: Any) -> Any:
+    """A typed option's value as the config takes it ('none' as no validation split)."""
+    if name == "val_split" and isinstance(value, str) and value.lower() == "none":
+        return None
+    if name == "crop_size" and isinstance(value, list) and len(value) not in (1, 2):
+        raise ValueError(f"--crop-size takes one or two values (got {len(value)})")
+    return value
 
 
 def _is_int(value: object, *, minimum: int) -> bool:

@@ -5,7 +5,10 @@ Reproducibility: every random generator (torch, NumPy, Python, DataLoader worker
 from `(seed, epoch, rank)` at the start of each epoch, and the data order is a permutation
 drawn from `(seed, epoch)`. A run resumed from the checkpoint of epoch `e` therefore repeats
 epochs `e+1, ...` exactly as the uninterrupted run would (bit for bit on CPU; on CUDA as far as
-its kernels are deterministic).
+its kernels are deterministic). A checkpoint written mid-epoch (`save_every`) records how many
+steps of the epoch it holds; the resumed run re-seeds the epoch and draws (and discards) the
+batches of those steps, so the data and every random state continue from the same sample. This
+relies on the steps themselves drawing no random numbers, which holds for these models.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ from difnet.training.checkpoint import (
 )
 from difnet.training.config import TrainConfig
 from difnet.training.optim import build_optimizer, set_learning_rate
-from difnet.training.records import LOG_NAME, RunLog, keep_epochs
+from difnet.training.records import LOG_NAME, RunLog, keep_steps
 
 LAST, BEST = "last.pt", "best.pt"
 
@@ -135,6 +138,8 @@ class Trainer:
 
         seed_everything(config.seed)
         kwargs = model_spec(config, self.num_classes)
+        if config.model == "difnet":  # an init choice, so not part of the spec that rebuilds it
+            kwargs["psi_scale_init"] = config.psi_scale_init
         model = build_model(kwargs.pop("name"), kwargs.pop("depth"), kwargs.pop("num_classes"),
                             pretrained_backbone=config.pretrained_backbone, **kwargs)
         if context.distributed and self.device.type == "cuda":
@@ -172,6 +177,7 @@ class Trainer:
         self.total_steps = config.epochs * self.steps_per_epoch
 
         self.epoch, self.step = 0, 0
+        self.steps_into_epoch = 0  # > 0 only when resuming from a mid-epoch checkpoint
         self.best_miou: float | None = None
         self.history: list[dict] = []
         if config.resume:
@@ -208,10 +214,11 @@ class Trainer:
         load_state(self.model, payload["model"], path)
         self.optimizer.load_state_dict(payload["optimizer"])
         self.epoch, self.step = payload["epoch"], payload["step"]
+        self.steps_into_epoch = payload.get("steps_into_epoch", 0)
         self.best_miou = payload["best_miou"]
         self.history = list(payload["history"])
 
-    def _save(self, name: str, *, with_optimizer: bool) -> Path:
+    def _save(self, name: str, *, with_optimizer: bool, steps_into_epoch: int = 0) -> Path:
         extra = {"optimizer": self.optimizer.state_dict()} if with_optimizer else {}
         return save_model(
             self.output_dir / name,
@@ -221,6 +228,7 @@ class Trainer:
             palette=list(self.train_set.palette),
             epoch=self.epoch,
             step=self.step,
+            steps_into_epoch=steps_into_epoch,
             best_miou=self.best_miou,
             history=self.history,
             **extra,
@@ -237,7 +245,7 @@ class Trainer:
         for name in (LAST, BEST):  # left by a run killed mid-save
             remove_partial_saves(self.output_dir / name)
         if self.config.resume:
-            keep_epochs(self.output_dir, self.epoch)  # the interrupted epoch runs again
+            keep_steps(self.output_dir, self.step)  # the steps after the checkpoint run again
         else:
             for name in (LAST, BEST, LOG_NAME):
                 (self.output_dir / name).unlink(missing_ok=True)
@@ -293,14 +301,17 @@ class Trainer:
         self.sampler.set_epoch(self.epoch)
         self.loader_generator.manual_seed(epoch_seed(config.seed, self.epoch, rank))
         self.model.train()
+        start, self.steps_into_epoch = self.steps_into_epoch, 0
         bar = tqdm(
-            total=self.steps_per_epoch, unit="step", leave=False,
+            total=self.steps_per_epoch, initial=start, unit="step", leave=False,
             desc=f"epoch {self.epoch + 1}/{config.epochs}",
             disable=not (self.context.is_main and config.progress),
         )
         batches = iter(self.loader)
+        for _ in range(start * config.accumulate):  # the batches the checkpoint already trained on
+            next(batches)
         window_loss, window_images, window_start = 0.0, 0, time.perf_counter()
-        for index in range(self.steps_per_epoch):
+        for index in range(start, self.steps_per_epoch):
             lr = set_learning_rate(self.optimizer, config, self.step, self.total_steps)
             loss = self._step(batches, index)
             window_loss += loss
@@ -314,6 +325,10 @@ class Trainer:
                     self.log.write("train", self.step, epoch=self.epoch + 1, lr=lr,
                                    loss=window_loss / steps_in_window, images_per_second=speed)
                 window_loss, window_images, window_start = 0.0, 0, time.perf_counter()
+            last_of_epoch = index == self.steps_per_epoch - 1
+            if config.save_every and self.step % config.save_every == 0 and not last_of_epoch:
+                if self.context.is_main:
+                    self._save(LAST, with_optimizer=True, steps_into_epoch=index + 1)
         bar.close()
 
     def _step(self, batches: Iterator, index: int) -> float:
@@ -350,7 +365,7 @@ class Trainer:
         )
         self.optimizer.zero_grad(set_to_none=True)
         if self.log is not None:
-            self.log.write("nonfinite", self.step, epoch=self.epoch + 1, batch=index + 1,
+            self.log.write("nonfinite", self.step + 1, epoch=self.epoch + 1, batch=index + 1,
                            samples=samples, action=config.on_nonfinite)
         if config.on_nonfinite == "stop":
             raise NonFiniteLossError(

@@ -1,5 +1,6 @@
-"""The paper's optimiser: SGD with momentum, backbone at the base learning rate and heads at 10x,
-decayed per iteration by the poly schedule `lr * (1 - step / total) ** power`."""
+"""The authors' optimiser: SGD with momentum over every parameter at one learning rate (the
+heads' and walks' factors default to 1), decayed per iteration by the poly schedule
+`lr * (1 - step / total) ** power`."""
 
 from __future__ import annotations
 
@@ -10,14 +11,16 @@ from difnet.training.config import TrainConfig
 
 
 def build_optimizer(model: nn.Module, config: TrainConfig) -> SGD:
-    """SGD over the model's `param_groups()`: "backbone" at `lr`, "head" at `lr * head_lr_mult`."""
-    groups = model.param_groups()
-    multipliers = {"backbone": 1.0, "head": config.head_lr_mult}
+    """SGD over the model's `param_groups()`: "backbone" at `lr`, "head" at `lr * head_lr_mult`,
+    "walk" (DifNet's mu_t, beta_t) at `lr * walk_lr_mult` with `walk_weight_decay`."""
+    multipliers = {"backbone": 1.0, "head": config.head_lr_mult, "walk": config.walk_lr_mult}
+    walk_decay = config.weight_decay if config.walk_weight_decay is None else config.walk_weight_decay
     return SGD(
         [
-            {"params": groups[name], "lr": config.lr * mult, "lr_mult": mult, "name": name}
-            for name, mult in multipliers.items()
-        ],
+            {"params": params, "lr": config.lr * multipliers[name], "lr_mult": multipliers[name],
+             "name": name, **({"weight_decay": walk_decay} if name == "walk" else {})}
+            for name, params in model.param_groups().items()
+        ],  # fmt: skip
         lr=config.lr,
         momentum=config.momentum,
         weight_decay=config.weight_decay,

@@ -38,12 +38,12 @@ def read_log(output_dir: str | Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def keep_epochs(output_dir: str | Path, epochs: int) -> None:
-    """Drop the records of epochs after `epochs` (those a resumed run repeats), atomically."""
+def keep_steps(output_dir: str | Path, steps: int) -> None:
+    """Drop the records of steps after `steps` (those a resumed run repeats), atomically."""
     path = Path(output_dir) / LOG_NAME
     if not path.is_file():
         return
-    kept = [r for r in read_log(output_dir) if r.get("epoch", 0) <= epochs]
+    kept = [r for r in read_log(output_dir) if r["step"] <= steps]
     temporary = path.with_name(f".{LOG_NAME}.tmp")
     temporary.write_text("".join(json.dumps(r) + "\n" for r in kept))
     temporary.replace(path)
