@@ -58,7 +58,8 @@ class DifNet(nn.Module):
     explicitly (debugging); `diffusion_stride=4` diffuses on a 2x finer grid than the seed's.
     `psi_scale_init` is the initial BN scale of every Psi_t: the default 64^(-1/4) starts
     `f f^T` at 1/8 of its BN-normalised value so the walks mix from the first step; 1.0 is the
-    authors' code exactly (docs/fidelity.md).
+    authors' code exactly (docs/fidelity.md). `gradient_checkpointing=True` recomputes the
+    backbones' stages during backward: the same gradients for less memory.
     `pretrained_backbone` (a torchvision ResNet checkpoint path, or "imagenet") initialises
     both backbones; the loads' missing/unexpected keys are kept in `backbone_load_reports`.
     """
@@ -72,6 +73,7 @@ class DifNet(nn.Module):
         walk: WalkMethod = "fused",
         diffusion_stride: int = 8,
         psi_scale_init: float = UNSATURATED_PSI_SCALE,
+        gradient_checkpointing: bool = False,
     ) -> None:
         super().__init__()
         check_num_classes(num_classes)
@@ -88,10 +90,10 @@ class DifNet(nn.Module):
                 f"diffusion_stride must be one of {DIFFUSION_STRIDES} (got {diffusion_stride!r})"
             )
         self.depth, self.num_classes, self.diffusion_stride = depth, num_classes, diffusion_stride
-        self.seed_backbone = dilated_resnet(depth)
+        self.seed_backbone = dilated_resnet(depth, gradient_checkpointing=gradient_checkpointing)
         self.classifier = score_head(self.seed_backbone.out_channels[-1], num_classes, aspp)
         self.importance = ImportanceHead(num_classes)
-        self.similarity_backbone = dilated_resnet(depth)
+        self.similarity_backbone = dilated_resnet(depth, gradient_checkpointing=gradient_checkpointing)
         level_channels = (3, *self.similarity_backbone.out_channels)
         self.projections = nn.ModuleList(
             Projection(c, scale_init=psi_scale_init) for c in level_channels

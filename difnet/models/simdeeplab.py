@@ -17,6 +17,7 @@ class SimDeepLab(nn.Module):
 
     `pretrained_backbone` (a torchvision ResNet checkpoint path, or "imagenet") initialises the
     backbone; the load's missing/unexpected keys are kept in `backbone_load_reports`.
+    `gradient_checkpointing=True` recomputes the backbone's stages during backward.
     """
 
     def __init__(
@@ -24,11 +25,12 @@ class SimDeepLab(nn.Module):
         depth: int = 101,
         num_classes: int = 21,
         pretrained_backbone: PretrainedSource | None = None,
+        gradient_checkpointing: bool = False,
     ) -> None:
         super().__init__()
         check_num_classes(num_classes)
         self.depth, self.num_classes = depth, num_classes
-        self.backbone = dilated_resnet(depth)
+        self.backbone = dilated_resnet(depth, gradient_checkpointing=gradient_checkpointing)
         self.classifier = ASPP(self.backbone.out_channels[-1], num_classes)
         self.backbone_load_reports: dict[str, LoadReport] = {}
         if pretrained_backbone is not None:

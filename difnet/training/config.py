@@ -7,6 +7,7 @@ import argparse
 import json
 import math
 import numbers
+import warnings
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -23,8 +24,9 @@ NONFINITE_POLICIES = ("stop", "skip")
 # what it computes
 RESUME_CHANGEABLE = (
     "epochs", "workers", "device", "output_dir", "overwrite", "resume", "data_root", "eval_every",
-    "log_every", "progress", "on_nonfinite", "save_every",
+    "log_every", "progress", "on_nonfinite", "save_every", "gradient_checkpointing",
 )  # fmt: skip
+PRECISIONS = ("fp32", "bf16", "fp16")
 SYNTHETIC_DEFAULT_CLASSES = 5
 SYNTHETIC_DEFAULT_SIZE = 64
 
@@ -48,6 +50,7 @@ class TrainConfig:
     diffusion_stride: int = 8
     psi_scale_init: float = UNSATURATED_PSI_SCALE
     pretrained_backbone: str | None = None
+    gradient_checkpointing: bool = False
     dataset: str = "voc"
     data_root: str | None = None
     train_split: str = "train"
@@ -68,7 +71,7 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     poly_power: float = 0.9
-    bf16: bool = False
+    precision: str = "fp32"
     seed: int = 0
     workers: int = 2
     device: str = field(default_factory=default_device)
@@ -105,6 +108,7 @@ class TrainConfig:
             "diffusion_stride": (self.diffusion_stride, (4, 8)),
             "dataset": (self.dataset, DATASETS),
             "on_nonfinite": (self.on_nonfinite, NONFINITE_POLICIES),
+            "precision": (self.precision, PRECISIONS),
         }
         for name, (value, allowed) in choices.items():
             if value not in allowed:
@@ -170,6 +174,10 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
         """The config of `to_dict`'s output; unknown keys are refused by name."""
+        if "bf16" in values:  # checkpoints written before --precision replaced --bf16
+            legacy = values["bf16"]
+            values = {key: value for key, value in values.items() if key != "bf16"}
+            values.setdefault("precision", "bf16" if legacy else "fp32")
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
@@ -198,6 +206,8 @@ class TrainConfig:
         model.add_argument("--psi-scale-init", type=float, default=d.psi_scale_init,
                            help="initial BN scale of DifNet's Psi_t (1.0: the authors' code; "
                                 "default 64^-1/4: unsaturated transitions at init)")
+        model.add_argument("--gradient-checkpointing", action="store_true",
+                           help="recompute the backbones' stages in backward: less memory, more time")
         model.add_argument("--pretrained-backbone", metavar="PATH_OR_imagenet",
                            help="torchvision ResNet checkpoint for the backbones, or 'imagenet'")
         data = parser.add_argument_group("data")
@@ -232,7 +242,11 @@ class TrainConfig:
         optim.add_argument("--momentum", type=float, default=d.momentum, help="SGD momentum")
         optim.add_argument("--weight-decay", type=float, default=d.weight_decay, help="L2 weight decay")
         optim.add_argument("--poly-power", type=float, default=d.poly_power, help="power of the poly schedule")
-        optim.add_argument("--bf16", action="store_true", help="bfloat16 autocast (fast on GPUs; slow on many CPUs)")
+        optim.add_argument("--precision", choices=PRECISIONS, default=d.precision,
+                           help="autocast: bf16 (fast on recent GPUs, slow on many CPUs) or fp16 with a "
+                                "gradient scaler (GPUs without bf16); the walks always run in fp32")
+        optim.add_argument("--bf16", dest="precision", action=_DeprecatedBf16, nargs=0,
+                           help="deprecated alias of --precision bf16")
         optim.add_argument("--on-nonfinite", choices=NONFINITE_POLICIES, default=d.on_nonfinite,
                            help="on a NaN/inf loss or gradient: stop the run, or skip that step")
         run = parser.add_argument_group("run")
@@ -268,6 +282,14 @@ class TrainConfig:
 
             return resume_config(values["resume"], given)
         return cls(**values)
+
+
+class _DeprecatedBf16(argparse.Action):
+    """`--bf16`, kept working as `--precision bf16` with a warning."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:  # noqa: ANN001
+        warnings.warn("--bf16 is deprecated; use --precision bf16", FutureWarning, stacklevel=2)
+        setattr(namespace, self.dest, "bf16")
 
 
 @dataclass(frozen=True)

@@ -48,6 +48,7 @@ from difnet.training.optim import build_optimizer, set_learning_rate
 from difnet.training.records import LOG_NAME, RunLog, keep_steps
 
 LAST, BEST = "last.pt", "best.pt"
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class NonFiniteLossError(RuntimeError):
@@ -138,14 +139,18 @@ class Trainer:
 
         seed_everything(config.seed)
         kwargs = model_spec(config, self.num_classes)
-        if config.model == "difnet":  # an init choice, so not part of the spec that rebuilds it
+        # how to initialise and train the model, not what it is: kept out of the spec that rebuilds it
+        kwargs.update(pretrained_backbone=config.pretrained_backbone,
+                      gradient_checkpointing=config.gradient_checkpointing)
+        if config.model == "difnet":
             kwargs["psi_scale_init"] = config.psi_scale_init
-        model = build_model(kwargs.pop("name"), kwargs.pop("depth"), kwargs.pop("num_classes"),
-                            pretrained_backbone=config.pretrained_backbone, **kwargs)
+        model = build_model(kwargs.pop("name"), kwargs.pop("depth"), kwargs.pop("num_classes"), **kwargs)
         if context.distributed and self.device.type == "cuda":
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         model.to(self.device)
         self.optimizer = build_optimizer(model, config)
+        # fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.precision == "fp16")
         self.model = (
             DistributedDataParallel(model, device_ids=[self.device] if self.device.type == "cuda" else None)
             if context.distributed
@@ -213,6 +218,8 @@ class Trainer:
             )
         load_state(self.model, payload["model"], path)
         self.optimizer.load_state_dict(payload["optimizer"])
+        if self.scaler.is_enabled() and "grad_scaler" in payload:
+            self.scaler.load_state_dict(payload["grad_scaler"])
         self.epoch, self.step = payload["epoch"], payload["step"]
         self.steps_into_epoch = payload.get("steps_into_epoch", 0)
         self.best_miou = payload["best_miou"]
@@ -220,6 +227,8 @@ class Trainer:
 
     def _save(self, name: str, *, with_optimizer: bool, steps_into_epoch: int = 0) -> Path:
         extra = {"optimizer": self.optimizer.state_dict()} if with_optimizer else {}
+        if with_optimizer and self.scaler.is_enabled():
+            extra["grad_scaler"] = self.scaler.state_dict()
         return save_model(
             self.output_dir / name,
             self.model,
@@ -336,21 +345,25 @@ class Trainer:
         config = self.config
         self.optimizer.zero_grad(set_to_none=True)
         total = torch.zeros((), device=self.device)
+        dtype = AUTOCAST_DTYPES.get(config.precision)
         for micro in range(config.accumulate):
             images, labels = next(batches)
             images = images.to(self.device, non_blocking=True)
             labels = labels.to(self.device, non_blocking=True)
             last = micro == config.accumulate - 1
             sync = contextlib.nullcontext() if last or not self.context.distributed else self.model.no_sync()
-            with sync, torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=config.bf16):
+            with sync, torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
                 loss = pixel_loss(self.model(images), labels)
-                (loss / config.accumulate).backward()
+                self.scaler.scale(loss / config.accumulate).backward()
             total += loss.detach()
         loss = distributed.mean_over_processes(total / config.accumulate, self.context)
-        finite = bool(torch.isfinite(loss)) and bool(torch.isfinite(gradient_norm(self.parameters)))
+        finite = bool(torch.isfinite(loss))
+        if not self.scaler.is_enabled():  # with fp16 the scaler skips steps whose gradients overflow
+            finite = finite and bool(torch.isfinite(gradient_norm(self.parameters)))
         if distributed.any_true(not finite, self.context):
             return self._nonfinite(index, float(loss))
-        self.optimizer.step()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
         self.step += 1
         return float(loss)
 
