@@ -81,6 +81,7 @@ CONCURRENCY_COLUMNS = {
 }
 TRAINING_COLUMNS = {
     **CASE_COLUMNS,
+    "checkpointing": "gradient checkpointing",
     "step_ms": "training step (ms)",
     "peak_extra_mib": "peak extra memory (MiB)",
 }
@@ -117,10 +118,10 @@ def label(name: str, depth: int) -> str:
     return f"{LABELS[name]}-{depth}"
 
 
-def build(name: str, depth: int, device: str) -> nn.Module:
+def build(name: str, depth: int, device: str, **options: Any) -> nn.Module:
     """A freshly initialised model (seed 0) with VOC's classes on `device`."""
     torch.manual_seed(0)
-    return build_model(name, depth, CLASSES).to(device)
+    return build_model(name, depth, CLASSES, **options).to(device)
 
 
 def eval_case(name: str, depth: int, size: int, device: str) -> tuple[nn.Module, Tensor]:
@@ -233,9 +234,9 @@ def branch_concurrency(depth: int, size: int, device: str, plan: Plan) -> dict[s
     return row
 
 
-def training_step(name: str, device: str, size: int) -> Callable[[], None]:
+def training_step(name: str, device: str, size: int, checkpointing: bool) -> Callable[[], None]:
     """One step of the paper's SGD on `name`-18 in train mode, batch 2 of random `size` images."""
-    model = build(name, TRAIN_DEPTH, device).train()
+    model = build(name, TRAIN_DEPTH, device, gradient_checkpointing=checkpointing).train()
     optimizer = build_optimizer(model, TrainConfig(model=name, depth=TRAIN_DEPTH))
     images = random_images(TRAIN_BATCH, size, device)
     generator = torch.Generator(device=device).manual_seed(size)
@@ -249,20 +250,36 @@ def training_step(name: str, device: str, size: int) -> Callable[[], None]:
     return step
 
 
-def memory_worker(name: str, device: str) -> dict[str, int]:
+def memory_worker(name: str, device: str, checkpointing: str) -> dict[str, int]:
     """Run in a fresh process: a tiny untimed step, then the peak extra bytes of a real one."""
-    training_step(name, device, MEMORY_WARMUP_SIZE)()
-    step = training_step(name, device, TRAIN_SIZE)
+    checkpointing = checkpointing == "checkpointing"
+    training_step(name, device, MEMORY_WARMUP_SIZE, checkpointing)()
+    step = training_step(name, device, TRAIN_SIZE, checkpointing)
     return {"peak_extra_bytes": measure_peak_extra_memory(step, device)}
 
 
-def training(name: str, device: str, plan: Plan) -> dict[str, Any]:
+def training(name: str, device: str, checkpointing: bool, plan: Plan) -> dict[str, Any]:
     """Median time of a training step of `name`-18, and its peak memory from a fresh process."""
-    timings = plan.time({"step": training_step(name, device, TRAIN_SIZE)}, device)
+    timings = plan.time({"step": training_step(name, device, TRAIN_SIZE, checkpointing)}, device)
     row = case_row(device, TRAIN_SIZE, label(name, TRAIN_DEPTH), timings)
-    memory = run_in_subprocess(["-m", "benchmarks.model", "--memory-worker", name, device])
+    row["checkpointing"] = "yes" if checkpointing else "no"
+    mode = "checkpointing" if checkpointing else "plain"
+    memory = run_in_subprocess(["-m", "benchmarks.model", "--memory-worker", name, device, mode])
     row["peak_extra_mib"] = memory["peak_extra_bytes"] / 2**20
     return row
+
+
+def checkpointing_verdicts(rows: list[dict[str, Any]]) -> str:
+    """Each model's checkpointed step against its plain one: memory and time ratios."""
+    lines = []
+    for row in (r for r in rows if r["checkpointing"] == "yes"):
+        plain = next(r for r in rows if r["checkpointing"] == "no"
+                     and (r["model"], r["device"]) == (row["model"], row["device"]))  # fmt: skip
+        memory = row["peak_extra_mib"] / plain["peak_extra_mib"]
+        slower = row["step_ms"] / plain["step_ms"]
+        lines.append(f"- {row['model']} on {row['device']}: gradient checkpointing needs {memory:.2f}x "
+                     f"the peak extra memory (target <= 0.6x) and takes {slower:.2f}x the time.")
+    return "\n".join(lines)
 
 
 def parameters_section() -> tuple[dict[str, dict[int, int]], str]:
@@ -319,7 +336,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--output-dir", type=Path, default=RESULTS_DIR, help="where model.{json,md} go"
     )
     parser.add_argument(
-        "--memory-worker", nargs=2, metavar=("MODEL", "DEVICE"), help=argparse.SUPPRESS
+        "--memory-worker", nargs=3, metavar=("MODEL", "DEVICE", "MODE"), help=argparse.SUPPRESS
     )
     args = parser.parse_args(argv)
     if args.quick:
@@ -365,7 +382,10 @@ def main(argv: list[str] | None = None) -> None:
     concurrency_title = "DifNet's two branches: one after the other vs concurrently (medians)"
     concurrency = measure_section(concurrency_title, CONCURRENCY_COLUMNS, concurrency_cases)
     training_cases = [
-        partial(training, name, device, plan) for device in devices for name in LABELS
+        partial(training, name, device, checkpointing, plan)
+        for device in devices
+        for name in LABELS
+        for checkpointing in (False, True)
     ]
     training_title = f"Training step: batch {TRAIN_BATCH}, train mode, SGD (medians)"
     trained = measure_section(training_title, TRAINING_COLUMNS, training_cases)
@@ -389,6 +409,7 @@ def main(argv: list[str] | None = None) -> None:
             "step over the model and batch already held, in a fresh process (CPU: peak RSS; "
             "CUDA: max_memory_allocated).",
             markdown_table(trained, TRAINING_COLUMNS),
+            checkpointing_verdicts(trained),
             "## Parameters",
             parameters_markdown,
         ]

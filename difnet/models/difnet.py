@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from torch import Tensor, nn
@@ -17,6 +18,7 @@ from difnet.diffusion import (
     transition_rows,
     unflatten_nodes,
 )
+from difnet.models.checkpointing import recomputed
 from difnet.models.heads import (
     UNSATURATED_PSI_SCALE,
     ImportanceHead,
@@ -59,7 +61,8 @@ class DifNet(nn.Module):
     `psi_scale_init` is the initial BN scale of every Psi_t: the default 64^(-1/4) starts
     `f f^T` at 1/8 of its BN-normalised value so the walks mix from the first step; 1.0 is the
     authors' code exactly (docs/fidelity.md). `gradient_checkpointing=True` recomputes the
-    backbones' stages during backward: the same gradients for less memory.
+    backbones' stages and the Psi_t during backward: the same gradients for about half the
+    training memory.
     `pretrained_backbone` (a torchvision ResNet checkpoint path, or "imagenet") initialises
     both backbones; the loads' missing/unexpected keys are kept in `backbone_load_reports`.
     """
@@ -90,6 +93,7 @@ class DifNet(nn.Module):
                 f"diffusion_stride must be one of {DIFFUSION_STRIDES} (got {diffusion_stride!r})"
             )
         self.depth, self.num_classes, self.diffusion_stride = depth, num_classes, diffusion_stride
+        self.gradient_checkpointing = gradient_checkpointing
         self.seed_backbone = dilated_resnet(depth, gradient_checkpointing=gradient_checkpointing)
         self.classifier = score_head(self.seed_backbone.out_channels[-1], num_classes, aspp)
         self.importance = ImportanceHead(num_classes)
@@ -145,8 +149,12 @@ class DifNet(nn.Module):
         """`Psi_t` node features `[B, N, 64]` of the 5 levels, and the diffusion grid `(h, w)`."""
         # layer1 is at stride 4 and layer4 at the seed's stride 8
         grid = tuple(levels[1 if self.diffusion_stride == 4 else -1].shape[-2:])
+        # Psi_0 works at the input's full resolution: with checkpointing, recompute it too
+        recompute = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
         features = [
-            flatten_nodes(psi(level, grid))
+            flatten_nodes(
+                recomputed(partial(psi, size=grid), level, [psi.bn]) if recompute else psi(level, grid)
+            )
             for psi, level in zip(self.projections, levels, strict=True)
         ]
         return features, grid

@@ -7,12 +7,12 @@ stride of 8. The network has no classifier (`fc`); `forward` returns all four st
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
+
+from difnet.models.checkpointing import batch_norms, recomputed
 
 RESNET_DEPTHS: tuple[int, ...] = (18, 34, 50, 101, 152)
 
@@ -176,54 +176,15 @@ class DilatedResNet(nn.Module):
     def forward(self, x: Tensor) -> list[Tensor]:
         """Images `[B, 3, H, W]` -> outputs of layer1..layer4 (strides 4, 8, 8, 8 by default)."""
         recompute = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
-        x = _recomputed(self._stem, x, [self.bn1]) if recompute else self._stem(x)
+        x = recomputed(self._stem, x, [self.bn1]) if recompute else self._stem(x)
         features = []
         for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
-            x = _recomputed(stage, x, _batch_norms(stage)) if recompute else stage(x)
+            x = recomputed(stage, x, batch_norms(stage)) if recompute else stage(x)
             features.append(x)
         return features
 
     def _stem(self, x: Tensor) -> Tensor:
         return self.maxpool(self.relu(self.bn1(self.conv1(x))))
-
-
-def _batch_norms(module: nn.Module) -> list[nn.BatchNorm2d]:
-    return [m for m in module.modules() if isinstance(m, nn.BatchNorm2d)]
-
-
-def _recomputed(
-    function: Callable[[Tensor], Tensor], x: Tensor, norms: Sequence[nn.BatchNorm2d]
-) -> Tensor:
-    """`function(x)` under activation checkpointing. The recomputation in backward sees the same
-    batch, so it normalises identically, but must not move the running statistics of `norms`
-    (the BN layers inside `function`) a second time."""
-    calls = 0
-
-    def tracked_once(x: Tensor) -> Tensor:
-        nonlocal calls
-        calls += 1
-        if calls == 1:
-            return function(x)
-        with _running_stats_frozen(norms):
-            return function(x)
-
-    return checkpoint(tracked_once, x, use_reentrant=False)
-
-
-@contextmanager
-def _running_stats_frozen(norms: Sequence[nn.BatchNorm2d]) -> Iterator[None]:
-    """BN layers run as in training (same saved tensors, which checkpointing compares) but with
-    momentum 0, so their running statistics stay as they are, and their batch counts restored."""
-    norms = [norm for norm in norms if norm.track_running_stats]
-    saved = [(norm.momentum, norm.num_batches_tracked.clone()) for norm in norms]
-    for norm in norms:
-        norm.momentum = 0.0
-    try:
-        yield
-    finally:
-        for norm, (momentum, count) in zip(norms, saved, strict=True):
-            norm.momentum = momentum
-            norm.num_batches_tracked.copy_(count)
 
 
 def check_depth(depth: int) -> int:
