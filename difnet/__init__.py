@@ -3,14 +3,24 @@
 __version__ = "0.1.0"
 
 from difnet import diffusion
-from difnet.models import DifNet, DifNetOutput, SimDeepLab, build_model, count_parameters
+from difnet.models import (
+    DifNet,
+    DifNetOutput,
+    SegmentationModel,
+    SimDeepLab,
+    build_model,
+    count_parameters,
+    load_model,
+)
 
 __all__ = [
     "DifNet",
     "DifNetOutput",
+    "SegmentationModel",
     "SimDeepLab",
     "__version__",
     "build_model",
     "count_parameters",
     "diffusion",
+    "load_model",
 ]

@@ -55,7 +55,8 @@ def positive_scale(text: str) -> float:
 
 def add_checkpoint_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", type=Path, required=True, metavar="PATH",
-                        help="a checkpoint written by `difnet train` (best.pt or last.pt)")
+                        help="a checkpoint written by `difnet train` (best.pt, last.pt) or a "
+                             "save_pretrained folder (e.g. runs/x/best)")
 
 
 def add_device_argument(parser: argparse.ArgumentParser) -> None:
@@ -70,10 +71,10 @@ def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def load_checkpoint_model(path: Path) -> tuple[torch.nn.Module, dict]:
-    """The model and metadata of a checkpoint (`difnet.training.checkpoint.load_model`)."""
-    from difnet.training.checkpoint import load_model
+    """The model and metadata of a checkpoint or a save_pretrained folder."""
+    from difnet.models.serialization import load_model_with_metadata
 
-    return load_model(path)
+    return load_model_with_metadata(path)
 
 
 def checkpoint_palette(metadata: dict, num_classes: int) -> list[tuple[int, int, int]]:
@@ -163,7 +164,10 @@ def run_evaluate(args: argparse.Namespace) -> None:
     if args.output is not None:
         output_paths_free([args.output], overwrite=args.overwrite)
     model, metadata = load_checkpoint_model(args.checkpoint)
-    settings = {**metadata["config"], "num_classes": model.num_classes}
+    if "config" not in metadata and args.dataset is None:
+        raise ValueError(f"{args.checkpoint} holds no training recipe to take the dataset from; "
+                         "pass --dataset and --data-root")  # fmt: skip
+    settings = {**metadata.get("config", {}), "num_classes": model.num_classes}
     if args.dataset is not None:
         settings["dataset"] = args.dataset
     if args.data_root is not None:

@@ -1,10 +1,12 @@
 """The production PyTorch models: DifNet, Sim-DeepLab and their components."""
 
+from difnet.models.base import SegmentationModel
 from difnet.models.difnet import DifNet, DifNetOutput
 from difnet.models.factory import MODELS, build_model, format_parameter_counts, parameter_counts
 from difnet.models.parameters import count_parameters
 from difnet.models.pretrained import LoadReport
 from difnet.models.resnet import RESNET_DEPTHS, DilatedResNet, dilated_resnet
+from difnet.models.serialization import load_model, push_to_hub, save_pretrained
 from difnet.models.simdeeplab import SimDeepLab
 
 __all__ = [
@@ -14,10 +16,14 @@ __all__ = [
     "DifNetOutput",
     "DilatedResNet",
     "LoadReport",
+    "SegmentationModel",
     "SimDeepLab",
     "build_model",
     "count_parameters",
     "dilated_resnet",
     "format_parameter_counts",
+    "load_model",
     "parameter_counts",
+    "push_to_hub",
+    "save_pretrained",
 ]

@@ -26,10 +26,9 @@ from difnet.models.heads import (
     score_head,
     upsample,
 )
-from difnet.models.parameters import split_backbone_head
-from difnet.models.pretrained import LoadReport, PretrainedSource, load_pretrained_backbones
-from difnet.models.resnet import dilated_resnet
-from difnet.models.validation import check_images, check_num_classes
+from difnet.models.base import SegmentationModel
+from difnet.models.pretrained import PretrainedSource
+from difnet.models.resnet import DilatedResNet
 
 NUM_LEVELS = 5  # the input image and the outputs of layer1..layer4
 DIFFUSION_STRIDES: tuple[int, ...] = (4, 8)
@@ -53,8 +52,8 @@ class DifNetOutput:
     beta: Tensor
 
 
-class DifNet(nn.Module):
-    """DifNet-`depth`: `model(images [B, 3, H, W])` -> logits `[B, num_classes, H, W]`.
+class DifNet(SegmentationModel):
+    """DifNet-`depth`: `model(images [B, C, H, W])` -> logits `[B, num_classes, H, W]`.
 
     `aspp=False` gives the paper's noASPP seed head; `walk="materialized"` builds every P_t
     explicitly (debugging); `diffusion_stride=4` diffuses on a 2x finer grid than the seed's.
@@ -65,7 +64,10 @@ class DifNet(nn.Module):
     training memory.
     `pretrained_backbone` (a torchvision ResNet checkpoint path, or "imagenet") initialises
     both backbones; the loads' missing/unexpected keys are kept in `backbone_load_reports`.
+    `in_channels` other than 3 (grey, RGB-NIR, ...) also sets Psi_0's, which sees the image.
     """
+
+    name = "difnet"
 
     def __init__(
         self,
@@ -77,9 +79,11 @@ class DifNet(nn.Module):
         diffusion_stride: int = 8,
         psi_scale_init: float = UNSATURATED_PSI_SCALE,
         gradient_checkpointing: bool = False,
+        in_channels: int = 3,
     ) -> None:
-        super().__init__()
-        check_num_classes(num_classes)
+        super().__init__(depth=depth, num_classes=num_classes, in_channels=in_channels,
+                         gradient_checkpointing=gradient_checkpointing, aspp=aspp, walk=walk,
+                         diffusion_stride=diffusion_stride)  # fmt: skip
         if isinstance(psi_scale_init, bool) or not isinstance(psi_scale_init, int | float) or not (
             0 < psi_scale_init < float("inf")
         ):
@@ -92,31 +96,31 @@ class DifNet(nn.Module):
             raise ValueError(
                 f"diffusion_stride must be one of {DIFFUSION_STRIDES} (got {diffusion_stride!r})"
             )
-        self.depth, self.num_classes, self.diffusion_stride = depth, num_classes, diffusion_stride
-        self.gradient_checkpointing = gradient_checkpointing
-        self.seed_backbone = dilated_resnet(depth, gradient_checkpointing=gradient_checkpointing)
+        self.diffusion_stride = diffusion_stride
+        self.seed_backbone = self.new_backbone()
         self.classifier = score_head(self.seed_backbone.out_channels[-1], num_classes, aspp)
         self.importance = ImportanceHead(num_classes)
-        self.similarity_backbone = dilated_resnet(depth, gradient_checkpointing=gradient_checkpointing)
-        level_channels = (3, *self.similarity_backbone.out_channels)
+        self.similarity_backbone = self.new_backbone()
+        level_channels = (in_channels, *self.similarity_backbone.out_channels)
         self.projections = nn.ModuleList(
             Projection(c, scale_init=psi_scale_init) for c in level_channels
         )
         self.cascade = Cascade(NUM_LEVELS, walk)
-        self.backbone_load_reports: dict[str, LoadReport] = {}
-        if pretrained_backbone is not None:
-            backbones = {"seed": self.seed_backbone, "similarity": self.similarity_backbone}
-            self.backbone_load_reports = load_pretrained_backbones(
-                backbones, pretrained_backbone, depth
-            )
+        self.load_pretrained_backbone(pretrained_backbone)
+
+    def backbones(self) -> dict[str, DilatedResNet]:
+        return {"seed": self.seed_backbone, "similarity": self.similarity_backbone}
+
+    def walk_parameters_module(self) -> nn.Module:
+        return self.cascade
 
     def forward(self, images: Tensor) -> Tensor:
-        """Images `[B, 3, H, W]` (ImageNet-normalised floats) -> logits `[B, K, H, W]`."""
+        """Images `[B, C, H, W]` (normalised floats) -> logits `[B, K, H, W]`."""
         return self.forward_intermediates(images).logits
 
     def forward_intermediates(self, images: Tensor) -> DifNetOutput:
         """The full computation: scores, importance, seed, every walk, and the walk weights."""
-        check_images(images, self)
+        self.check_images(images)
         return self.diffuse(self.seed_branch(images), self.similarity_branch(images))
 
     def seed_branch(self, images: Tensor) -> Tensor:
@@ -164,7 +168,7 @@ class DifNet(nn.Module):
 
         Only the `n` requested rows are computed; `(h, w)` is the diffusion grid of `images`.
         """
-        check_images(images, self)
+        self.check_images(images)
         features, grid = self._diffusion_features(self.similarity_branch(images))
         flat = _flat_node_indices(nodes, grid, images.device)
         rows = torch.stack([transition_rows(f, flat) for f in features], dim=1)
@@ -174,11 +178,6 @@ class DifNet(nn.Module):
         """The learned walk weights, `{"mu": [mu_1..mu_5], "beta": [beta_1..beta_5]}` (Table 3)."""
         with torch.no_grad():
             return {"mu": self.cascade.mu.tolist(), "beta": self.cascade.beta.tolist()}
-
-    def param_groups(self) -> dict[str, list[nn.Parameter]]:
-        """`"backbone"`: both ResNets; `"head"`: heads and projections; `"walk"`: mu_t, beta_t."""
-        backbones = [self.seed_backbone, self.similarity_backbone]
-        return split_backbone_head(self, backbones, walk=self.cascade)
 
 
 def _flat_node_indices(

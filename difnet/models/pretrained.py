@@ -66,11 +66,25 @@ def read_resnet_state_dict(source: PretrainedSource, depth: int) -> tuple[dict[s
 
 
 def load_pretrained_backbones(
-    backbones: Mapping[str, nn.Module], source: PretrainedSource, depth: int
+    backbones: Mapping[str, nn.Module], source: PretrainedSource, depth: int, in_channels: int = 3
 ) -> dict[str, LoadReport]:
-    """Read the ResNet-`depth` checkpoint `source` once and load it into every named backbone."""
+    """Read the ResNet-`depth` checkpoint `source` once and load it into every named backbone,
+    its first convolution adapted to `in_channels` (`adapt_first_conv`)."""
     state, origin = read_resnet_state_dict(source, depth)
+    state["conv1.weight"] = adapt_first_conv(state["conv1.weight"], in_channels)
     return {name: load_backbone(module, state, origin) for name, module in backbones.items()}
+
+
+def adapt_first_conv(weight: Tensor, in_channels: int) -> Tensor:
+    """An RGB `conv1` weight `[64, 3, k, k]` for `in_channels` inputs, as smp does: the mean of
+    the three for one channel; for more, the RGB filters repeated in turn and scaled by
+    `3 / in_channels`, so an input whose channels all equal one image gives the RGB response."""
+    if in_channels == weight.shape[1]:
+        return weight
+    if in_channels == 1:
+        return weight.mean(dim=1, keepdim=True)
+    repeated = weight[:, [c % weight.shape[1] for c in range(in_channels)]]
+    return repeated * (weight.shape[1] / in_channels)
 
 
 def load_backbone(backbone: nn.Module, state: Mapping[str, Tensor], origin: str) -> LoadReport:

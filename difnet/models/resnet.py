@@ -121,6 +121,7 @@ class DilatedResNet(nn.Module):
         block: Block,
         layers: Sequence[int],
         replace_stride_with_dilation: Sequence[bool] = (False, True, True),
+        in_channels: int = 3,
     ) -> None:
         super().__init__()
         if len(layers) != 4 or len(replace_stride_with_dilation) != 3:
@@ -128,7 +129,7 @@ class DilatedResNet(nn.Module):
                 "layers needs 4 block counts and replace_stride_with_dilation 3 flags "
                 f"(got {list(layers)} and {list(replace_stride_with_dilation)})"
             )
-        self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
+        self.conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
         self.relu = nn.ReLU(inplace=True)
         # ceil_mode as in the authors' code: a 64x64 input gives a 9x9 grid, not 8x8
@@ -198,9 +199,10 @@ def dilated_resnet(
     depth: int,
     replace_stride_with_dilation: Sequence[bool] = (False, True, True),
     gradient_checkpointing: bool = False,
+    in_channels: int = 3,
 ) -> DilatedResNet:
     """The ResNet of `depth` (18, 34, 50, 101 or 152), output stride 8 by default."""
     block, layers = RESNET_SPECS[check_depth(depth)]
-    backbone = DilatedResNet(block, layers, replace_stride_with_dilation)
+    backbone = DilatedResNet(block, layers, replace_stride_with_dilation, in_channels)
     backbone.gradient_checkpointing = gradient_checkpointing
     return backbone

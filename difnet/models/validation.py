@@ -10,8 +10,9 @@ MIN_IMAGE_SIZE = 16
 
 
 def check_images(images: Tensor, model: nn.Module | None = None, *, name: str = "images") -> None:
-    """Raise unless `images` is a finite float `[B, 3, H, W]` tensor with B >= 1 and H, W >= 16,
-    on `model`'s device and (outside autocast) of its weights' dtype.
+    """Raise unless `images` is a finite float `[B, C, H, W]` tensor with B >= 1, H, W >= 16 and
+    C the model's `in_channels` (3 without a model), on `model`'s device and (outside autocast)
+    of its weights' dtype.
 
     The finiteness check reads every value; it is skipped while torch.compile or torch.export
     traces the model, where data-dependent errors cannot be raised.
@@ -19,14 +20,16 @@ def check_images(images: Tensor, model: nn.Module | None = None, *, name: str = 
     if not isinstance(images, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor (got {type(images).__name__})")
     shape = tuple(images.shape)
+    channels = getattr(model, "in_channels", 3)
     if images.dim() != 4:
         hint = "; add a batch dimension with images.unsqueeze(0)" if images.dim() == 3 else ""
         raise ValueError(
-            f"{name} must have shape [B, 3, H, W] "
+            f"{name} must have shape [B, {channels}, H, W] "
             f"(got a {images.dim()}-D tensor of shape {shape}){hint}"
         )
-    if shape[1] != 3:
-        raise ValueError(f"{name} must have 3 (RGB) channels in dim 1 (got shape {shape})")
+    if shape[1] != channels:
+        kind = " (RGB)" if channels == 3 else ""
+        raise ValueError(f"{name} must have {channels}{kind} channels in dim 1 (got shape {shape})")
     if not images.is_floating_point():
         raise ValueError(
             f"{name} must be a floating-point tensor (got dtype {images.dtype}); "
@@ -62,8 +65,13 @@ def check_matches_model(images: Tensor, model: nn.Module, name: str = "images") 
         )
 
 
+def check_positive_int(value: int, name: str) -> int:
+    """`value` if it is a positive int, else a `ValueError` naming it."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer (got {value!r})")
+    return value
+
+
 def check_num_classes(num_classes: int) -> int:
     """`num_classes` if it is a positive int, else a `ValueError` naming it."""
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(f"num_classes must be a positive integer (got {num_classes!r})")
-    return num_classes
+    return check_positive_int(num_classes, "num_classes")

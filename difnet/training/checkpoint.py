@@ -12,7 +12,6 @@ at start.
 from __future__ import annotations
 
 import os
-import pickle
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -21,13 +20,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from difnet.models import build_model
-from difnet.models.pretrained import shape_mismatches
+from difnet.models.serialization import (
+    FORMAT,
+    FORMAT_VERSION,
+    load_model_with_metadata,
+    read_checkpoint,
+    unwrap,
+)
 from difnet.training.config import RESUME_CHANGEABLE, TrainConfig
 
-FORMAT = "difnet-checkpoint"
-FORMAT_VERSION = 1
-REQUIRED_ENTRIES = ("model_spec", "model")
 
 
 def atomic_save(payload: Mapping[str, Any], path: str | Path) -> Path:
@@ -65,41 +66,6 @@ def _temporary_affixes(path: Path) -> tuple[str, str]:
     return f".{path.name}.", ".tmp"
 
 
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """A difnet checkpoint's contents, loaded with `weights_only=True` and checked for its format."""
-    path = Path(path)
-    if path.is_dir():
-        raise IsADirectoryError(f"checkpoint {path} is a directory; pass the .pt file inside it")
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        raise ValueError(
-            f"checkpoint {path} holds pickled objects other than tensors and plain data, which "
-            f"are refused (weights_only=True): {str(error).splitlines()[0]}"
-        ) from error
-    except Exception as error:  # RuntimeError, EOFError, KeyError, ... on non-torch bytes
-        raise ValueError(
-            f"checkpoint {path} is not a readable torch file (truncated or not a checkpoint): "
-            f"{type(error).__name__}: {error}"
-        ) from error
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise ValueError(
-            f"{path} is not a difnet checkpoint (no format={FORMAT!r} entry); "
-            "for torchvision backbone weights use --pretrained-backbone"
-        )
-    if payload.get("format_version", 0) > FORMAT_VERSION:
-        raise ValueError(
-            f"checkpoint {path} has format version {payload['format_version']}, newer than this "
-            f"difnet reads ({FORMAT_VERSION}); upgrade difnet"
-        )
-    missing = [key for key in REQUIRED_ENTRIES if key not in payload]
-    if missing:
-        raise ValueError(f"checkpoint {path} lacks the entries {missing}; it is damaged")
-    return payload
-
-
 def resume_config(path: str | Path, options: Mapping[str, Any]) -> TrainConfig:
     """The recipe stored in checkpoint `path`, set to resume from it, with `options` applied.
 
@@ -125,27 +91,6 @@ def resume_config(path: str | Path, options: Mapping[str, Any]) -> TrainConfig:
     return resumed
 
 
-def model_spec(config: TrainConfig, num_classes: int) -> dict[str, Any]:
-    """The constructor arguments that rebuild the model a config trains."""
-    spec: dict[str, Any] = {"name": config.model, "depth": config.depth, "num_classes": num_classes}
-    if config.model == "difnet":
-        spec.update(aspp=config.aspp, walk=config.walk, diffusion_stride=config.diffusion_stride)
-    return spec
-
-
-def build_from_spec(spec: Mapping[str, Any]) -> nn.Module:
-    """A freshly initialised model of a checkpoint's `model_spec`."""
-    spec = dict(spec)
-    return build_model(spec.pop("name"), spec.pop("depth"), spec.pop("num_classes"), **spec)
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The module inside a DistributedDataParallel (or torch.compile) wrapper."""
-    while hasattr(model, "module") or hasattr(model, "_orig_mod"):
-        model = getattr(model, "module", None) or model._orig_mod
-    return model
-
-
 def save_model(
     path: str | Path,
     model: nn.Module,
@@ -161,7 +106,7 @@ def save_model(
     payload = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "model_spec": model_spec(config, model.num_classes),
+        "model_spec": model.config,
         "model": model.state_dict(),
         "config": config.to_dict(),
         "dataset": config.dataset,
@@ -173,22 +118,6 @@ def save_model(
 
 
 def load_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
-    """The model of a checkpoint (in eval mode, on the CPU) and its metadata (everything else)."""
-    payload = read_checkpoint(path)
-    model = build_from_spec(payload["model_spec"])
-    load_state(model, payload["model"], path)
-    metadata = {key: value for key, value in payload.items() if key != "model"}
-    return model.eval(), metadata
-
-
-def load_state(model: nn.Module, state: Mapping[str, torch.Tensor], path: str | Path) -> None:
-    """`model.load_state_dict(state)`, with a message naming the file and the keys that differ."""
-    wrong = shape_mismatches(unwrap(model), state)
-    if wrong:
-        raise ValueError(f"checkpoint {path} does not fit the model: " + "; ".join(wrong[:5]))
-    result = unwrap(model).load_state_dict(state, strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        raise ValueError(
-            f"checkpoint {path} does not fit the model: missing {result.missing_keys[:5]}, "
-            f"unexpected {result.unexpected_keys[:5]}"
-        )
+    """The model of a checkpoint or `save_pretrained` folder (in eval mode, on the CPU) and its
+    metadata; `difnet.load_model` without the metadata."""
+    return load_model_with_metadata(path)

@@ -51,6 +51,9 @@ class TrainConfig:
     psi_scale_init: float = UNSATURATED_PSI_SCALE
     pretrained_backbone: str | None = None
     gradient_checkpointing: bool = False
+    in_channels: int = 3
+    freeze_backbone: bool = False
+    norm_eval: bool = False
     dataset: str = "voc"
     data_root: str | None = None
     train_split: str = "train"
@@ -119,7 +122,7 @@ class TrainConfig:
             "batch_size": self.batch_size, "accumulate": self.accumulate, "epochs": self.epochs,
             "eval_every": self.eval_every, "log_every": self.log_every,
             "max_steps_per_epoch": self.max_steps_per_epoch, "num_classes": self.num_classes,
-            "save_every": self.save_every,
+            "save_every": self.save_every, "in_channels": self.in_channels,
         }  # fmt: skip
         for name, value in positive.items():
             if value is not None and not _is_int(value, minimum=1):
@@ -140,6 +143,18 @@ class TrainConfig:
             raise ValueError(
                 f"scale_range must be (low, high) with 0 < low <= high (got {self.scale_range!r})"
             )
+
+    def model_arguments(self, num_classes: int) -> dict[str, Any]:
+        """`build_model`'s arguments for the model this config trains."""
+        arguments: dict[str, Any] = {
+            "name": self.model, "depth": self.depth, "num_classes": num_classes,
+            "in_channels": self.in_channels, "pretrained_backbone": self.pretrained_backbone,
+            "gradient_checkpointing": self.gradient_checkpointing,
+        }  # fmt: skip
+        if self.model == "difnet":
+            arguments.update(aspp=self.aspp, walk=self.walk, diffusion_stride=self.diffusion_stride,
+                             psi_scale_init=self.psi_scale_init)  # fmt: skip
+        return arguments
 
     # --- datasets ------------------------------------------------------------------------------
 
@@ -208,6 +223,12 @@ class TrainConfig:
                                 "default 64^-1/4: unsaturated transitions at init)")
         model.add_argument("--gradient-checkpointing", action="store_true",
                            help="recompute the backbones' stages in backward: less memory, more time")
+        model.add_argument("--in-channels", type=int, default=d.in_channels,
+                           help="image channels (1 grey, 4 RGB-NIR, ...); a pretrained conv1 is adapted")
+        model.add_argument("--freeze-backbone", action="store_true",
+                           help="train only the heads (and DifNet's projections and walks)")
+        model.add_argument("--norm-eval", action="store_true",
+                           help="keep every BN layer in eval mode (running statistics frozen)")
         model.add_argument("--pretrained-backbone", metavar="PATH_OR_imagenet",
                            help="torchvision ResNet checkpoint for the backbones, or 'imagenet'")
         data = parser.add_argument_group("data")

@@ -35,19 +35,14 @@ from difnet.data.palettes import IGNORE_INDEX
 from difnet.evaluation import evaluate
 from difnet.models import build_model
 from difnet.training import distributed
-from difnet.training.checkpoint import (
-    load_state,
-    model_spec,
-    read_checkpoint,
-    remove_partial_saves,
-    save_model,
-    unwrap,
-)
+from difnet.models.serialization import load_state, read_checkpoint, save_pretrained, unwrap
+from difnet.training.checkpoint import remove_partial_saves, save_model
 from difnet.training.config import TrainConfig
 from difnet.training.optim import build_optimizer, set_learning_rate
 from difnet.training.records import LOG_NAME, RunLog, keep_steps
 
 LAST, BEST = "last.pt", "best.pt"
+BEST_FOLDER = "best"  # the best model again as a save_pretrained folder, for sharing
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -138,13 +133,8 @@ class Trainer:
         self.output_dir = Path(config.output_dir)
 
         seed_everything(config.seed)
-        kwargs = model_spec(config, self.num_classes)
-        # how to initialise and train the model, not what it is: kept out of the spec that rebuilds it
-        kwargs.update(pretrained_backbone=config.pretrained_backbone,
-                      gradient_checkpointing=config.gradient_checkpointing)
-        if config.model == "difnet":
-            kwargs["psi_scale_init"] = config.psi_scale_init
-        model = build_model(kwargs.pop("name"), kwargs.pop("depth"), kwargs.pop("num_classes"), **kwargs)
+        model = build_model(**config.model_arguments(self.num_classes))
+        model.freeze_backbones(config.freeze_backbone).set_norm_eval(config.norm_eval)
         if context.distributed and self.device.type == "cuda":
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         model.to(self.device)
@@ -205,10 +195,11 @@ class Trainer:
 
     def _resume(self, path: Path) -> None:
         payload = read_checkpoint(path)
-        expected = model_spec(self.config, self.num_classes)
-        if payload["model_spec"] != expected:
+        saved = {"in_channels": 3, **payload["model_spec"]}  # in_channels came later
+        expected = unwrap(self.model).config
+        if saved != expected:
             raise ValueError(
-                f"checkpoint {path} holds a model {payload['model_spec']} but this run builds "
+                f"checkpoint {path} holds a model {saved} but this run builds "
                 f"{expected}; resume with the settings of the run that wrote it"
             )
         if "optimizer" not in payload:
@@ -282,6 +273,9 @@ class Trainer:
                     self._save(LAST, with_optimizer=True)
                     if record.get("is_best") or self.val_set is None:
                         self._save(BEST, with_optimizer=False)
+                        save_pretrained(self.model, self.output_dir / BEST_FOLDER,
+                                        class_names=list(self.train_set.class_names),
+                                        palette=list(self.train_set.palette))  # fmt: skip
         finally:
             if self.log is not None:
                 self.log.close()

@@ -1,0 +1,130 @@
+"""What every difnet model shares: input checks, its constructor arguments as a JSON `config`,
+learning-rate groups, ImageNet backbone loading, and the fine-tuning controls (frozen backbones,
+BN layers kept in eval mode)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar
+
+from torch import Tensor, nn
+
+from difnet.models.parameters import split_backbone_head
+from difnet.models.pretrained import LoadReport, PretrainedSource, load_pretrained_backbones
+from difnet.models.resnet import DilatedResNet, check_depth, dilated_resnet
+from difnet.models.validation import check_images, check_num_classes, check_positive_int
+
+
+class SegmentationModel(nn.Module):
+    """Base of `DifNet` and `SimDeepLab`: `model(images [B, C, H, W]) -> logits [B, K, H, W]`.
+
+    A subclass passes its architecture arguments to `__init__` (they become `config`, from
+    which `build_model(**config)` rebuilds it), builds its modules with `new_backbone`, names
+    its ResNets in `backbones`, then calls `load_pretrained_backbone`.
+    """
+
+    name: ClassVar[str]  # the registry name: "difnet" or "simdeeplab"
+
+    def __init__(
+        self,
+        *,
+        depth: int,
+        num_classes: int,
+        in_channels: int = 3,
+        gradient_checkpointing: bool = False,
+        **architecture: Any,
+    ) -> None:
+        super().__init__()
+        self.depth = check_depth(depth)
+        self.num_classes = check_num_classes(num_classes)
+        self.in_channels = check_positive_int(in_channels, "in_channels")
+        self.gradient_checkpointing = bool(gradient_checkpointing)
+        self.norm_eval = False
+        self._architecture = {"depth": depth, "num_classes": num_classes,
+                              "in_channels": in_channels, **architecture}  # fmt: skip
+        self.backbone_load_reports: dict[str, LoadReport] = {}
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The constructor arguments that rebuild this architecture (`build_model(**config)`),
+        JSON-serialisable; how it was initialised (pretrained weights) is not part of it."""
+        return {"name": self.name, **self._architecture}
+
+    def new_backbone(self) -> DilatedResNet:
+        """A dilated ResNet of this model's depth, input channels and checkpointing."""
+        return dilated_resnet(
+            self.depth, in_channels=self.in_channels, gradient_checkpointing=self.gradient_checkpointing
+        )
+
+    def backbones(self) -> dict[str, DilatedResNet]:
+        """The model's ResNets by name (the "backbone" learning-rate group)."""
+        raise NotImplementedError
+
+    def walk_parameters_module(self) -> nn.Module | None:
+        """The module whose parameters form the "walk" learning-rate group, if any."""
+        return None
+
+    def load_pretrained_backbone(self, source: PretrainedSource | None) -> None:
+        """Initialise every backbone from a torchvision ResNet checkpoint (path or "imagenet");
+        the first convolution is adapted to `in_channels`. Reports go to `backbone_load_reports`."""
+        if source is not None:
+            self.backbone_load_reports = load_pretrained_backbones(
+                self.backbones(), source, self.depth, self.in_channels
+            )
+
+    def check_images(self, images: Tensor) -> None:
+        """Raise a clear error unless `images` fit this model (shape, channels, dtype, device)."""
+        check_images(images, self)
+
+    def param_groups(self) -> dict[str, list[nn.Parameter]]:
+        """`"backbone"`: the ResNets; `"head"`: everything else but the walks; `"walk"` (DifNet):
+        mu_t and beta_t. The recipe gives each group its learning-rate factor."""
+        return split_backbone_head(self, self.backbones().values(), walk=self.walk_parameters_module())
+
+    # --- saving and sharing (difnet.models.serialization) -----------------------------------
+
+    def save_pretrained(self, directory: str | Path, **metadata: Any) -> Path:
+        """Write `config.json` + `model.safetensors` to `directory`; `metadata`: `class_names`,
+        `palette`, `normalization` (see `difnet.models.serialization.save_pretrained`)."""
+        from difnet.models.serialization import save_pretrained
+
+        return save_pretrained(self, directory, **metadata)
+
+    @classmethod
+    def from_pretrained(cls, source: str | Path) -> SegmentationModel:
+        """The model saved in a `save_pretrained` folder, a `.pt` checkpoint or a Hub repo id;
+        refused if it is not a `cls` (use `difnet.load_model` for any kind)."""
+        from difnet.models.serialization import load_model
+
+        model = load_model(source)
+        if not isinstance(model, cls):
+            raise TypeError(f"{source} holds a {type(model).__name__}, not a {cls.__name__}")
+        return model
+
+    def push_to_hub(self, repo_id: str, *, private: bool = False, **metadata: Any) -> str:
+        """Upload the model to Hub repo `repo_id` (needs `pip install difnet[hub]`)."""
+        from difnet.models.serialization import push_to_hub
+
+        return push_to_hub(self, repo_id, private=private, **metadata)
+
+    # --- fine-tuning -------------------------------------------------------------------------
+
+    def freeze_backbones(self, frozen: bool = True) -> SegmentationModel:
+        """Stop (or resume) training the ResNets' weights; returns the model."""
+        for backbone in self.backbones().values():
+            backbone.requires_grad_(not frozen)
+        return self
+
+    def set_norm_eval(self, norm_eval: bool = True) -> SegmentationModel:
+        """Keep every BN layer in eval mode (running statistics used, never updated) even while
+        the model trains, as mmseg's `norm_eval`: for small batches on pretrained weights."""
+        self.norm_eval = norm_eval
+        return self.train(self.training)
+
+    def train(self, mode: bool = True) -> SegmentationModel:
+        super().train(mode)
+        if mode and self.norm_eval:
+            for module in self.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
+        return self

@@ -1,0 +1,221 @@
+"""Saving and loading trained models without the training package.
+
+Two forms, both read by `load_model`:
+* a `save_pretrained` folder, as HF transformers, timm and smp write them: `config.json` (the
+  constructor arguments, class names, palette, input normalisation, difnet version) and
+  `model.safetensors`; `from_pretrained` also takes a Hub repo id (`pip install difnet[hub]`);
+* a `.pt` checkpoint written by `difnet train`, loaded with `weights_only=True`: plain data and
+  tensors only, a file holding pickled code is refused.
+Neither form makes loading fetch ImageNet backbone weights: the config holds the architecture,
+not how it was initialised.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from difnet.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from difnet.models.base import SegmentationModel
+from difnet.models.factory import build_model
+from difnet.models.pretrained import shape_mismatches
+
+FORMAT = "difnet-checkpoint"
+FORMAT_VERSION = 1
+REQUIRED_ENTRIES = ("model_spec", "model")
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+DEFAULT_NORMALIZATION = {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
+
+
+def save_pretrained(
+    model: SegmentationModel,
+    directory: str | Path,
+    *,
+    class_names: Sequence[str] | None = None,
+    palette: Sequence[Sequence[int]] | None = None,
+    normalization: Mapping[str, Sequence[float]] | None = None,
+) -> Path:
+    """Write `model` to `directory` as `config.json` + `model.safetensors`; returns the folder.
+
+    `normalization` (`{"mean": [...], "std": [...]}`, one value per input channel) is how
+    images were scaled in training; ImageNet's by default.
+    """
+    from safetensors.torch import save_file
+
+    from difnet import __version__
+
+    model = unwrap(model)
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    config = {
+        "model": model.config,
+        "class_names": list(class_names) if class_names is not None else None,
+        "palette": [list(colour) for colour in palette] if palette is not None else None,
+        "normalization": {key: list(values) for key, values in (normalization or DEFAULT_NORMALIZATION).items()},
+        "difnet_version": __version__,
+    }
+    state = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
+    _replace_atomically(directory / WEIGHTS_NAME, lambda path: save_file(state, str(path)))
+    _replace_atomically(directory / CONFIG_NAME, lambda path: path.write_text(json.dumps(config, indent=2) + "\n"))
+    return directory
+
+
+def load_model(source: str | Path) -> SegmentationModel:
+    """The model (in eval mode, on the CPU) of a `difnet train` checkpoint (`.pt`), a
+    `save_pretrained` folder, or a Hub repo id such as `"user/difnet-voc"`."""
+    return load_model_with_metadata(source)[0]
+
+
+def load_model_with_metadata(source: str | Path) -> tuple[SegmentationModel, dict[str, Any]]:
+    """`load_model` and what was saved beside the weights (class names, palette, ...)."""
+    path = Path(source)
+    if path.is_dir():
+        return _load_folder(path)
+    if path.exists() or path.suffix in (".pt", ".pth") or not _looks_like_repo_id(str(source)):
+        return _load_checkpoint(path)
+    return _load_folder(download_from_hub(str(source)))
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A difnet checkpoint's contents, loaded with `weights_only=True` and checked for its format."""
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"checkpoint {path} is a directory; pass the .pt file inside it")
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise ValueError(
+            f"checkpoint {path} holds pickled objects other than tensors and plain data, which "
+            f"are refused (weights_only=True): {str(error).splitlines()[0]}"
+        ) from error
+    except Exception as error:  # RuntimeError, EOFError, KeyError, ... on non-torch bytes
+        raise ValueError(
+            f"checkpoint {path} is not a readable torch file (truncated or not a checkpoint): "
+            f"{type(error).__name__}: {error}"
+        ) from error
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise ValueError(
+            f"{path} is not a difnet checkpoint (no format={FORMAT!r} entry); "
+            "for torchvision backbone weights use --pretrained-backbone"
+        )
+    if payload.get("format_version", 0) > FORMAT_VERSION:
+        raise ValueError(
+            f"checkpoint {path} has format version {payload['format_version']}, newer than this "
+            f"difnet reads ({FORMAT_VERSION}); upgrade difnet"
+        )
+    missing = [key for key in REQUIRED_ENTRIES if key not in payload]
+    if missing:
+        raise ValueError(f"checkpoint {path} lacks the entries {missing}; it is damaged")
+    return payload
+
+
+def build_from_config(config: Mapping[str, Any]) -> SegmentationModel:
+    """A freshly initialised model of a saved `model.config` (`{"name": ..., **arguments}`)."""
+    config = dict(config)
+    return build_model(config.pop("name"), config.pop("depth"), config.pop("num_classes"), **config)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module inside a DistributedDataParallel (or torch.compile) wrapper."""
+    while hasattr(model, "module") or hasattr(model, "_orig_mod"):
+        model = getattr(model, "module", None) or model._orig_mod
+    return model
+
+
+def load_state(model: nn.Module, state: Mapping[str, torch.Tensor], path: str | Path) -> None:
+    """`model.load_state_dict(state)`, with a message naming the file and the keys that differ."""
+    wrong = shape_mismatches(unwrap(model), state)
+    if wrong:
+        raise ValueError(f"checkpoint {path} does not fit the model: " + "; ".join(wrong[:5]))
+    result = unwrap(model).load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise ValueError(
+            f"checkpoint {path} does not fit the model: missing {result.missing_keys[:5]}, "
+            f"unexpected {result.unexpected_keys[:5]}"
+        )
+
+
+# --- the Hub (optional: pip install difnet[hub]) ------------------------------------------------
+
+
+def download_from_hub(repo_id: str, revision: str | None = None) -> Path:
+    """The local folder of Hub repo `repo_id` (from the cache when `HF_HUB_OFFLINE=1`)."""
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError as error:
+        raise ImportError(
+            f"{repo_id!r} is neither a local path nor loadable without huggingface_hub; "
+            "install it with `pip install difnet[hub]`"
+        ) from error
+    return Path(snapshot_download(repo_id, revision=revision, allow_patterns=[CONFIG_NAME, WEIGHTS_NAME]))
+
+
+def push_to_hub(model: SegmentationModel, repo_id: str, *, private: bool = False, **metadata: Any) -> str:
+    """Upload `model` (`save_pretrained` with `metadata`) to Hub repo `repo_id`; returns its URL."""
+    import tempfile
+
+    try:
+        from huggingface_hub import HfApi
+    except ImportError as error:
+        raise ImportError("push_to_hub needs huggingface_hub: pip install difnet[hub]") from error
+    api = HfApi()
+    api.create_repo(repo_id, private=private, exist_ok=True)
+    with tempfile.TemporaryDirectory() as folder:
+        save_pretrained(model, folder, **metadata)
+        return str(api.upload_folder(repo_id=repo_id, folder_path=folder))
+
+
+# --- helpers ------------------------------------------------------------------------------------
+
+
+def _load_folder(directory: Path) -> tuple[SegmentationModel, dict[str, Any]]:
+    from safetensors.torch import load_file
+
+    config_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
+    for required in (config_path, weights_path):
+        if not required.is_file():
+            raise FileNotFoundError(
+                f"{directory} is not a save_pretrained folder: {required.name} is missing "
+                f"(expected {CONFIG_NAME} and {WEIGHTS_NAME})"
+            )
+    try:
+        saved = json.loads(config_path.read_text())
+        config = saved["model"]
+    except (json.JSONDecodeError, KeyError, TypeError) as error:
+        raise ValueError(f"{config_path} is not a difnet config (no 'model' entry): {error}") from error
+    model = build_from_config(config)
+    load_state(model, load_file(str(weights_path)), weights_path)
+    return model.eval(), {key: value for key, value in saved.items() if key != "model"}
+
+
+def _load_checkpoint(path: Path) -> tuple[SegmentationModel, dict[str, Any]]:
+    payload = read_checkpoint(path)
+    model = build_from_config(payload["model_spec"])
+    load_state(model, payload["model"], path)
+    return model.eval(), {key: value for key, value in payload.items() if key != "model"}
+
+
+def _looks_like_repo_id(text: str) -> bool:
+    """`owner/name` with no other path parts: what the Hub calls a repo id."""
+    parts = text.split("/")
+    return len(parts) == 2 and all(parts) and not text.startswith((".", "~")) and os.sep == "/"
+
+
+def _replace_atomically(path: Path, write: Any) -> None:
+    """Call `write(temporary)` beside `path`, then rename it over `path`."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
