@@ -1,4 +1,4 @@
-"""The `difnet` command line: `train`, `evaluate`, `predict`, `visualize` and `demo`.
+"""The `difnet` command line: `train`, `evaluate`, `predict`, `visualize`, `export` and `demo`.
 
 Each subcommand is a thin layer over the library; errors the library raises for bad input
 (`ValueError`, `TypeError`, missing or existing files) are printed as `difnet: error: ...`
@@ -26,6 +26,7 @@ USAGE_ERROR = 2
 INTERRUPTED = 130
 BOUNDARY_ERRORS = (
     ValueError, TypeError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
+    ImportError,
 )
 
 
@@ -325,10 +326,56 @@ def run_demo(args: argparse.Namespace) -> None:
     print(f"results: {result.results_path}")
 
 
+# --- export ------------------------------------------------------------------------------------
+
+EXPORT_EPILOG = """\
+examples:
+  # DifNet for 321x321 inputs (any batch), checked against PyTorch in onnxruntime
+  difnet export runs/voc/best --output difnet.onnx --height 321 --width 321
+
+  # Sim-DeepLab for any batch, height and width
+  difnet export runs/baseline/best.pt --output simdeeplab.onnx --dynamic
+
+DifNet's height and width are fixed at export (its Psi pooling windows depend on them); the
+file refuses other sizes. Needs pip install 'difnet[onnx]'.
+"""
+
+
+def add_export_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "export", help="export a trained model to ONNX",
+        description="Export a checkpoint or save_pretrained folder to an ONNX file.",
+        epilog=EXPORT_EPILOG, formatter_class=HelpFormatter,
+    )
+    parser.add_argument("model", type=Path, metavar="MODEL",
+                        help="a checkpoint written by `difnet train` or a save_pretrained folder")
+    parser.add_argument("--output", type=Path, required=True, metavar="FILE", help="the .onnx file to write")
+    parser.add_argument("--height", type=int, default=321, help="input height (fixed unless --dynamic)")
+    parser.add_argument("--width", type=int, default=321, help="input width (fixed unless --dynamic)")
+    parser.add_argument("--dynamic", action="store_true",
+                        help="dynamic height and width too (Sim-DeepLab only; the batch is always dynamic)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
+    parser.set_defaults(run=run_export)
+
+
+def run_export(args: argparse.Namespace) -> None:
+    from difnet.export import export_onnx
+    from difnet.predict import output_paths_free
+
+    output_paths_free([args.output], overwrite=args.overwrite)
+    model, _ = load_checkpoint_model(args.model)
+    result = export_onnx(model, args.output, height=args.height, width=args.width, dynamic_size=args.dynamic)
+    size = "any height and width" if result.height is None else f"{result.height}x{result.width} inputs"
+    print(f"wrote {result.path}: {type(model).__name__}-{model.depth}, any batch, {size}")
+    if result.max_abs_difference is not None:
+        print(f"onnxruntime vs PyTorch: max |logit difference| {result.max_abs_difference:.2e}")
+
+
 # --- main --------------------------------------------------------------------------------------
 
 PARSERS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
     add_train_parser, add_evaluate_parser, add_predict_parser, add_visualize_parser, add_demo_parser,
+    add_export_parser,
 )
 
 

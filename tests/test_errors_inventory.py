@@ -278,7 +278,7 @@ CASES = [
          TypeError, r"images must be a torch\.Tensor \(got ndarray\)"),
     Case("forward-nodes-off-grid",
          lambda e: e.difnet.transition_rows(images(1, 3, 32, 32), [[9, 0]]), ValueError,
-         r"nodes must lie on the 4x4 diffusion grid \(got \[\[9, 0\]\]\)"),
+         r"nodes must lie on the 5x5 diffusion grid \(got \[\[9, 0\]\]\)"),
     Case("predict-float-image",
          lambda e: predict_labels(e.simdeeplab, IMAGE.astype(np.float32) / 255), TypeError,
          r"uint8 \[H, W, 3\] array \(got float32 \(20, 24, 3\)\)"),

@@ -100,6 +100,8 @@ class Projection(nn.Module):
             x = self.bn(self.conv(x))
         else:  # eval BN is a per-channel affine map: fold it into the conv, one pass less
             x = F.conv2d(x, *self._folded_conv())
+        if torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export():
+            return adaptive_max_pool_by_gather(x, size)  # exporters lack adaptive max pooling
         return F.adaptive_max_pool2d(x, size)
 
     def _folded_conv(self) -> tuple[Tensor, Tensor]:
@@ -107,6 +109,33 @@ class Projection(nn.Module):
         scale = self.bn.weight * torch.rsqrt(self.bn.running_var + self.bn.eps)
         weight = self.conv.weight * scale[:, None, None, None]
         return weight, (self.conv.bias - self.bn.running_mean) * scale + self.bn.bias
+
+
+def adaptive_max_pool_by_gather(x: Tensor, size: tuple[int, int]) -> Tensor:
+    """`F.adaptive_max_pool2d(x, size)` from gathers and max-reductions, which ONNX has.
+
+    Adaptive pooling's window `i` along a side of length `n` pooled to `m` is
+    `[floor(i n / m), ceil((i + 1) n / m))`; the windows' lengths differ by at most one, so each
+    is gathered at the longest length, a shorter one repeating its last index (a max ignores
+    repeats). Max over a rectangle is the max over rows of the max over columns. The sizes must
+    be static: the exported graph holds the windows as constants.
+    """
+    for dim, out in zip((-2, -1), size, strict=True):
+        x = _pool_side(x, dim, int(x.shape[dim]), int(out))
+    return x
+
+
+def _pool_side(x: Tensor, dim: int, length: int, out: int) -> Tensor:
+    starts = [i * length // out for i in range(out)]
+    ends = [-(-(i + 1) * length // out) for i in range(out)]
+    width = max(e - s for s, e in zip(starts, ends, strict=True))
+    index = torch.tensor(
+        [[min(s + k, e - 1) for k in range(width)] for s, e in zip(starts, ends, strict=True)],
+        device=x.device,
+    )
+    gathered = x.index_select(dim, index.flatten())
+    shape = (*x.shape[:dim], out, width) if dim == -1 else (*x.shape[:dim], out, width, x.shape[-1])
+    return gathered.reshape(shape).amax(dim=-1 if dim == -1 else -2)
 
 
 def upsample(maps: Tensor, size: Sequence[int]) -> Tensor:
