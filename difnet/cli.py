@@ -368,7 +368,8 @@ def run_export(args: argparse.Namespace) -> None:
     size = "any height and width" if result.height is None else f"{result.height}x{result.width} inputs"
     print(f"wrote {result.path}: {type(model).__name__}-{model.depth}, any batch, {size}")
     if result.max_abs_difference is not None:
-        print(f"onnxruntime vs PyTorch: max |logit difference| {result.max_abs_difference:.2e}")
+        print(f"onnxruntime vs PyTorch: max |logit difference| {result.max_abs_difference:.2e} "
+              f"(logits up to {result.max_abs_logit:.3g} in magnitude)")
 
 
 # --- main --------------------------------------------------------------------------------------

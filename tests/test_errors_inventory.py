@@ -331,8 +331,8 @@ CASES = [
     # checkpoints -------------------------------------------------------------------------------
     Case("checkpoint-missing", lambda e: load_model(e.root / "missing.pt"), FileNotFoundError,
          r"checkpoint .*missing\.pt does not exist"),
-    Case("checkpoint-directory", lambda e: load_model(e.root), IsADirectoryError,
-         r"checkpoint .*errors\d* is a directory"),
+    Case("checkpoint-directory", lambda e: load_model(e.root), FileNotFoundError,
+         r"errors\d* is not a save_pretrained folder: config\.json is missing"),
     Case("checkpoint-not-torch", lambda e: load_model(e.file("notes.pt", b"hello")), ValueError,
          r"checkpoint .*notes\.pt is not a readable torch file"),
     Case("checkpoint-truncated",

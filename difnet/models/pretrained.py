@@ -78,7 +78,8 @@ def load_pretrained_backbones(
 def adapt_first_conv(weight: Tensor, in_channels: int) -> Tensor:
     """An RGB `conv1` weight `[64, 3, k, k]` for `in_channels` inputs, as smp does: the mean of
     the three for one channel; for more, the RGB filters repeated in turn and scaled by
-    `3 / in_channels`, so an input whose channels all equal one image gives the RGB response."""
+    `3 / in_channels`, which keeps the response's scale (exactly the RGB response to an image
+    repeated `in_channels / 3` times when that divides)."""
     if in_channels == weight.shape[1]:
         return weight
     if in_channels == 1:
