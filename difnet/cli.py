@@ -295,7 +295,7 @@ def run_visualize(args: argparse.Namespace) -> None:
 
 DEMO_EPILOG = """\
 examples:
-  difnet demo                     # about 5 minutes on a laptop CPU
+  difnet demo                     # under 3 minutes on 2 CPU cores
   difnet demo --quick             # a 20-second smoke run (numbers are not meaningful)
   difnet demo --steps 400 --size 96 --output my-demo --overwrite
 

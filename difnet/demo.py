@@ -50,9 +50,9 @@ class DemoConfig:
     """The demo's budget and recipe; both models get exactly the same."""
 
     output_dir: Path = Path("difnet-demo")
-    steps: int = 300
+    steps: int = 250
     size: int = 64
-    train_images: int = 400
+    train_images: int | None = None  # None: steps x batch_size, so every step sees new scenes
     val_images: int = 48
     num_classes: int = 5
     batch_size: int = 8
@@ -63,7 +63,7 @@ class DemoConfig:
     @classmethod
     def quick(cls, **overrides: object) -> DemoConfig:
         """A seconds-long smoke run: the whole pipeline, numbers not meaningful."""
-        return replace(cls(steps=6, size=32, train_images=16, val_images=4, batch_size=4), **overrides)
+        return replace(cls(steps=6, size=32, val_images=4, batch_size=4), **overrides)
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
@@ -94,9 +94,14 @@ class DemoConfig:
         if self.size < 32:
             raise ValueError(f"--size must be at least 32 pixels (got {self.size})")
 
+    @property
+    def training_scenes(self) -> int:
+        """How many generated scenes the training split holds."""
+        return self.train_images or self.steps * self.batch_size
+
     def train_config(self, model: str) -> TrainConfig:
         """The training recipe of one model: the paper's, at the demo's scale and budget."""
-        steps_per_epoch = math.ceil(self.train_images / self.batch_size)
+        steps_per_epoch = math.ceil(self.training_scenes / self.batch_size)
         return TrainConfig(
             model=model,
             depth=18,
@@ -169,7 +174,7 @@ def demo_datasets(config: DemoConfig) -> tuple[SyntheticShapes, SyntheticShapes]
     augmentation = config.train_config("difnet").train_transform()
     return (
         SyntheticShapes(
-            config.train_images, size=size, num_classes=classes, seed=config.seed, transform=augmentation
+            config.training_scenes, size=size, num_classes=classes, seed=config.seed, transform=augmentation
         ),
         SyntheticShapes(config.val_images, size=size, num_classes=classes, seed=config.seed + 1),
     )
