@@ -68,7 +68,27 @@ def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scales", type=positive_scale, nargs="+", default=[1.0], metavar="S",
                         help="image scales whose predictions are averaged (e.g. 0.75 1 1.25)")
     parser.add_argument("--flip", action="store_true", help="also average horizontally flipped predictions")
+    parser.add_argument("--mode", choices=("whole", "slide"), default="whole",
+                        help="whole images, or sliding windows (--window, --stride) for large ones; "
+                             "DifNet then diffuses within each window")
+    parser.add_argument("--window", type=int, nargs=2, default=[505, 505], metavar=("H", "W"),
+                        help="sliding-window size (--mode slide)")
+    parser.add_argument("--stride", type=int, nargs=2, default=[337, 337], metavar=("H", "W"),
+                        help="sliding-window step (--mode slide); overlaps are averaged")
+    parser.add_argument("--max-size", type=int, metavar="PX",
+                        help="first shrink images whose longer side exceeds PX (masks keep the input size)")
     add_device_argument(parser)
+
+
+def inference_options(args: argparse.Namespace) -> dict:
+    """The keyword options of `predict_files` / `evaluate` given by `add_inference_arguments`."""
+    from difnet.evaluation import SlidingWindow
+
+    if args.max_size is not None and args.max_size < 16:
+        raise ValueError(f"--max-size must be at least 16 pixels (got {args.max_size})")
+    window = SlidingWindow(tuple(args.window), tuple(args.stride)) if args.mode == "slide" else None
+    return {"scales": tuple(args.scales), "flip": args.flip, "device": args.device,
+            "window": window, "max_size": args.max_size}  # fmt: skip
 
 
 def load_checkpoint_model(path: Path) -> tuple[torch.nn.Module, dict]:
@@ -175,7 +195,7 @@ def run_evaluate(args: argparse.Namespace) -> None:
         settings["data_root"] = str(args.data_root)
     config = TrainConfig.from_dict(settings)
     dataset = config.build_dataset(args.split or config.val_split or "val", EvalTransform())
-    result = evaluate(model, dataset, scales=tuple(args.scales), flip=args.flip, device=args.device)
+    result = evaluate(model, dataset, **inference_options(args))
     print(result.format_table())
     if args.output is not None:
         args.output.parent.mkdir(parents=True, exist_ok=True)
@@ -222,8 +242,7 @@ def run_predict(args: argparse.Namespace) -> None:
     model, metadata = load_checkpoint_model(args.checkpoint)
     written = predict_files(
         model, images, args.output, checkpoint_palette(metadata, model.num_classes),
-        overlay=args.overlay, overwrite=args.overwrite, scales=tuple(args.scales),
-        flip=args.flip, device=args.device,
+        overlay=args.overlay, overwrite=args.overwrite, **inference_options(args),
     )
     print(f"wrote {len(written)} file(s) to {args.output}")
 

@@ -1,5 +1,6 @@
 """Evaluation the way papers report it: whole images, optional multi-scale and flip averaging,
-and a confusion matrix over the whole split (summed over processes under DDP)."""
+and a confusion matrix over the whole split (summed over processes under DDP). For images too
+large for one pass, sliding windows (mmseg's placement, overlaps averaged) or a size cap."""
 
 from __future__ import annotations
 
@@ -29,17 +30,60 @@ def check_scales(scales: Sequence[float]) -> tuple[float, ...]:
     return scales
 
 
+@dataclass(frozen=True)
+class SlidingWindow:
+    """Predict `size` (h, w) windows every `stride` (h, w) pixels instead of the whole image.
+
+    Windows are placed as mmseg places them: a grid of `ceil((H - h) / stride_h) + 1` rows (and
+    likewise columns), the last row and column shifted back inside the image; overlapping
+    windows' probabilities are averaged. DifNet then diffuses within each window only.
+    """
+
+    size: tuple[int, int]
+    stride: tuple[int, int]
+
+    def __post_init__(self) -> None:
+        for name, pair, minimum in (("window", self.size, MIN_IMAGE_SIZE), ("stride", self.stride, 1)):
+            if len(pair) != 2 or any(isinstance(v, bool) or not isinstance(v, int) or v < minimum for v in pair):
+                raise ValueError(f"{name} must be two integers >= {minimum} (got {pair!r})")
+
+    def boxes(self, height: int, width: int) -> list[tuple[int, int, int, int]]:
+        """`(top, bottom, left, right)` of every window over a `height` x `width` image."""
+        (window_h, window_w), (stride_h, stride_w) = self.size, self.stride
+        rows = max(height - window_h + stride_h - 1, 0) // stride_h + 1
+        cols = max(width - window_w + stride_w - 1, 0) // stride_w + 1
+        boxes = []
+        for row in range(rows):
+            for col in range(cols):
+                bottom = min(row * stride_h + window_h, height)
+                right = min(col * stride_w + window_w, width)
+                boxes.append((max(bottom - window_h, 0), bottom, max(right - window_w, 0), right))
+        return boxes
+
+
 @torch.no_grad()
 def predict_probabilities(
-    model: nn.Module, images: Tensor, scales: Sequence[float] = (1.0,), flip: bool = False
+    model: nn.Module,
+    images: Tensor,
+    scales: Sequence[float] = (1.0,),
+    flip: bool = False,
+    *,
+    window: SlidingWindow | None = None,
+    max_size: int | None = None,
 ) -> Tensor:
-    """Class probabilities `[B, K, H, W]` of `images` `[B, 3, H, W]`, averaged over the image
+    """Class probabilities `[B, K, H, W]` of `images` `[B, C, H, W]`, averaged over the image
     resized by each of `scales` (bilinear) and, with `flip`, its mirror image.
 
     Averaging probabilities rather than logits keeps one overconfident scale from dominating.
+    `window` predicts each view by sliding windows; `max_size` first shrinks an image whose
+    longer side exceeds it (the probabilities are resized back to the input's size).
     """
     scales = check_scales(scales)
     size = images.shape[-2:]
+    if max_size is not None and max(size) > max_size:
+        shrink = max_size / max(size)
+        shrunk = _resize(images, [max(1, round(s * shrink)) for s in size])
+        return _resize(predict_probabilities(model, shrunk, scales, flip, window=window), size)
     total = None
     for scale in scales:
         scaled_size = [max(1, round(s * scale)) for s in size]
@@ -51,10 +95,25 @@ def predict_probabilities(
         scaled = images if scale == 1.0 else _resize(images, scaled_size)
         views = [scaled, scaled.flip(-1)] if flip else [scaled]
         for index, view in enumerate(views):
-            probabilities = _resize(model(view).float(), size).softmax(1)
+            probabilities = _resize(_view_probabilities(model, view, window), size)
             probabilities = probabilities.flip(-1) if index == 1 else probabilities
             total = probabilities if total is None else total + probabilities
     return total / (len(scales) * (2 if flip else 1))
+
+
+def _view_probabilities(model: nn.Module, view: Tensor, window: SlidingWindow | None) -> Tensor:
+    """Probabilities of one view, from the whole image or averaged over sliding windows."""
+    if window is None:
+        return model(view).float().softmax(1)
+    total = count = None
+    for top, bottom, left, right in window.boxes(*view.shape[-2:]):
+        probabilities = model(view[..., top:bottom, left:right]).float().softmax(1)
+        if total is None:
+            total = probabilities.new_zeros((*probabilities.shape[:2], *view.shape[-2:]))
+            count = probabilities.new_zeros(view.shape[-2:])
+        total[..., top:bottom, left:right] += probabilities
+        count[top:bottom, left:right] += 1
+    return total / count
 
 
 def _resize(maps: Tensor, size: Sequence[int]) -> Tensor:
@@ -120,6 +179,8 @@ def evaluate(
     device: str | torch.device = "cpu",
     workers: int = 0,
     progress: bool = True,
+    window: SlidingWindow | None = None,
+    max_size: int | None = None,
 ) -> EvaluationResult:
     """mIoU, per-class IoU and accuracies of `model` on every whole image of `dataset`.
 
@@ -146,7 +207,9 @@ def evaluate(
     for image, label in tqdm(
         loader, desc="evaluate", unit="image", disable=not progress or rank != 0, leave=False
     ):
-        probabilities = predict_probabilities(model, image.to(device), scales, flip)
+        probabilities = predict_probabilities(
+            model, image.to(device), scales, flip, window=window, max_size=max_size
+        )
         confusion.update(probabilities.argmax(1).cpu(), label)
     confusion.all_reduce()
     model.train(was_training)

@@ -19,7 +19,7 @@ from difnet.data import colorize, palette_image
 from difnet.data.base import IMAGE_SUFFIXES, read_image
 from difnet.data.transforms import normalize
 from difnet.devices import resolve_device
-from difnet.evaluation import predict_probabilities
+from difnet.evaluation import SlidingWindow, predict_probabilities
 
 Palette = Sequence[tuple[int, int, int]]
 
@@ -49,10 +49,13 @@ def predict_labels(
     scales: Sequence[float] = (1.0,),
     flip: bool = False,
     device: str | torch.device = "cpu",
+    window: SlidingWindow | None = None,
+    max_size: int | None = None,
 ) -> np.ndarray:
-    """The predicted class of every pixel of a `uint8 [H, W, 3]` image, as `uint8 [H, W]`."""
+    """The predicted class of every pixel of a `uint8 [H, W, 3]` image, as `uint8 [H, W]`
+    (`window`, `max_size`: see `difnet.evaluation.predict_probabilities`)."""
     batch = normalize(image)[None].to(device)
-    probabilities = predict_probabilities(model, batch, scales, flip)
+    probabilities = predict_probabilities(model, batch, scales, flip, window=window, max_size=max_size)
     return probabilities[0].argmax(0).to(torch.uint8).cpu().numpy()
 
 
@@ -95,6 +98,8 @@ def predict_files(
     flip: bool = False,
     device: str | torch.device = "cpu",
     progress: bool = True,
+    window: SlidingWindow | None = None,
+    max_size: int | None = None,
 ) -> list[Path]:
     """Predict each image file and write `<stem>.png` palette masks (and `<stem>_overlay.png`
     when `overlay`) into `output_dir`; returns the written paths.
@@ -111,7 +116,8 @@ def predict_files(
     for source, (mask_path, overlay_path) in zip(tqdm(images, desc="predict", unit="image", disable=not progress), paths):
         image = read_image(source)
         try:
-            labels = predict_labels(model, image, scales=scales, flip=flip, device=device)
+            labels = predict_labels(model, image, scales=scales, flip=flip, device=device,
+                                    window=window, max_size=max_size)  # fmt: skip
         except ValueError as error:
             raise ValueError(f"cannot predict {source}: {error}") from error
         palette_image(labels, palette).save(mask_path)

@@ -110,3 +110,35 @@ def test_blend_interpolates_between_image_and_colours(height, width, seed, alpha
     assert ((low <= mixed) & (mixed <= high)).all()
     if alpha == 0:
         np.testing.assert_array_equal(mixed, image)
+
+
+def test_sliding_windows_cover_the_image_as_mmseg_places_them():
+    from difnet.evaluation import SlidingWindow
+
+    boxes = SlidingWindow((40, 40), (30, 30)).boxes(100, 50)
+    assert boxes == [(0, 40, 0, 40), (0, 40, 10, 50), (30, 70, 0, 40), (30, 70, 10, 50),
+                     (60, 100, 0, 40), (60, 100, 10, 50)]  # fmt: skip
+    assert SlidingWindow((64, 64), (32, 32)).boxes(30, 20) == [(0, 30, 0, 20)]  # one clipped window
+    with pytest.raises(ValueError, match=r"window must be two integers >= 16 \(got \(8, 40\)\)"):
+        SlidingWindow((8, 40), (4, 4))
+
+
+def test_slide_and_max_size_inference_average_windows_and_keep_the_size():
+    import torch
+
+    from difnet.evaluation import SlidingWindow, predict_probabilities
+    from difnet.models import SimDeepLab
+
+    torch.manual_seed(0)
+    model = SimDeepLab(depth=18, num_classes=3).eval()
+    images = torch.randn(1, 3, 70, 90)
+    whole = predict_probabilities(model, images)
+    one_window = predict_probabilities(model, images, window=SlidingWindow((70, 90), (70, 90)))
+    torch.testing.assert_close(one_window, whole)
+    slid = predict_probabilities(model, images, window=SlidingWindow((48, 48), (32, 32)))
+    assert slid.shape == whole.shape
+    torch.testing.assert_close(slid.sum(1), torch.ones(1, 70, 90))
+    left = model(images[..., :48, :48]).softmax(1)  # the top-left pixel lies in one window only
+    torch.testing.assert_close(slid[..., 0, 0], left[..., 0, 0])
+    capped = predict_probabilities(model, images, max_size=45)
+    assert capped.shape == whole.shape
