@@ -9,13 +9,14 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from difnet.data.palettes import IGNORE_INDEX
 from difnet.devices import resolve_device
 from difnet.metrics import ConfusionMatrix, SegmentationMetrics
+from difnet.models.heads import upsample
 from difnet.models.validation import MIN_IMAGE_SIZE
 
 
@@ -82,8 +83,8 @@ def predict_probabilities(
     size = images.shape[-2:]
     if max_size is not None and max(size) > max_size:
         shrink = max_size / max(size)
-        shrunk = _resize(images, [max(1, round(s * shrink)) for s in size])
-        return _resize(predict_probabilities(model, shrunk, scales, flip, window=window), size)
+        shrunk = upsample(images, [max(1, round(s * shrink)) for s in size])
+        return upsample(predict_probabilities(model, shrunk, scales, flip, window=window), size)
     total = None
     for scale in scales:
         scaled_size = [max(1, round(s * scale)) for s in size]
@@ -92,10 +93,10 @@ def predict_probabilities(
                 f"scale {scale} shrinks the {size[0]}x{size[1]} image below "
                 f"{MIN_IMAGE_SIZE}x{MIN_IMAGE_SIZE} pixels; drop that scale"
             )
-        scaled = images if scale == 1.0 else _resize(images, scaled_size)
+        scaled = images if scale == 1.0 else upsample(images, scaled_size)
         views = [scaled, scaled.flip(-1)] if flip else [scaled]
         for index, view in enumerate(views):
-            probabilities = _resize(_view_probabilities(model, view, window), size)
+            probabilities = upsample(_view_probabilities(model, view, window), size)
             probabilities = probabilities.flip(-1) if index == 1 else probabilities
             total = probabilities if total is None else total + probabilities
     return total / (len(scales) * (2 if flip else 1))
@@ -114,12 +115,6 @@ def _view_probabilities(model: nn.Module, view: Tensor, window: SlidingWindow | 
         total[..., top:bottom, left:right] += probabilities
         count[top:bottom, left:right] += 1
     return total / count
-
-
-def _resize(maps: Tensor, size: Sequence[int]) -> Tensor:
-    if tuple(maps.shape[-2:]) == tuple(size):
-        return maps
-    return F.interpolate(maps, size=tuple(size), mode="bilinear", align_corners=False)
 
 
 @dataclass
@@ -203,7 +198,7 @@ def evaluate(
     was_training = model.training
     device = resolve_device(device)
     model.eval().to(device)
-    confusion = ConfusionMatrix(num_classes, getattr(dataset, "ignore_index", 255))
+    confusion = ConfusionMatrix(num_classes, getattr(dataset, "ignore_index", IGNORE_INDEX))
     for image, label in tqdm(
         loader, desc="evaluate", unit="image", disable=not progress or rank != 0, leave=False
     ):

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -26,6 +25,7 @@ from difnet.data import IGNORE_INDEX, colorize, generic_palette
 from difnet.data.transforms import normalize
 from difnet.devices import resolve_device
 from difnet.models import DifNet, DifNetOutput
+from difnet.models.heads import upsample
 from difnet.predict import output_paths_free
 
 Palette = Sequence[tuple[int, int, int]]
@@ -49,7 +49,7 @@ class Mechanism:
 
 def label_map(maps: Tensor, size: tuple[int, int]) -> np.ndarray:
     """Per-pixel argmax `[H, W]` of class maps `[1, K, h, w]`, resized bilinearly as the model does."""
-    logits = F.interpolate(maps.float(), size=size, mode="bilinear", align_corners=False)
+    logits = upsample(maps.float(), size)
     return logits[0].argmax(0).numpy()
 
 

@@ -139,5 +139,8 @@ def _pool_side(x: Tensor, dim: int, length: int, out: int) -> Tensor:
 
 
 def upsample(maps: Tensor, size: Sequence[int]) -> Tensor:
-    """Bilinear resize of `[B, C, h, w]` maps to `size` (align_corners=False)."""
+    """Bilinear resize of `[B, C, h, w]` maps to `size` (align_corners=False): the one resize of
+    score maps and images in the library (a no-op at the same size)."""
+    if tuple(maps.shape[-2:]) == tuple(size):
+        return maps
     return F.interpolate(maps, size=tuple(size), mode="bilinear", align_corners=False)

@@ -17,6 +17,7 @@ from difnet.data.base import SegmentationDataset, Transform
 from difnet.devices import default_device, parse_device
 from difnet.diffusion import WALK_METHODS
 from difnet.models import MODELS, RESNET_DEPTHS
+from difnet.models.difnet import DIFFUSION_STRIDES
 from difnet.models.heads import UNSATURATED_PSI_SCALE
 
 NONFINITE_POLICIES = ("stop", "skip")
@@ -108,7 +109,7 @@ class TrainConfig:
             "model": (self.model, tuple(MODELS)),
             "depth": (self.depth, RESNET_DEPTHS),
             "walk": (self.walk, WALK_METHODS),
-            "diffusion_stride": (self.diffusion_stride, (4, 8)),
+            "diffusion_stride": (self.diffusion_stride, DIFFUSION_STRIDES),
             "dataset": (self.dataset, DATASETS),
             "on_nonfinite": (self.on_nonfinite, NONFINITE_POLICIES),
             "precision": (self.precision, PRECISIONS),
@@ -216,7 +217,7 @@ class TrainConfig:
                            help="DifNet's noASPP seed head (one 3x3 conv instead of ASPP)")
         model.add_argument("--walk", choices=WALK_METHODS, default=d.walk,
                            help="how P_t y is computed (materialized: explicit P, for debugging)")
-        model.add_argument("--diffusion-stride", type=int, choices=(4, 8), default=d.diffusion_stride,
+        model.add_argument("--diffusion-stride", type=int, choices=DIFFUSION_STRIDES, default=d.diffusion_stride,
                            help="output stride of the grid the walks run on")
         model.add_argument("--psi-scale-init", type=float, default=d.psi_scale_init,
                            help="initial BN scale of DifNet's Psi_t (1.0: the authors' code; "
