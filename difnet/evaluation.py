@@ -17,7 +17,7 @@ from difnet.data.palettes import IGNORE_INDEX
 from difnet.devices import resolve_device
 from difnet.metrics import ConfusionMatrix, SegmentationMetrics
 from difnet.models.heads import upsample
-from difnet.models.validation import MIN_IMAGE_SIZE
+from difnet.models.validation import MIN_IMAGE_SIZE, check_finite
 
 
 def check_scales(scales: Sequence[float]) -> tuple[float, ...]:
@@ -80,6 +80,7 @@ def predict_probabilities(
     longer side exceeds it (the probabilities are resized back to the input's size).
     """
     scales = check_scales(scales)
+    check_finite(images)
     size = images.shape[-2:]
     if max_size is not None and max(size) > max_size:
         shrink = max_size / max(size)

@@ -32,7 +32,7 @@ from difnet.data import (
     colorize,
 )
 from difnet.diffusion import Cascade, propagate
-from difnet.evaluation import evaluate
+from difnet.evaluation import evaluate, predict_probabilities
 from difnet.metrics import ConfusionMatrix
 from difnet.models import DifNet, SimDeepLab, build_model, dilated_resnet
 from difnet.predict import predict_labels
@@ -272,7 +272,7 @@ CASES = [
          r"at least one image \(got an empty batch, shape \(0, 3, 32, 32\)\)"),
     Case("forward-too-small", lambda e: e.difnet(images(1, 3, 15, 32)), ValueError,
          r"at least 16x16 pixels \(got shape \(1, 3, 15, 32\)\)"),
-    Case("forward-nan", lambda e: e.difnet(nan_images()), ValueError,
+    Case("forward-nan", lambda e: predict_probabilities(e.difnet, nan_images()), ValueError,
          r"images contain NaN or infinite values"),
     Case("forward-numpy", lambda e: e.simdeeplab(np.zeros((1, 3, 32, 32), np.float32)),
          TypeError, r"images must be a torch\.Tensor \(got ndarray\)"),

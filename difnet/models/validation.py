@@ -12,10 +12,8 @@ MIN_IMAGE_SIZE = 16
 def check_images(images: Tensor, model: nn.Module | None = None, *, name: str = "images") -> None:
     """Raise unless `images` is a finite float `[B, C, H, W]` tensor with B >= 1, H, W >= 16 and
     C the model's `in_channels` (3 without a model), on `model`'s device and (outside autocast)
-    of its weights' dtype.
-
-    The finiteness check reads every value; it is skipped while torch.compile or torch.export
-    traces the model, where data-dependent errors cannot be raised.
+    of its weights' dtype. Only shapes and types are read: values are scanned for NaN where
+    data enters the library (`check_finite`), not in every forward.
     """
     if not isinstance(images, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor (got {type(images).__name__})")
@@ -43,8 +41,13 @@ def check_images(images: Tensor, model: nn.Module | None = None, *, name: str = 
         raise ValueError(f"{name} must hold at least one image (got an empty batch, shape {shape})")
     if model is not None:
         check_matches_model(images, model, name)
-    if not torch.compiler.is_compiling() and not bool(torch.isfinite(images).all()):
-        raise ValueError(f"{name} contain NaN or infinite values (shape {shape})")
+
+
+def check_finite(images: Tensor, name: str = "images") -> None:
+    """Raise unless every value of `images` is finite (a full read and a host sync: call it
+    where data enters, e.g. inference on a user's tensors, not inside a model)."""
+    if not bool(torch.isfinite(images).all()):
+        raise ValueError(f"{name} contain NaN or infinite values (shape {tuple(images.shape)})")
 
 
 def check_matches_model(images: Tensor, model: nn.Module, name: str = "images") -> None:
