@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from difnet import __version__
 from difnet.devices import default_device
@@ -280,16 +279,10 @@ def add_visualize_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def read_label(path: Path, num_classes: int) -> np.ndarray:
-    """A mask file as class ids `[H, W]`; values outside `[0, num_classes)` become 255 (ignore)."""
-    from difnet.predict import read_image
+    """A mask file as class ids `[H, W]`, refused as the datasets refuse it (mode, values)."""
+    from difnet.data.base import check_class_ids, read_mask
 
-    read_image(path)  # the same clear errors as for images
-    with Image.open(path) as image:
-        if image.mode not in ("P", "L", "I", "I;16"):
-            raise ValueError(f"label {path} must be a palette or greyscale PNG of class ids (got mode {image.mode})")
-        label = np.asarray(image).astype(np.int64)
-    label[(label < 0) | (label >= num_classes)] = 255
-    return label
+    return check_class_ids(read_mask(path), num_classes, path)
 
 
 def run_visualize(args: argparse.Namespace) -> None:

@@ -114,8 +114,14 @@ def test_predict_writes_masks_and_refuses_to_overwrite(capsys, tmp_path, image_f
 def test_visualize_writes_the_figures_and_prints_the_walk_weights(capsys, tmp_path, image_file, checkpoint):
     label = np.zeros((45, 61), dtype=np.uint8)
     label[10:30, 20:50] = 2
-    label[0] = 11  # outside the 3 classes: shown as ignored
+    label[0] = 255  # ignored
     Image.fromarray(label).save(tmp_path / "label.png")
+    stray = label.copy()
+    stray[1] = 11  # outside the 3 classes: refused, as the datasets refuse it
+    Image.fromarray(stray).save(tmp_path / "stray.png")
+    status, _, err = run(capsys, "visualize", "--checkpoint", str(checkpoint), "--image", str(image_file),
+                         "--label", str(tmp_path / "stray.png"), "--output", str(tmp_path / "stray"))
+    assert status == 2 and "holds values [11] outside [0, 3)" in err
     status, out, _ = run(capsys, "visualize", "--checkpoint", str(checkpoint), "--image", str(image_file),
                          "--label", str(tmp_path / "label.png"), "--output", str(tmp_path / "figs"),
                          "--pixels", "20,30", "5,5", "--device", "cpu")

@@ -144,14 +144,20 @@ class FilePairDataset(SegmentationDataset):
         label = raw.copy()
         for value, class_id in self.label_remap.items():
             label[raw == value] = class_id
-        values = np.unique(label)
-        bad = values[((values < 0) | (values >= self.num_classes)) & (values != IGNORE_INDEX)]
-        if bad.size:
-            raise ValueError(
-                f"mask {path} holds values {bad[:10].tolist()} outside [0, {self.num_classes}) "
-                f"and {IGNORE_INDEX} (ignore)"
-            )
-        return label.astype(np.uint8)
+        return check_class_ids(label, self.num_classes, path)
+
+
+def check_class_ids(label: np.ndarray, num_classes: int, path: Path) -> np.ndarray:
+    """`label` as `uint8` if every value is a class id in `[0, num_classes)` or 255 (ignore),
+    else a `ValueError` naming the file and the stray values."""
+    values = np.unique(label)
+    bad = values[((values < 0) | (values >= num_classes)) & (values != IGNORE_INDEX)]
+    if bad.size:
+        raise ValueError(
+            f"mask {path} holds values {bad[:10].tolist()} outside [0, {num_classes}) "
+            f"and {IGNORE_INDEX} (ignore)"
+        )
+    return label.astype(np.uint8)
 
 
 def check_resize(resize: Sequence[int] | None) -> tuple[int, int] | None:
