@@ -97,6 +97,15 @@ def load_checkpoint_model(path: Path) -> tuple[torch.nn.Module, dict]:
     return load_model_with_metadata(path)
 
 
+def saved_normalization(metadata: dict) -> dict | None:
+    """How the saved model's training normalised images: a save_pretrained folder's
+    `normalization`, or a checkpoint recipe's mean and std (None: ImageNet's)."""
+    if "normalization" in metadata:
+        return metadata["normalization"]
+    recipe = metadata.get("config", {})
+    return {"mean": recipe["mean"], "std": recipe["std"]} if recipe.get("mean") else None
+
+
 def checkpoint_palette(metadata: dict, num_classes: int) -> list[tuple[int, int, int]]:
     """The palette stored in a checkpoint, or a generic one for its number of classes."""
     from difnet.data.palettes import generic_palette
@@ -176,7 +185,6 @@ def add_evaluate_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_evaluate(args: argparse.Namespace) -> None:
-    from difnet.data import EvalTransform
     from difnet.evaluation import evaluate
     from difnet.predict import output_paths_free
     from difnet.training import TrainConfig
@@ -193,7 +201,7 @@ def run_evaluate(args: argparse.Namespace) -> None:
     if args.data_root is not None:
         settings["data_root"] = str(args.data_root)
     config = TrainConfig.from_dict(settings)
-    dataset = config.build_dataset(args.split or config.val_split or "val", EvalTransform())
+    dataset = config.build_dataset(args.split or config.val_split or "val", config.eval_transform())
     result = evaluate(model, dataset, **inference_options(args))
     print(result.format_table())
     if args.output is not None:
@@ -241,7 +249,8 @@ def run_predict(args: argparse.Namespace) -> None:
     model, metadata = load_checkpoint_model(args.checkpoint)
     written = predict_files(
         model, images, args.output, checkpoint_palette(metadata, model.num_classes),
-        overlay=args.overlay, overwrite=args.overwrite, **inference_options(args),
+        overlay=args.overlay, overwrite=args.overwrite, normalization=saved_normalization(metadata),
+        **inference_options(args),
     )
     print(f"wrote {len(written)} file(s) to {args.output}")
 

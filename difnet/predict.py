@@ -6,7 +6,7 @@ as in evaluation) and its logits are resized to the image before the argmax.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -51,10 +51,12 @@ def predict_labels(
     device: str | torch.device = "cpu",
     window: SlidingWindow | None = None,
     max_size: int | None = None,
+    normalization: Mapping[str, Sequence[float]] | None = None,
 ) -> np.ndarray:
-    """The predicted class of every pixel of a `uint8 [H, W, 3]` image, as `uint8 [H, W]`
-    (`window`, `max_size`: see `difnet.evaluation.predict_probabilities`)."""
-    batch = normalize(image)[None].to(device)
+    """The predicted class of every pixel of a `uint8 [H, W, C]` image, as `uint8 [H, W]`
+    (`window`, `max_size`: see `difnet.evaluation.predict_probabilities`; `normalization`:
+    `{"mean": [...], "std": [...]}` per channel as in training, ImageNet's by default)."""
+    batch = normalize(image, **(normalization or {}))[None].to(device)
     probabilities = predict_probabilities(model, batch, scales, flip, window=window, max_size=max_size)
     return probabilities[0].argmax(0).to(torch.uint8).cpu().numpy()
 
@@ -100,6 +102,7 @@ def predict_files(
     progress: bool = True,
     window: SlidingWindow | None = None,
     max_size: int | None = None,
+    normalization: Mapping[str, Sequence[float]] | None = None,
 ) -> list[Path]:
     """Predict each image file and write `<stem>.png` palette masks (and `<stem>_overlay.png`
     when `overlay`) into `output_dir`; returns the written paths.
@@ -114,15 +117,16 @@ def predict_files(
     model.eval().to(device)
     written = []
     for source, (mask_path, overlay_path) in zip(tqdm(images, desc="predict", unit="image", disable=not progress), paths):
-        image = read_image(source)
+        image = read_image(source, getattr(model, "in_channels", 3))
         try:
             labels = predict_labels(model, image, scales=scales, flip=flip, device=device,
-                                    window=window, max_size=max_size)  # fmt: skip
+                                    window=window, max_size=max_size, normalization=normalization)  # fmt: skip
         except ValueError as error:
             raise ValueError(f"cannot predict {source}: {error}") from error
         palette_image(labels, palette).save(mask_path)
         written.append(mask_path)
         if overlay_path is not None:
-            Image.fromarray(blend(image, labels, palette)).save(overlay_path)
+            picture = image[..., :3] if image.shape[2] >= 3 else image.repeat(3, axis=2)  # RGB(-NIR), grey
+            Image.fromarray(blend(picture, labels, palette)).save(overlay_path)
             written.append(overlay_path)
     return written

@@ -174,7 +174,8 @@ def test_custom_mean_and_std():
         ({"scale_range": (0.0, 1.0)}, r"0 < low <= high \(got \(0\.0, 1\.0\)\)"),
         ({"scale_range": (1.5, 0.5)}, "0 < low <= high"),
         ({"scale_range": 1.0}, "scale_range must be"),
-        ({"mean": (0.5, 0.5)}, "mean must hold one value per RGB channel"),
+        ({"mean": (0.5, 0.5)}, r"mean and std need one value per channel each"),
+        ({"mean": (), "std": ()}, "mean must hold one value per image channel"),
         ({"std": (0.2, 0.0, 0.2)}, "std must be positive"),
     ],
 )

@@ -26,7 +26,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from difnet.data.palettes import IGNORE_INDEX, Colour
-from difnet.data.transforms import EvalTransform
+from difnet.data.transforms import EvalTransform, resize_bilinear
 
 Transform = Callable[[np.ndarray, np.ndarray], tuple[Tensor, Tensor]]
 
@@ -82,7 +82,7 @@ class SegmentationDataset(Dataset[tuple[Tensor, Tensor]]):
         raise NotImplementedError
 
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """Item `index` before the transform: `(uint8 [H, W, 3] RGB image, uint8 [H, W] label)`."""
+        """Item `index` before the transform: `(uint8 [H, W, C] image, uint8 [H, W] label)`."""
         raise NotImplementedError
 
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
@@ -92,9 +92,7 @@ class SegmentationDataset(Dataset[tuple[Tensor, Tensor]]):
         image, label = self.load(index % size)
         if self.resize is not None and image.shape[:2] != self.resize:
             height, width = self.resize
-            image = np.asarray(
-                Image.fromarray(image).resize((width, height), Image.Resampling.BILINEAR)
-            )
+            image = resize_bilinear(image, (height, width))
             label = np.asarray(
                 Image.fromarray(label).resize((width, height), Image.Resampling.NEAREST)
             )
@@ -109,6 +107,7 @@ class FilePairDataset(SegmentationDataset):
     """
 
     label_remap: ClassVar[Mapping[int, int]] = {}
+    channels: int = 3  # image channels read from each file (FolderDataset takes others)
 
     def __init__(
         self,
@@ -131,7 +130,7 @@ class FilePairDataset(SegmentationDataset):
 
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         sample = self.samples[index]
-        image, label = read_image(sample.image), read_mask(sample.mask)
+        image, label = read_image(sample.image, self.channels), read_mask(sample.mask)
         if image.shape[:2] != label.shape:
             raise ValueError(
                 f"image {sample.image} is {image.shape[0]}x{image.shape[1]} (HxW) but its mask "
@@ -185,14 +184,27 @@ def check_files_exist(samples: Sequence[Sample], source: str) -> None:
         )
 
 
-def read_image(path: Path) -> np.ndarray:
-    """An image file as `uint8 [H, W, 3]` RGB; a file PIL cannot decode raises a `ValueError`."""
+def read_image(path: Path, channels: int = 3) -> np.ndarray:
+    """An image file as `uint8 [H, W, channels]`: RGB for 3, grey for 1 (any file converts);
+    for other counts (e.g. 4, RGB-NIR) the file must hold that many bands. A file PIL cannot
+    decode raises a `ValueError`."""
     try:
         with Image.open(path) as image:
             image.load()
-            return np.asarray(image.convert("RGB"))
+            if channels in (1, 3):
+                return np.asarray(image.convert("L" if channels == 1 else "RGB")).reshape(
+                    image.height, image.width, channels
+                )
+            bands = image.getbands()
+            pixels = np.asarray(image)
     except (OSError, SyntaxError, ValueError) as error:
         raise ValueError(f"cannot read image {path}: {error}") from error
+    if len(bands) != channels or pixels.dtype != np.uint8:
+        raise ValueError(
+            f"image {path} has {len(bands)} band(s) {''.join(bands)} of {pixels.dtype}; "
+            f"expected {channels} 8-bit channels"
+        )
+    return pixels.reshape(*pixels.shape[:2], channels)
 
 
 def read_mask(path: Path) -> np.ndarray:

@@ -18,7 +18,9 @@ from difnet.data.palettes import Colour, generic_palette
 
 class FolderDataset(FilePairDataset):
     """Images of `images_dir` paired by file stem with the masks of `masks_dir`
-    (`a.jpg` with `a.png`); masks hold class ids in `[0, num_classes)`, 255 = ignore."""
+    (`a.jpg` with `a.png`); masks hold class ids in `[0, num_classes)`, 255 = ignore.
+    `channels` other than 3 reads grey (1) or multi-band images such as RGB-NIR PNGs (4); give
+    the transform one `mean` / `std` value per channel."""
 
     def __init__(
         self,
@@ -29,11 +31,15 @@ class FolderDataset(FilePairDataset):
         *,
         class_names: Sequence[str] | None = None,
         palette: Sequence[Colour] | None = None,
+        channels: int = 3,
     ) -> None:
         if isinstance(num_classes, bool) or not isinstance(num_classes, int):
             raise TypeError(f"num_classes must be an int (got {num_classes!r})")
         if not 1 <= num_classes <= MAX_CLASSES:
             raise ValueError(f"num_classes must be in [1, {MAX_CLASSES}] (got {num_classes})")
+        if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
+            raise ValueError(f"channels must be a positive integer (got {channels!r})")
+        self.channels = channels
         self.images_dir = require_dir(Path(images_dir).expanduser(), "a folder of images")
         self.masks_dir = require_dir(Path(masks_dir).expanduser(), "a folder of mask PNGs")
         masks = files_by_stem(self.masks_dir)

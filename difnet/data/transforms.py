@@ -1,7 +1,9 @@
 """The paper's augmentation (random scale, padded random crop, flip) and whole-image evaluation.
 
-Transforms take `(image, label)` — a PIL image or `uint8 [H, W, 3]` array, and an integer
-`[H, W]` array — and return `(float32 [3, H, W] ImageNet-normalised, int64 [H, W])` tensors.
+Transforms take `(image, label)` — a PIL image or `uint8 [H, W, C]` array, and an integer
+`[H, W]` array — and return `(float32 [C, H, W] normalised, int64 [H, W])` tensors. `C` is
+the number of `mean` / `std` values: 3 with ImageNet's (the default), or e.g. 1 (grey) or 4
+(RGB-NIR) with statistics of the user's data.
 Random draws come from torch's global RNG, so `torch.manual_seed`, DataLoader worker seeding
 and a restored RNG state all reproduce the same augmentations.
 """
@@ -22,13 +24,17 @@ from difnet.data.palettes import IGNORE_INDEX
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
+PIL_MODES = {1: "L", 3: "RGB", 4: "RGBA"}  # channel counts PIL converts other modes to
+
 ImageLike = Image.Image | np.ndarray
 LabelLike = Image.Image | np.ndarray
 
 
-def as_arrays(image: ImageLike, label: LabelLike) -> tuple[np.ndarray, np.ndarray]:
-    """`(uint8 [H, W, 3], integer [H, W])` arrays of an image and its label, checked to match."""
-    image = as_image_array(image)
+def as_arrays(
+    image: ImageLike, label: LabelLike, channels: int = 3
+) -> tuple[np.ndarray, np.ndarray]:
+    """`(uint8 [H, W, C], integer [H, W])` arrays of an image and its label, checked to match."""
+    image = as_image_array(image, channels)
     if isinstance(label, Image.Image):
         label = np.asarray(label)
     if not _is_array(label, 2) or not np.issubdtype(label.dtype, np.integer):
@@ -43,14 +49,16 @@ def as_arrays(image: ImageLike, label: LabelLike) -> tuple[np.ndarray, np.ndarra
     return image, label
 
 
-def as_image_array(image: ImageLike) -> np.ndarray:
-    """A PIL image or `uint8 [H, W, 3]` array as that array; anything else is a `TypeError`
-    (a float image in [0, 1] would otherwise be normalised as if it were 0-255)."""
+def as_image_array(image: ImageLike, channels: int = 3) -> np.ndarray:
+    """A PIL image or `uint8 [H, W, C]` array (`C = channels`) as that array; anything else is
+    a `TypeError` (a float image in [0, 1] would otherwise be normalised as if it were 0-255)."""
     if isinstance(image, Image.Image):
-        image = np.asarray(image.convert("RGB"))
-    if not _is_array(image, 3) or image.dtype != np.uint8 or image.shape[2] != 3:
+        image = np.asarray(image.convert(PIL_MODES[channels]) if channels in PIL_MODES else image)
+    if _is_array(image, 2) and channels == 1:
+        image = image[..., None]
+    if not _is_array(image, 3) or image.dtype != np.uint8 or image.shape[2] != channels:
         raise TypeError(
-            f"image must be a PIL image or a uint8 [H, W, 3] array (got {_describe(image)})"
+            f"image must be a PIL image or a uint8 [H, W, {channels}] array (got {_describe(image)})"
         )
     return image
 
@@ -65,19 +73,21 @@ def _describe(value: object) -> str:
     return f"{value.dtype} {value.shape}" if isinstance(value, np.ndarray) else type(value).__name__
 
 
-def _channel_triple(values: Sequence[float], name: str) -> tuple[float, float, float]:
+def _channel_values(values: Sequence[float], name: str) -> tuple[float, ...]:
     values = tuple(float(v) for v in values)
-    if len(values) != 3:
-        raise ValueError(f"{name} must hold one value per RGB channel (got {values})")
-    return values  # type: ignore[return-value]
+    if not values:
+        raise ValueError(f"{name} must hold one value per image channel (got {values})")
+    return values
 
 
 def normalize(
     image: ImageLike, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
 ) -> Tensor:
-    """A PIL or `uint8 [H, W, 3]` image as float32 `[3, H, W]`, `(x / 255 - mean) / std`."""
-    tensor = torch.from_numpy(np.array(as_image_array(image))).permute(2, 0, 1).float().div_(255)
-    return tensor.sub_(torch.tensor(mean).view(3, 1, 1)).div_(torch.tensor(std).view(3, 1, 1))
+    """A PIL or `uint8 [H, W, C]` image as float32 `[C, H, W]`, `(x / 255 - mean) / std`, with
+    one `mean` and `std` value per channel."""
+    channels = len(mean)
+    tensor = torch.from_numpy(np.array(as_image_array(image, channels))).permute(2, 0, 1).float().div_(255)
+    return tensor.sub_(torch.tensor(mean).view(channels, 1, 1)).div_(torch.tensor(std).view(channels, 1, 1))
 
 
 def denormalize(
@@ -90,6 +100,16 @@ def denormalize(
     std_, mean_ = torch.tensor(std).view(3, 1, 1), torch.tensor(mean).view(3, 1, 1)
     pixels = image.detach().float().cpu() * std_ + mean_
     return (pixels * 255).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+
+
+def resize_bilinear(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """A `uint8 [H, W, C]` image resized to `size` (h, w) bilinearly by PIL, channel by channel
+    when PIL has no mode for `C` channels."""
+    if image.shape[2] == 3:
+        return np.asarray(Image.fromarray(image).resize(size[::-1], Image.Resampling.BILINEAR))
+    bands = [Image.fromarray(image[..., c]).resize(size[::-1], Image.Resampling.BILINEAR)
+             for c in range(image.shape[2])]  # fmt: skip
+    return np.stack([np.asarray(band) for band in bands], axis=-1)
 
 
 def label_tensor(label: np.ndarray) -> Tensor:
@@ -109,9 +129,13 @@ def _is_positive_int(value: object) -> bool:
 
 
 def _freeze_mean_std(transform: EvalTransform | TrainTransform) -> None:
-    """Store a frozen transform's `mean` and `std` as checked float triples."""
-    object.__setattr__(transform, "mean", _channel_triple(transform.mean, "mean"))
-    object.__setattr__(transform, "std", _channel_triple(transform.std, "std"))
+    """Store a frozen transform's `mean` and `std` as checked floats, one per channel."""
+    object.__setattr__(transform, "mean", _channel_values(transform.mean, "mean"))
+    object.__setattr__(transform, "std", _channel_values(transform.std, "std"))
+    if len(transform.mean) != len(transform.std):
+        raise ValueError(
+            f"mean and std need one value per channel each (got {transform.mean} and {transform.std})"
+        )
     if min(transform.std) <= 0:
         raise ValueError(f"std must be positive (got {transform.std})")
 
@@ -127,7 +151,7 @@ class EvalTransform:
         _freeze_mean_std(self)
 
     def __call__(self, image: ImageLike, label: LabelLike) -> tuple[Tensor, Tensor]:
-        image, label = as_arrays(image, label)
+        image, label = as_arrays(image, label, len(self.mean))
         return normalize(image, self.mean, self.std), label_tensor(label)
 
 
@@ -163,7 +187,7 @@ class TrainTransform:
         object.__setattr__(self, "scale_range", (low, high))
 
     def __call__(self, image: ImageLike, label: LabelLike) -> tuple[Tensor, Tensor]:
-        image, label = self.rescale(*as_arrays(image, label))
+        image, label = self.rescale(*as_arrays(image, label, len(self.mean)))
         image, label = self.crop(image, label)
         if self.flip and bool(torch.rand(()) < 0.5):
             image, label = image[:, ::-1], label[:, ::-1]
@@ -177,9 +201,8 @@ class TrainTransform:
         size = (max(1, round(height * scale)), max(1, round(width * scale)))
         if size == label.shape:
             return image, label
-        resized = Image.fromarray(image).resize(size[::-1], Image.Resampling.BILINEAR)
         rows, cols = nearest_sources(height, size[0]), nearest_sources(width, size[1])
-        return np.asarray(resized), label[rows[:, None], cols[None, :]]
+        return resize_bilinear(image, size), label[rows[:, None], cols[None, :]]
 
     def crop(self, image: np.ndarray, label: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """A random `crop_size` window, after padding the image with the mean colour and the
@@ -189,7 +212,7 @@ class TrainTransform:
         padded_h, padded_w = max(height, crop_h), max(width, crop_w)
         if (padded_h, padded_w) != (height, width):
             fill = np.round(np.asarray(self.mean) * 255).astype(np.uint8)
-            padded_image = np.empty((padded_h, padded_w, 3), dtype=np.uint8)
+            padded_image = np.empty((padded_h, padded_w, image.shape[2]), dtype=np.uint8)
             padded_image[:] = fill
             padded_image[:height, :width] = image
             dtype = np.promote_types(label.dtype, np.uint8)

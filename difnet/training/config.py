@@ -12,7 +12,8 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 
-from difnet.data import DATASETS, TrainTransform, build_dataset
+from difnet.data import DATASETS, EvalTransform, TrainTransform, build_dataset
+from difnet.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from difnet.data.base import SegmentationDataset, Transform
 from difnet.devices import default_device, parse_device
 from difnet.diffusion import WALK_METHODS
@@ -53,6 +54,8 @@ class TrainConfig:
     pretrained_backbone: str | None = None
     gradient_checkpointing: bool = False
     in_channels: int = 3
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
     freeze_backbone: bool = False
     norm_eval: bool = False
     dataset: str = "voc"
@@ -93,6 +96,12 @@ class TrainConfig:
         if self.image_size is not None:
             self.image_size = _pair(self.image_size, "image_size")
         self.scale_range = tuple(float(s) for s in self.scale_range)
+        for name in ("mean", "std"):
+            if getattr(self, name) is not None:
+                setattr(self, name, tuple(float(v) for v in getattr(self, name)))
+        if (self.mean is None) != (self.std is None) or (self.mean and len(self.mean) != len(self.std)):
+            raise ValueError(f"mean and std go together, one value per channel each "
+                             f"(got {self.mean} and {self.std})")  # fmt: skip
         self.check()
 
     def check(self) -> None:
@@ -103,6 +112,15 @@ class TrainConfig:
         parse_device(self.device)
         if self.dataset == "folder" and self.num_classes is None:
             raise ValueError("dataset 'folder' needs num_classes (--num-classes)")
+        if self.in_channels != 3 and self.dataset != "folder":
+            raise ValueError(
+                f"in_channels {self.in_channels}: only the 'folder' dataset reads images other than RGB"
+            )
+        if self.in_channels != 3 and self.mean is None:
+            raise ValueError(
+                f"in_channels {self.in_channels} needs the data's normalisation: --mean and --std "
+                "with one value per channel (ImageNet's only fit RGB)"
+            )
 
     def _check_choices(self) -> None:
         choices = {
@@ -168,14 +186,24 @@ class TrainConfig:
                 "seed": self.seed,
             }
         if self.dataset == "folder":
-            return {"num_classes": self.num_classes}
+            return {"num_classes": self.num_classes, "channels": self.in_channels}
         if self.dataset == "camvid" and self.image_size is not None:
             return {"resize": self.image_size}
         return {}
 
+    def normalization(self) -> dict[str, tuple[float, ...]]:
+        """`{"mean": ..., "std": ...}` per channel: the config's, or ImageNet's for RGB."""
+        if self.mean is None:
+            return {"mean": IMAGENET_MEAN, "std": IMAGENET_STD}
+        return {"mean": self.mean, "std": self.std}
+
     def train_transform(self) -> TrainTransform:
-        """The paper's augmentation with this config's crop, scale range and flip."""
-        return TrainTransform(self.crop_size, self.scale_range, self.flip)
+        """The paper's augmentation with this config's crop, scale range, flip and normalisation."""
+        return TrainTransform(self.crop_size, self.scale_range, self.flip, **self.normalization())
+
+    def eval_transform(self) -> EvalTransform:
+        """Whole-image evaluation with this config's normalisation."""
+        return EvalTransform(**self.normalization())
 
     def build_dataset(self, split: str, transform: Transform | None = None) -> SegmentationDataset:
         """The `split` of this config's dataset, read with `transform`."""
@@ -226,6 +254,11 @@ class TrainConfig:
                            help="recompute the backbones' stages in backward: less memory, more time")
         model.add_argument("--in-channels", type=int, default=d.in_channels,
                            help="image channels (1 grey, 4 RGB-NIR, ...); a pretrained conv1 is adapted")
+        data_stats = parser.add_argument_group("normalisation (needed for images other than RGB)")
+        data_stats.add_argument("--mean", type=float, nargs="+", metavar="M",
+                                help="per-channel mean of the images in [0, 1] (default: ImageNet's)")
+        data_stats.add_argument("--std", type=float, nargs="+", metavar="S",
+                                help="per-channel standard deviation in [0, 1] (default: ImageNet's)")
         model.add_argument("--freeze-backbone", action="store_true",
                            help="train only the heads (and DifNet's projections and walks)")
         model.add_argument("--norm-eval", action="store_true",

@@ -30,7 +30,6 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
-from difnet.data import EvalTransform
 from difnet.data.palettes import IGNORE_INDEX
 from difnet.evaluation import evaluate
 from difnet.models import build_model
@@ -126,7 +125,7 @@ class Trainer:
         if "val" in datasets:
             self.val_set = datasets["val"]
         elif config.val_split is not None:
-            self.val_set = config.build_dataset(config.val_split, EvalTransform())
+            self.val_set = config.build_dataset(config.val_split, config.eval_transform())
         else:
             self.val_set = None
         self.num_classes = self._num_classes()
@@ -275,7 +274,8 @@ class Trainer:
                         self._save(BEST, with_optimizer=False)
                         save_pretrained(self.model, self.output_dir / BEST_FOLDER,
                                         class_names=list(self.train_set.class_names),
-                                        palette=list(self.train_set.palette))  # fmt: skip
+                                        palette=list(self.train_set.palette),
+                                        normalization=self.config.normalization())  # fmt: skip
         finally:
             if self.log is not None:
                 self.log.close()
