@@ -114,7 +114,9 @@ def inspect(
     device = resolve_device(device)
     model.eval().to(device)
     batch = normalize(image)[None].to(device)
-    output = model.forward_intermediates(batch)
+    model.check_images(batch)
+    levels = model.similarity_branch(batch)  # once, for the outputs and the transition rows
+    output = model.diffuse(model.seed_branch(batch), levels)
     output = DifNetOutput(
         logits=output.logits.cpu(),
         scores=output.scores.cpu(),
@@ -130,7 +132,7 @@ def inspect(
     pixels = check_pixels(pixels, size)
     grid = tuple(output.walks[-1].shape[-2:])
     nodes = [grid_node(p, size, grid) for p in pixels]
-    rows = model.transition_rows(batch, nodes)[0].cpu()
+    rows = model.transition_rows(batch, nodes, levels=levels)[0].cpu()
     return Mechanism(image=image, output=output, pixels=pixels, rows=rows)
 
 

@@ -163,13 +163,22 @@ class DifNet(SegmentationModel):
         ]
         return features, grid
 
-    def transition_rows(self, images: Tensor, nodes: Tensor | Sequence[Sequence[int]]) -> Tensor:
+    def transition_rows(
+        self,
+        images: Tensor,
+        nodes: Tensor | Sequence[Sequence[int]],
+        *,
+        levels: Sequence[Tensor] | None = None,
+    ) -> Tensor:
         """Rows of every `P_t` for grid nodes `(row, col)` `[n, 2]`, as maps `[B, 5, n, h, w]`.
 
         Only the `n` requested rows are computed; `(h, w)` is the diffusion grid of `images`.
+        `levels`, this model's `similarity_branch(images)` when already computed, saves
+        running the similarity backbone again.
         """
         self.check_images(images)
-        features, grid = self._diffusion_features(self.similarity_branch(images))
+        levels = self.similarity_branch(images) if levels is None else levels
+        features, grid = self._diffusion_features(levels)
         flat = _flat_node_indices(nodes, grid, images.device)
         rows = torch.stack([transition_rows(f, flat) for f in features], dim=1)
         return rows.unflatten(-1, grid)
