@@ -341,7 +341,10 @@ def add_demo_parser(subparsers: argparse._SubParsersAction) -> None:
 def run_demo(args: argparse.Namespace) -> None:
     from difnet.demo import DemoConfig, run_demo as demo
 
-    result = demo(DemoConfig.from_args(args))
+    config = DemoConfig.from_args(args)
+    print(f"training Sim-DeepLab-18 and DifNet-18 side by side for {config.steps} steps each "
+          f"on {config.size}x{config.size} generated scenes...", flush=True)  # fmt: skip
+    result = demo(config)
     print(result.format_table())
     print(f"figure: {result.figure_path}")
     print(f"results: {result.results_path}")

@@ -113,6 +113,7 @@ class DemoConfig:
             lr=self.lr,  # one rate for every parameter, as the authors; from scratch, 0.01
             seed=self.seed,
             workers=0,
+            progress=False,  # two trainings side by side: their bars would interleave
             output_dir=str(self.output_dir / model),
             overwrite=self.overwrite,
             device="cpu",
