@@ -97,9 +97,7 @@ def run_in_subprocess(argv: Sequence[str], timeout_s: float = 600.0) -> dict[str
     it prints on its last stdout line. Raises with the child's stderr if it fails."""
     env = {
         **os.environ,
-        "PYTHONPATH": os.pathsep.join(
-            filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")])
-        ),
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")])),
     }
     result = subprocess.run(
         [sys.executable, *argv],
@@ -110,9 +108,7 @@ def run_in_subprocess(argv: Sequence[str], timeout_s: float = 600.0) -> dict[str
         env=env,
     )
     if result.returncode != 0:
-        raise RuntimeError(
-            f"{' '.join(argv)} failed ({result.returncode}):\n{result.stderr[-4000:]}"
-        )
+        raise RuntimeError(f"{' '.join(argv)} failed ({result.returncode}):\n{result.stderr[-4000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 

@@ -160,7 +160,8 @@ def markdown(records: list[dict]) -> str:
         lines.append(
             f"| {r['model']} | {r['seed']} | {100 * r['metrics']['miou']:.1f} "
             f"| {100 * r['metrics']['pixel_accuracy']:.1f} | {r['train_seconds'] / 60:.1f} | "
-            + " | ".join(cells) + " |"
+            + " | ".join(cells)
+            + " |"
         )
     by_model = {name: [r for r in records if r["model"] == name] for name in MODELS.values()}
     by_model = {name: runs for name, runs in by_model.items() if runs}
@@ -176,7 +177,11 @@ def markdown(records: list[dict]) -> str:
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     for label, key in (("**mIoU**", "miou"), ("pixel accuracy", "pixel_accuracy"),
                        ("mean class accuracy", "mean_class_accuracy")):  # fmt: skip
-        lines.append(f"| {label} | " + " | ".join(f"{100 * mean_of(runs, key):.1f}" for runs in by_model.values()) + " |")
+        lines.append(
+            f"| {label} | "
+            + " | ".join(f"{100 * mean_of(runs, key):.1f}" for runs in by_model.values())
+            + " |"
+        )
     config = records[0]["config"]
     lines += [
         "",
@@ -190,16 +195,24 @@ def markdown(records: list[dict]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", choices=tuple(MODELS), help="train only this model with --seed, in this process")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--model", choices=tuple(MODELS), help="train only this model with --seed, in this process"
+    )
     parser.add_argument("--seed", type=int, default=0, help="the seed of a single --model run")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--parallel", type=int, default=2, help="runs at a time, one thread each")
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--lr", type=float, default=0.01,
-                        help="one rate for every parameter, as the authors; from scratch 0.01 "
-                             "rather than their 2.5e-3 for fine-tuning ImageNet weights")
+    parser.add_argument(
+        "--lr",
+        type=float,
+        default=0.01,
+        help="one rate for every parameter, as the authors; from scratch 0.01 "
+        "rather than their 2.5e-3 for fine-tuning ImageNet weights",
+    )
     parser.add_argument("--crop", type=int, nargs=2, default=[160, 160], metavar=("H", "W"))
     parser.add_argument("--eval-every", type=int, default=4)
     parser.add_argument("--data-root", type=Path, default=DEFAULT_DATA)
@@ -220,9 +233,13 @@ def main() -> None:
     summary = {
         "machine": machine_info(),
         "wall_seconds_of_this_invocation": round(time.perf_counter() - start, 1),
-        "means": {name: {key: mean_of([r for r in records if r["model"] == name], key)
-                         for key in ("miou", "pixel_accuracy", "mean_class_accuracy")}
-                  for name in MODELS.values()},  # fmt: skip
+        "means": {
+            name: {
+                key: mean_of([r for r in records if r["model"] == name], key)
+                for key in ("miou", "pixel_accuracy", "mean_class_accuracy")
+            }
+            for name in MODELS.values()
+        },  # fmt: skip
         "runs": records,
     }
     (args.results / "camvid.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -278,8 +278,10 @@ def checkpointing_verdicts(rows: list[dict[str, Any]]) -> str:
         memory = row["peak_extra_mib"] / plain["peak_extra_mib"]
         slower = row["step_ms"] / plain["step_ms"]
         target = " (DifNet's target: <= 0.6x)" if row["model"].startswith("DifNet") else ""
-        lines.append(f"- {row['model']} on {row['device']}: gradient checkpointing needs {memory:.2f}x "
-                     f"the peak extra memory{target} and takes {slower:.2f}x the time.")
+        lines.append(
+            f"- {row['model']} on {row['device']}: gradient checkpointing needs {memory:.2f}x "
+            f"the peak extra memory{target} and takes {slower:.2f}x the time."
+        )
     return "\n".join(lines)
 
 
@@ -330,12 +332,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--quick", action="store_true", help="smoke test: depth 18, 321x321, 1 warm-up, 2 repeats"
     )
-    parser.add_argument(
-        "--devices", nargs="+", default=None, help="default: cpu, and cuda when present"
-    )
-    parser.add_argument(
-        "--output-dir", type=Path, default=RESULTS_DIR, help="where model.{json,md} go"
-    )
+    parser.add_argument("--devices", nargs="+", default=None, help="default: cpu, and cuda when present")
+    parser.add_argument("--output-dir", type=Path, default=RESULTS_DIR, help="where model.{json,md} go")
     parser.add_argument(
         "--memory-worker", nargs=3, metavar=("MODEL", "DEVICE", "MODE"), help=argparse.SUPPRESS
     )

@@ -123,20 +123,21 @@ def environment() -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1024, 4096, 9216])
-    parser.add_argument("--dtypes", nargs="+", choices=["float32", "float64"],
-                        default=["float32", "float64"])
+    parser.add_argument("--dtypes", nargs="+", choices=["float32", "float64"], default=["float32", "float64"])
     parser.add_argument("--mu", type=float, default=0.9)
-    parser.add_argument("--tol", type=float, default=1e-6,
-                        help="GMRES relative residual (raised to what the dtype can reach)")
-    parser.add_argument("--repeats", type=int, default=3,
-                        help="runs per timing; the median is kept")
+    parser.add_argument(
+        "--tol", type=float, default=1e-6, help="GMRES relative residual (raised to what the dtype can reach)"
+    )
+    parser.add_argument("--repeats", type=int, default=3, help="runs per timing; the median is kept")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output-dir", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
 
-    title = (f"Reference solvers on CPU, median of {args.repeats} runs (dense solve once above "
-             f"N={LARGEST_REPEATED_DENSE}); K={CLASSES}, d={FEATURE_DIM}, mu={args.mu}, "
-             f"GMRES tol={args.tol:g} (floored per dtype); errors relative to the dense solve.")
+    title = (
+        f"Reference solvers on CPU, median of {args.repeats} runs (dense solve once above "
+        f"N={LARGEST_REPEATED_DENSE}); K={CLASSES}, d={FEATURE_DIM}, mu={args.mu}, "
+        f"GMRES tol={args.tol:g} (floored per dtype); errors relative to the dense solve."
+    )
     print(title, *markdown_table([]).splitlines(), sep="\n", flush=True)
     rows = []
     for n in args.sizes:
@@ -144,8 +145,13 @@ def main() -> None:
             rows.append(measure(n, dtype, args.mu, args.tol, args.repeats, args.seed))
             print(markdown_table(rows[-1:]).splitlines()[-1], flush=True)
 
-    settings = {"mu": args.mu, "tol": args.tol, "feature_dim": FEATURE_DIM, "classes": CLASSES,
-                "seed": args.seed}
+    settings = {
+        "mu": args.mu,
+        "tol": args.tol,
+        "feature_dim": FEATURE_DIM,
+        "classes": CLASSES,
+        "seed": args.seed,
+    }
     args.output_dir.mkdir(parents=True, exist_ok=True)
     payload = {"environment": environment(), "settings": settings, "rows": rows}
     (args.output_dir / "reference_solvers.json").write_text(json.dumps(payload, indent=2) + "\n")

@@ -73,9 +73,7 @@ CASCADE_COLUMNS = {
 def walk_case(n: int, walk: str, mode: str, device: str) -> Callable[[], Any]:
     """A call running one walk of `n` nodes: forward (no grad) or forward+backward."""
     generator = torch.Generator(device=device).manual_seed(n)
-    features = (
-        torch.randn(1, n, FEATURE_DIM, device=device, generator=generator) * FEATURE_DIM**-0.25
-    )
+    features = torch.randn(1, n, FEATURE_DIM, device=device, generator=generator) * FEATURE_DIM**-0.25
     values = torch.randn(1, n, CLASSES, device=device, generator=generator)
     upstream = torch.randn(1, n, CLASSES, device=device, generator=generator)
     if mode == "forward":
@@ -108,18 +106,14 @@ def memory_worker(n: int, walk: str, mode: str, device: str) -> dict[str, int]:
     return {"peak_extra_bytes": measure_peak_extra_memory(case, device)}
 
 
-def measure_walks(
-    sizes: tuple[int, ...], device: str, sgemm: float, budget_s: float
-) -> list[dict[str, Any]]:
+def measure_walks(sizes: tuple[int, ...], device: str, sgemm: float, budget_s: float) -> list[dict[str, Any]]:
     """One row per (N, pass, walk) on `device`."""
     rows = []
     for n in sizes:
         for mode in MODES:
             medians = {}
             for walk in WALK_METHODS:
-                timing = time_calls(
-                    walk_case(n, walk, mode, device), device=device, budget_s=budget_s
-                )
+                timing = time_calls(walk_case(n, walk, mode, device), device=device, budget_s=budget_s)
                 memory = run_in_subprocess(
                     ["-m", "benchmarks.walk", "--memory-worker", str(n), walk, mode, device]
                 )["peak_extra_bytes"]
@@ -213,19 +207,11 @@ def main(argv: list[str] | None = None) -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES), help="node counts N")
-    parser.add_argument(
-        "--devices", nargs="+", default=None, help="default: cpu, and cuda when present"
-    )
-    parser.add_argument(
-        "--budget", type=float, default=10.0, help="seconds of repeats per case (min 3)"
-    )
-    parser.add_argument(
-        "--image-size", type=int, default=505, help="image side for the cascade share"
-    )
+    parser.add_argument("--devices", nargs="+", default=None, help="default: cpu, and cuda when present")
+    parser.add_argument("--budget", type=float, default=10.0, help="seconds of repeats per case (min 3)")
+    parser.add_argument("--image-size", type=int, default=505, help="image side for the cascade share")
     parser.add_argument("--skip-cascade", action="store_true", help="only the walk cases")
-    parser.add_argument(
-        "--output-dir", type=Path, default=RESULTS_DIR, help="where walk.{json,md} go"
-    )
+    parser.add_argument("--output-dir", type=Path, default=RESULTS_DIR, help="where walk.{json,md} go")
     parser.add_argument(
         "--memory-worker", nargs=4, metavar=("N", "WALK", "MODE", "DEVICE"), help=argparse.SUPPRESS
     )
@@ -252,13 +238,11 @@ def main(argv: list[str] | None = None) -> None:
         print(markdown_table([], {"device": "device", **CASCADE_COLUMNS}))
         for device in devices:
             for walk, stride in (("fused", 8), ("materialized", 8), ("fused", 4)):
-                cascade_rows.append(
-                    measure_cascade_share(walk, stride, device, args.image_size, args.budget)
-                )
+                cascade_rows.append(measure_cascade_share(walk, stride, device, args.image_size, args.budget))
                 print(
-                    markdown_table(
-                        cascade_rows[-1:], {"device": "device", **CASCADE_COLUMNS}
-                    ).splitlines()[-1],
+                    markdown_table(cascade_rows[-1:], {"device": "device", **CASCADE_COLUMNS}).splitlines()[
+                        -1
+                    ],
                     flush=True,
                 )
 

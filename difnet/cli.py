@@ -24,7 +24,12 @@ TRAINING_FAILED = 1
 USAGE_ERROR = 2
 INTERRUPTED = 130
 BOUNDARY_ERRORS = (
-    ValueError, TypeError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
+    ValueError,
+    TypeError,
+    FileNotFoundError,
+    FileExistsError,
+    NotADirectoryError,
+    IsADirectoryError,
     ImportError,
 )
 
@@ -54,9 +59,14 @@ def positive_scale(text: str) -> float:
 
 
 def add_checkpoint_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", type=Path, required=True, metavar="PATH",
-                        help="a checkpoint written by `difnet train` (best.pt, last.pt) or a "
-                             "save_pretrained folder (e.g. runs/x/best)")
+    parser.add_argument(
+        "--checkpoint",
+        type=Path,
+        required=True,
+        metavar="PATH",
+        help="a checkpoint written by `difnet train` (best.pt, last.pt) or a "
+        "save_pretrained folder (e.g. runs/x/best)",
+    )
 
 
 def add_device_argument(parser: argparse.ArgumentParser) -> None:
@@ -64,18 +74,44 @@ def add_device_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--scales", type=positive_scale, nargs="+", default=[1.0], metavar="S",
-                        help="image scales whose predictions are averaged (e.g. 0.75 1 1.25)")
+    parser.add_argument(
+        "--scales",
+        type=positive_scale,
+        nargs="+",
+        default=[1.0],
+        metavar="S",
+        help="image scales whose predictions are averaged (e.g. 0.75 1 1.25)",
+    )
     parser.add_argument("--flip", action="store_true", help="also average horizontally flipped predictions")
-    parser.add_argument("--mode", choices=("whole", "slide"), default="whole",
-                        help="whole images, or sliding windows (--window, --stride) for large ones; "
-                             "DifNet then diffuses within each window")
-    parser.add_argument("--window", type=int, nargs=2, default=[505, 505], metavar=("H", "W"),
-                        help="sliding-window size (--mode slide)")
-    parser.add_argument("--stride", type=int, nargs=2, default=[337, 337], metavar=("H", "W"),
-                        help="sliding-window step (--mode slide); overlaps are averaged")
-    parser.add_argument("--max-size", type=int, metavar="PX",
-                        help="first shrink images whose longer side exceeds PX (masks keep the input size)")
+    parser.add_argument(
+        "--mode",
+        choices=("whole", "slide"),
+        default="whole",
+        help="whole images, or sliding windows (--window, --stride) for large ones; "
+        "DifNet then diffuses within each window",
+    )
+    parser.add_argument(
+        "--window",
+        type=int,
+        nargs=2,
+        default=[505, 505],
+        metavar=("H", "W"),
+        help="sliding-window size (--mode slide)",
+    )
+    parser.add_argument(
+        "--stride",
+        type=int,
+        nargs=2,
+        default=[337, 337],
+        metavar=("H", "W"),
+        help="sliding-window step (--mode slide); overlaps are averaged",
+    )
+    parser.add_argument(
+        "--max-size",
+        type=int,
+        metavar="PX",
+        help="first shrink images whose longer side exceeds PX (masks keep the input size)",
+    )
     add_device_argument(parser)
 
 
@@ -136,9 +172,11 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> None:
     from difnet.training import TrainConfig
 
     parser = subparsers.add_parser(
-        "train", help="train DifNet or Sim-DeepLab with the paper's recipe",
+        "train",
+        help="train DifNet or Sim-DeepLab with the paper's recipe",
         description="Train a segmentation model; every option of the recipe can be overridden.",
-        epilog=TRAIN_EPILOG, formatter_class=HelpFormatter,
+        epilog=TRAIN_EPILOG,
+        formatter_class=HelpFormatter,
     )
     TrainConfig.add_arguments(parser)
     parser.set_defaults(run=run_train)
@@ -170,16 +208,20 @@ examples:
 
 def add_evaluate_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "evaluate", help="mIoU, per-class IoU and accuracies of a checkpoint on a dataset split",
+        "evaluate",
+        help="mIoU, per-class IoU and accuracies of a checkpoint on a dataset split",
         description="Evaluate a checkpoint on whole images and print the metrics table.",
-        epilog=EVALUATE_EPILOG, formatter_class=HelpFormatter,
+        epilog=EVALUATE_EPILOG,
+        formatter_class=HelpFormatter,
     )
     add_checkpoint_argument(parser)
     parser.add_argument("--dataset", help="dataset name (default: the checkpoint's)")
     parser.add_argument("--data-root", type=Path, help="dataset root (default: the checkpoint's)")
     parser.add_argument("--split", help="split to evaluate (default: the checkpoint's validation split)")
     add_inference_arguments(parser)
-    parser.add_argument("--output", type=Path, metavar="JSON", help="also write the metrics to this JSON file")
+    parser.add_argument(
+        "--output", type=Path, metavar="JSON", help="also write the metrics to this JSON file"
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
     parser.set_defaults(run=run_evaluate)
 
@@ -226,17 +268,32 @@ Masks are palette PNGs: pixel values are class ids, so they load back as label m
 
 def add_predict_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "predict", help="segment images into palette PNG masks",
+        "predict",
+        help="segment images into palette PNG masks",
         description="Segment an image or a folder of images with a trained checkpoint.",
-        epilog=PREDICT_EPILOG, formatter_class=HelpFormatter,
+        epilog=PREDICT_EPILOG,
+        formatter_class=HelpFormatter,
     )
     add_checkpoint_argument(parser)
-    parser.add_argument("--input", type=Path, required=True, metavar="IMG_OR_DIR",
-                        help="an image file or a directory of images")
-    parser.add_argument("--output", type=Path, required=True, metavar="DIR",
-                        help="directory for <name>.png masks (created if missing)")
-    parser.add_argument("--overlay", action="store_true",
-                        help="also write <name>_overlay.png, the mask blended over the image")
+    parser.add_argument(
+        "--input",
+        type=Path,
+        required=True,
+        metavar="IMG_OR_DIR",
+        help="an image file or a directory of images",
+    )
+    parser.add_argument(
+        "--output",
+        type=Path,
+        required=True,
+        metavar="DIR",
+        help="directory for <name>.png masks (created if missing)",
+    )
+    parser.add_argument(
+        "--overlay",
+        action="store_true",
+        help="also write <name>_overlay.png, the mask blended over the image",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
     add_inference_arguments(parser)
     parser.set_defaults(run=run_predict)
@@ -248,8 +305,13 @@ def run_predict(args: argparse.Namespace) -> None:
     images = find_images(args.input)
     model, metadata = load_checkpoint_model(args.checkpoint)
     written = predict_files(
-        model, images, args.output, checkpoint_palette(metadata, model.num_classes),
-        overlay=args.overlay, overwrite=args.overwrite, normalization=saved_normalization(metadata),
+        model,
+        images,
+        args.output,
+        checkpoint_palette(metadata, model.num_classes),
+        overlay=args.overlay,
+        overwrite=args.overwrite,
+        normalization=saved_normalization(metadata),
         **inference_options(args),
     )
     print(f"wrote {len(written)} file(s) to {args.output}")
@@ -272,16 +334,23 @@ Label values outside the checkpoint's classes are shown as ignored (white).
 
 def add_visualize_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "visualize", help="the paper's mechanism figures (Figs. 2-4, Table 3) for one image",
+        "visualize",
+        help="the paper's mechanism figures (Figs. 2-4, Table 3) for one image",
         description="Draw DifNet's score, importance, transition and walk maps for one image.",
-        epilog=VISUALIZE_EPILOG, formatter_class=HelpFormatter,
+        epilog=VISUALIZE_EPILOG,
+        formatter_class=HelpFormatter,
     )
     add_checkpoint_argument(parser)
     parser.add_argument("--image", type=Path, required=True, help="the input image")
     parser.add_argument("--label", type=Path, help="its ground-truth mask (class ids; palette or grey PNG)")
     parser.add_argument("--output", type=Path, required=True, metavar="DIR", help="directory for the PNGs")
-    parser.add_argument("--pixels", type=pixel, nargs="+", metavar="Y,X",
-                        help="image pixels whose transition rows Fig. 3 shows")
+    parser.add_argument(
+        "--pixels",
+        type=pixel,
+        nargs="+",
+        metavar="Y,X",
+        help="image pixels whose transition rows Fig. 3 shows",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace existing figures")
     add_device_argument(parser)
     parser.set_defaults(run=run_visualize)
@@ -302,10 +371,15 @@ def run_visualize(args: argparse.Namespace) -> None:
     model, metadata = load_checkpoint_model(args.checkpoint)
     label = read_label(args.label, model.num_classes) if args.label else None
     paths = write_mechanism_figures(
-        model, image, args.output, label=label,
+        model,
+        image,
+        args.output,
+        label=label,
         palette=checkpoint_palette(metadata, model.num_classes),
-        class_names=metadata.get("class_names"), pixels=args.pixels,
-        overwrite=args.overwrite, device=args.device,
+        class_names=metadata.get("class_names"),
+        pixels=args.pixels,
+        overwrite=args.overwrite,
+        device=args.device,
     )
     print(format_walk_parameters(model.walk_parameters()))
     for path in paths.values():
@@ -330,16 +404,19 @@ def add_demo_parser(subparsers: argparse._SubParsersAction) -> None:
     from difnet.demo import DemoConfig
 
     parser = subparsers.add_parser(
-        "demo", help="train DifNet-18 and Sim-DeepLab-18 on generated scenes and compare them",
+        "demo",
+        help="train DifNet-18 and Sim-DeepLab-18 on generated scenes and compare them",
         description="Train, evaluate and compare DifNet-18 and Sim-DeepLab-18 on SyntheticShapes, on CPU.",
-        epilog=DEMO_EPILOG, formatter_class=HelpFormatter,
+        epilog=DEMO_EPILOG,
+        formatter_class=HelpFormatter,
     )
     DemoConfig.add_arguments(parser)
     parser.set_defaults(run=run_demo)
 
 
 def run_demo(args: argparse.Namespace) -> None:
-    from difnet.demo import DemoConfig, run_demo as demo
+    from difnet.demo import DemoConfig
+    from difnet.demo import run_demo as demo
 
     config = DemoConfig.from_args(args)
     print(f"training Sim-DeepLab-18 and DifNet-18 side by side for {config.steps} steps each "
@@ -367,17 +444,26 @@ file refuses other sizes. Needs pip install 'difnet[onnx]'.
 
 def add_export_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "export", help="export a trained model to ONNX",
+        "export",
+        help="export a trained model to ONNX",
         description="Export a checkpoint or save_pretrained folder to an ONNX file.",
-        epilog=EXPORT_EPILOG, formatter_class=HelpFormatter,
+        epilog=EXPORT_EPILOG,
+        formatter_class=HelpFormatter,
     )
-    parser.add_argument("model", type=Path, metavar="MODEL",
-                        help="a checkpoint written by `difnet train` or a save_pretrained folder")
+    parser.add_argument(
+        "model",
+        type=Path,
+        metavar="MODEL",
+        help="a checkpoint written by `difnet train` or a save_pretrained folder",
+    )
     parser.add_argument("--output", type=Path, required=True, metavar="FILE", help="the .onnx file to write")
     parser.add_argument("--height", type=int, default=321, help="input height (fixed unless --dynamic)")
     parser.add_argument("--width", type=int, default=321, help="input width (fixed unless --dynamic)")
-    parser.add_argument("--dynamic", action="store_true",
-                        help="dynamic height and width too (Sim-DeepLab only; the batch is always dynamic)")
+    parser.add_argument(
+        "--dynamic",
+        action="store_true",
+        help="dynamic height and width too (Sim-DeepLab only; the batch is always dynamic)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
     parser.set_defaults(run=run_export)
 
@@ -392,14 +478,20 @@ def run_export(args: argparse.Namespace) -> None:
     size = "any height and width" if result.height is None else f"{result.height}x{result.width} inputs"
     print(f"wrote {result.path}: {type(model).__name__}-{model.depth}, any batch, {size}")
     if result.max_abs_difference is not None:
-        print(f"onnxruntime vs PyTorch: max |logit difference| {result.max_abs_difference:.2e} "
-              f"(logits up to {result.max_abs_logit:.3g} in magnitude)")
+        print(
+            f"onnxruntime vs PyTorch: max |logit difference| {result.max_abs_difference:.2e} "
+            f"(logits up to {result.max_abs_logit:.3g} in magnitude)"
+        )
 
 
 # --- main --------------------------------------------------------------------------------------
 
 PARSERS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
-    add_train_parser, add_evaluate_parser, add_predict_parser, add_visualize_parser, add_demo_parser,
+    add_train_parser,
+    add_evaluate_parser,
+    add_predict_parser,
+    add_visualize_parser,
+    add_demo_parser,
     add_export_parser,
 )
 

@@ -69,10 +69,17 @@ class DemoConfig:
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
         """The demo's options (`--quick` picks the smoke-run defaults; explicit options win)."""
         default = cls()
-        parser.add_argument("--output", type=Path, default=default.output_dir, metavar="DIR",
-                            help="directory for the checkpoints, demo.png and results.json")
+        parser.add_argument(
+            "--output",
+            type=Path,
+            default=default.output_dir,
+            metavar="DIR",
+            help="directory for the checkpoints, demo.png and results.json",
+        )
         parser.add_argument("--steps", type=int, help=f"training steps per model (default {default.steps})")
-        parser.add_argument("--size", type=int, help=f"side of the square scenes in pixels (default {default.size})")
+        parser.add_argument(
+            "--size", type=int, help=f"side of the square scenes in pixels (default {default.size})"
+        )
         parser.add_argument("--seed", type=int, default=default.seed, help="seed of the data and both models")
         parser.add_argument("--quick", action="store_true", help="a ~20 s smoke run of the whole demo")
         parser.add_argument("--overwrite", action="store_true", help="replace the results of an earlier demo")
@@ -146,8 +153,13 @@ class DemoResult:
         lines = [header, "|---" * (len(self.models) + 1) + "|"]
         metrics = [m.evaluation.metrics for m in self.models]
         rows = [(name, [mt.per_class_iou[i] for mt in metrics]) for i, name in enumerate(self.class_names)]
-        rows += [("**mIoU**", [mt.miou for mt in metrics]), ("pixel accuracy", [mt.pixel_accuracy for mt in metrics])]
-        lines += [f"| {name} | " + " | ".join(percent(v, digits=1) for v in values) + " |" for name, values in rows]
+        rows += [
+            ("**mIoU**", [mt.miou for mt in metrics]),
+            ("pixel accuracy", [mt.pixel_accuracy for mt in metrics]),
+        ]
+        lines += [
+            f"| {name} | " + " | ".join(percent(v, digits=1) for v in values) + " |" for name, values in rows
+        ]
         lines.append("| train time (s) | " + " | ".join(f"{m.train_seconds:.0f}" for m in self.models) + " |")
         walks = [m.walk_parameters for m in self.models if m.walk_parameters]
         if walks:
@@ -247,8 +259,12 @@ def run_demo(config: DemoConfig) -> DemoResult:
     _, val_set = demo_datasets(config)
     image, label = val_set[0]
     figure = demo_figure(
-        denormalize(image), label.numpy(), trained["difnet"], trained["simdeeplab"],
-        val_set.palette, val_set.class_names,
+        denormalize(image),
+        label.numpy(),
+        trained["difnet"],
+        trained["simdeeplab"],
+        val_set.palette,
+        val_set.class_names,
     )
     config.output_dir.mkdir(parents=True, exist_ok=True)
     figure.savefig(figure_path, dpi=110, bbox_inches="tight")

@@ -33,7 +33,5 @@ def resolve_device(device: str | torch.device) -> torch.device:
             "use --device cpu"
         )
     if parsed.index is not None and parsed.index >= count:
-        raise ValueError(
-            f"device {str(device)!r} was asked for but this machine has {count} CUDA device(s)"
-        )
+        raise ValueError(f"device {str(device)!r} was asked for but this machine has {count} CUDA device(s)")
     return parsed

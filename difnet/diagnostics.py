@@ -81,7 +81,9 @@ def walk_diagnostics(model: DifNet, dataset: Dataset) -> WalkDiagnostics:
     return WalkDiagnostics(
         miou={name: matrix.compute().miou for name, matrix in matrices.items()},
         importance={
-            "mean": float(m.mean()), "min": float(m.min()), "max": float(m.max()),
+            "mean": float(m.mean()),
+            "min": float(m.min()),
+            "max": float(m.max()),
             "fraction_below_0.05": float((m < 0.05).float().mean()),
         },  # fmt: skip
         mean_self_weight=torch.stack(diagonals).mean(0).tolist(),

@@ -101,11 +101,7 @@ def _query_splits(features: Tensor, independent: int) -> int:
     buffers. GPUs parallelise over blocks themselves, and under torch.compile the thread
     count is not traceable, so both keep one block.
     """
-    if (
-        features.device.type != "cpu"
-        or not torch.is_grad_enabled()
-        or torch.compiler.is_compiling()
-    ):
+    if features.device.type != "cpu" or not torch.is_grad_enabled() or torch.compiler.is_compiling():
         return 1
     return max(1, -(-torch.get_num_threads() // independent))
 

@@ -45,7 +45,9 @@ class SlidingWindow:
 
     def __post_init__(self) -> None:
         for name, pair, minimum in (("window", self.size, MIN_IMAGE_SIZE), ("stride", self.stride, 1)):
-            if len(pair) != 2 or any(isinstance(v, bool) or not isinstance(v, int) or v < minimum for v in pair):
+            if len(pair) != 2 or any(
+                isinstance(v, bool) or not isinstance(v, int) or v < minimum for v in pair
+            ):
                 raise ValueError(f"{name} must be two integers >= {minimum} (got {pair!r})")
 
     def boxes(self, height: int, width: int) -> list[tuple[int, int, int, int]]:
@@ -131,9 +133,7 @@ class EvaluationResult:
         """Per-class IoU and accuracy, then the summary metrics, as a markdown table in %."""
         m = self.metrics
         lines = ["| class | IoU | accuracy |", "|---|---|---|"]
-        for name, iou, accuracy in zip(
-            self.class_names, m.per_class_iou, m.per_class_accuracy, strict=True
-        ):
+        for name, iou, accuracy in zip(self.class_names, m.per_class_iou, m.per_class_accuracy, strict=True):
             lines.append(f"| {name} | {percent(iou)} | {percent(accuracy)} |")
         lines += [
             f"| **mIoU** | {percent(m.miou)} | |",
@@ -190,9 +190,7 @@ def evaluate(
         raise TypeError(f"dataset {type(dataset).__name__} has no num_classes attribute")
     model_classes = getattr(model, "num_classes", num_classes)
     if model_classes != num_classes:
-        raise ValueError(
-            f"the model predicts {model_classes} classes but the dataset has {num_classes}"
-        )
+        raise ValueError(f"the model predicts {model_classes} classes but the dataset has {num_classes}")
     distributed = dist.is_available() and dist.is_initialized()
     rank, world_size = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
     loader = DataLoader(_shard(dataset, rank, world_size), batch_size=1, num_workers=workers)

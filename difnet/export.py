@@ -59,10 +59,15 @@ def export_onnx(
     model = model.eval()
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    images = torch.randn(EXAMPLE_BATCH, model.in_channels, height, width, generator=torch.Generator().manual_seed(0))
+    images = torch.randn(
+        EXAMPLE_BATCH, model.in_channels, height, width, generator=torch.Generator().manual_seed(0)
+    )
     dims = {0: torch.export.Dim("batch", min=1, max=1024)}
     if dynamic_size:
-        dims |= {2: torch.export.Dim("height", min=MIN_IMAGE_SIZE), 3: torch.export.Dim("width", min=MIN_IMAGE_SIZE)}
+        dims |= {
+            2: torch.export.Dim("height", min=MIN_IMAGE_SIZE),
+            3: torch.export.Dim("width", min=MIN_IMAGE_SIZE),
+        }
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # the exporter's notes on optional torchvision ops
         torch.onnx.export(
@@ -96,6 +101,4 @@ def _has(module: str) -> bool:
 def _require(*modules: str) -> None:
     missing = [module for module in modules if not _has(module)]
     if missing:
-        raise ImportError(
-            f"ONNX export needs {', '.join(missing)}: pip install 'difnet[onnx]'"
-        )
+        raise ImportError(f"ONNX export needs {', '.join(missing)}: pip install 'difnet[onnx]'")

@@ -63,9 +63,7 @@ class ConfusionMatrix:
                 raise TypeError(f"{name} must be a torch.Tensor (got {type(tensor).__name__})")
             if tensor.is_floating_point() or tensor.is_complex() or tensor.dtype == torch.bool:
                 hint = "; pass logits.argmax(1)" if name == "pred" else ""
-                raise TypeError(
-                    f"{name} must hold integer class ids (got dtype {tensor.dtype}){hint}"
-                )
+                raise TypeError(f"{name} must hold integer class ids (got dtype {tensor.dtype}){hint}")
         if pred.shape != target.shape:
             raise ValueError(
                 f"pred and target must have the same shape (got {tuple(pred.shape)} "
@@ -85,8 +83,7 @@ class ConfusionMatrix:
         bad = values[(values < 0) | (values >= self.num_classes)]
         if bad.numel():
             raise ValueError(
-                f"{name} holds values {bad.unique()[:10].tolist()} outside "
-                f"[0, {self.num_classes}){allowed}"
+                f"{name} holds values {bad.unique()[:10].tolist()} outside [0, {self.num_classes}){allowed}"
             )
 
     def all_reduce(self) -> None:

@@ -61,7 +61,9 @@ def predict_labels(
     return probabilities[0].argmax(0).to(torch.uint8).cpu().numpy()
 
 
-def blend(image: np.ndarray, labels: np.ndarray, palette: Palette, alpha: float = OVERLAY_ALPHA) -> np.ndarray:
+def blend(
+    image: np.ndarray, labels: np.ndarray, palette: Palette, alpha: float = OVERLAY_ALPHA
+) -> np.ndarray:
     """The image with its labels' colours laid over it at opacity `alpha`, `uint8 [H, W, 3]`."""
     mixed = (1 - alpha) * image.astype(np.float32) + alpha * colorize(labels, palette).astype(np.float32)
     return mixed.round().astype(np.uint8)
@@ -79,7 +81,10 @@ def mask_paths(images: Sequence[Path], output_dir: Path, *, overlay: bool) -> li
     """`(mask, overlay or None)` output paths of each input image, named after its stem."""
     paths, owners = [], {}
     for source in images:
-        pair = (output_dir / f"{source.stem}.png", output_dir / f"{source.stem}_overlay.png" if overlay else None)
+        pair = (
+            output_dir / f"{source.stem}.png",
+            output_dir / f"{source.stem}_overlay.png" if overlay else None,
+        )
         for target in filter(None, pair):
             if target in owners:
                 raise ValueError(f"inputs {owners[target]} and {source} would both write {target}")
@@ -116,7 +121,9 @@ def predict_files(
     device = resolve_device(device)
     model.eval().to(device)
     written = []
-    for source, (mask_path, overlay_path) in zip(tqdm(images, desc="predict", unit="image", disable=not progress), paths):
+    for source, (mask_path, overlay_path) in zip(
+        tqdm(images, desc="predict", unit="image", disable=not progress), paths
+    ):
         image = read_image(source, getattr(model, "in_channels", 3))
         try:
             labels = predict_labels(model, image, scales=scales, flip=flip, device=device,

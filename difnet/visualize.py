@@ -303,9 +303,7 @@ def write_mechanism_figures(
     Existing files are refused unless `overwrite`.
     """
     if label is not None and label.shape != image.shape[:2]:
-        raise ValueError(
-            f"label shape {label.shape} does not match the image size {image.shape[:2]}"
-        )
+        raise ValueError(f"label shape {label.shape} does not match the image size {image.shape[:2]}")
     output_dir = Path(output_dir)
     paths = {name: output_dir / f"{name}.png" for name in FIGURE_NAMES}
     output_paths_free(paths.values(), overwrite=overwrite)

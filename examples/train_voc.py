@@ -24,7 +24,12 @@ from difnet.evaluation import evaluate
 from difnet.training import TrainConfig, load_model, train
 from difnet.training.config import Default
 
-VOC_RECIPE = {"dataset": "voc", "train_split": "train_aug", "val_split": "val", "output_dir": "runs/voc-difnet"}
+VOC_RECIPE = {
+    "dataset": "voc",
+    "train_split": "train_aug",
+    "val_split": "val",
+    "output_dir": "runs/voc-difnet",
+}
 
 HOW_TO_GET_VOC = """\
 Pascal VOC 2012 + SBD was not found at {root}.
@@ -51,16 +56,27 @@ Without the data, `python examples/train_voc.py --synthetic` runs this script on
 
 
 SYNTHETIC_RECIPE = {
-    "dataset": "synthetic", "data_root": None, "train_split": "train", "val_split": "val",
-    "depth": 18, "num_classes": 5, "image_size": [64, 64], "crop_size": [64], "batch_size": 8,
-    "epochs": 2, "max_steps_per_epoch": 10, "output_dir": "runs/voc-synthetic",
+    "dataset": "synthetic",
+    "data_root": None,
+    "train_split": "train",
+    "val_split": "val",
+    "depth": 18,
+    "num_classes": 5,
+    "image_size": [64, 64],
+    "crop_size": [64],
+    "batch_size": 8,
+    "epochs": 2,
+    "max_steps_per_epoch": 10,
+    "output_dir": "runs/voc-synthetic",
 }  # fmt: skip  (the recipe shrunk to generated 64x64 scenes: DifNet-18, a minute on a CPU)
 
 
 def parse_config(argv: list[str] | None) -> TrainConfig:
     """`difnet train`'s options with VOC's defaults, or with `--synthetic` the shrunk recipe's;
     options given explicitly win either way, and `--resume` takes the checkpoint's recipe."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     TrainConfig.add_arguments(parser)
     parser.add_argument("--synthetic", action="store_true", help="train on generated scenes (no data needed)")
     synthetic = parser.parse_known_args(argv)[0].synthetic

@@ -57,8 +57,11 @@ def _checks_for(dtype: numpy.dtype, n: int, rng: numpy.random.Generator) -> Iter
     huge = transition_matrix(draw(2, n, d, scale=1e4 / math.sqrt(d)))
     row_error = float(numpy.abs(huge.sum(axis=-1) - 1).max())
     finite = bool(numpy.isfinite(huge).all() and (huge >= 0).all())
-    yield Check(f"{label} rows of softmax(f f^T) sum to one at feature norms 1e4",
-                row_error if finite else math.nan, allowed)
+    yield Check(
+        f"{label} rows of softmax(f f^T) sum to one at feature norms 1e4",
+        row_error if finite else math.nan,
+        allowed,
+    )
 
     P = transition_matrix(draw(2, n, d, scale=d**-0.25))
     s = draw(2, n, k)
@@ -66,46 +69,64 @@ def _checks_for(dtype: numpy.dtype, n: int, rng: numpy.random.Generator) -> Iter
     exact = closed_form(P, s, mu)
     steps = math.ceil(math.log(allowed) / math.log(mu))
     walked = random_walk(P, s, mu, steps)
-    yield Check(f"{label} walk of {steps} steps converges to the closed form",
-                _max_error(walked, exact) / scale, allowed)
+    yield Check(
+        f"{label} walk of {steps} steps converges to the closed form",
+        _max_error(walked, exact) / scale,
+        allowed,
+    )
 
     overshoot = max(
-        float((numpy.abs(random_walk(P, s, mu, t) - exact).max(axis=-2)
-               - walk_error_bound(P, s, mu, t)).max())
+        float(
+            (numpy.abs(random_walk(P, s, mu, t) - exact).max(axis=-2) - walk_error_bound(P, s, mu, t)).max()
+        )
         for t in (0, 1, 5, 20)
     )
-    yield Check(f"{label} walk iterates obey the mu^T bound (overshoot)",
-                overshoot / scale, allowed)
+    yield Check(f"{label} walk iterates obey the mu^T bound (overshoot)", overshoot / scale, allowed)
 
     iterative = closed_form(P, s, mu, method="iterative", tol=1e-14)
     condition = (1 + mu) / (1 - mu)  # bounds cond(I - mu P), which scales the solvers' errors
-    yield Check(f"{label} iterative (GMRES) solve equals the dense solve",
-                _max_error(iterative, exact) / scale, allowed * condition)
+    yield Check(
+        f"{label} iterative (GMRES) solve equals the dense solve",
+        _max_error(iterative, exact) / scale,
+        allowed * condition,
+    )
 
     W = numpy.exp(draw(2, n, n))
     m = rng.uniform(size=(2, n)).astype(dtype)
     laplacian = closed_form_laplacian(W, m, s, mu)
     diffused = closed_form(W / W.sum(axis=-1, keepdims=True), m[..., None] * s, mu)
-    yield Check(f"{label} Eq. 2 equals the closed form with P = D^-1 W, s = M x",
-                _max_error(laplacian, diffused) / scale, allowed)
+    yield Check(
+        f"{label} Eq. 2 equals the closed form with P = D^-1 W, s = M x",
+        _max_error(laplacian, diffused) / scale,
+        allowed,
+    )
 
     ys = cascade([P] * 5, s, [mu] * 5, [1.0] * 5)
-    yield Check(f"{label} cascade with beta = 1 equals the walk",
-                max(_max_error(y, random_walk(P, s, mu, t)) for t, y in enumerate(ys)) / scale,
-                allowed)
+    yield Check(
+        f"{label} cascade with beta = 1 equals the walk",
+        max(_max_error(y, random_walk(P, s, mu, t)) for t, y in enumerate(ys)) / scale,
+        allowed,
+    )
     frozen = cascade([P] * 5, s, [mu] * 5, [0.0] * 5)
-    yield Check(f"{label} cascade with beta = 0 leaves y unchanged",
-                max(_max_error(y, s) for y in frozen), 0.0)
+    yield Check(
+        f"{label} cascade with beta = 0 leaves y unchanged", max(_max_error(y, s) for y in frozen), 0.0
+    )
     beta = 0.5
     rate = 1 - beta * (1 - mu)  # contraction factor of one cascade step with a shared P
     walks = math.ceil(math.log(allowed) / math.log(rate))
     long = cascade([P] * walks, s, [mu] * walks, [beta] * walks)[-1]
-    yield Check(f"{label} cascade of {walks} copies of P converges to the closed form",
-                _max_error(long, exact) / scale, allowed)
+    yield Check(
+        f"{label} cascade of {walks} copies of P converges to the closed form",
+        _max_error(long, exact) / scale,
+        allowed,
+    )
 
     report = check_variant(_walk_variant(steps), dtype=dtype.name, n=n)
-    yield Check(f"{label} check_variant accepts a {steps}-step walk as a closed form",
-                report.max_rel_error, report.rtol)
+    yield Check(
+        f"{label} check_variant accepts a {steps}-step walk as a closed form",
+        report.max_rel_error,
+        report.rtol,
+    )
 
 
 def _walk_variant(steps: int) -> Callable[..., numpy.ndarray]:
@@ -121,9 +142,7 @@ def _max_error(a: numpy.ndarray, b: numpy.ndarray) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the self-check, print one line per check, return the exit status."""
-    parser = argparse.ArgumentParser(
-        prog="python -m reference", description=__doc__.splitlines()[0]
-    )
+    parser = argparse.ArgumentParser(prog="python -m reference", description=__doc__.splitlines()[0])
     parser.add_argument("--nodes", type=int, default=64, help="nodes N per problem (default 64)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     args = parser.parse_args(argv)

@@ -20,9 +20,7 @@ def as_real_array(xp: ModuleType, value: Any, name: str) -> Any:
     bad = ~xp.isfinite(array)
     if bool(bad.any()):
         index = _first_index(xp, bad)
-        raise ValueError(
-            f"{name} contains a non-finite value ({float(array[index])}) at index {index}"
-        )
+        raise ValueError(f"{name} contains a non-finite value ({float(array[index])}) at index {index}")
     return array
 
 
@@ -62,9 +60,7 @@ def broadcast_batch(**arrays_and_core_ndims: tuple[Any, int]) -> tuple[int, ...]
     try:
         return tuple(numpy.broadcast_shapes(*batches))
     except ValueError:
-        listed = ", ".join(
-            f"{name} {array.shape}" for name, (array, _) in arrays_and_core_ndims.items()
-        )
+        listed = ", ".join(f"{name} {array.shape}" for name, (array, _) in arrays_and_core_ndims.items())
         raise ValueError(f"batch dimensions do not broadcast: {listed}") from None
 
 
@@ -79,8 +75,7 @@ def check_transition(xp: ModuleType, P: Any, name: str) -> None:
     if bool(negative.any()):
         index = _first_index(xp, negative)
         raise ValueError(
-            f"{name} must be row-stochastic but has a negative entry {float(P[index]):.6g} "
-            f"at index {index}"
+            f"{name} must be row-stochastic but has a negative entry {float(P[index]):.6g} at index {index}"
         )
     tolerance = _row_sum_tolerance(P.dtype)
     sums = P.sum(axis=-1, dtype=xp.float64)
@@ -101,8 +96,7 @@ def check_affinity(xp: ModuleType, W: Any, name: str) -> None:
     if bool(negative.any()):
         index = _first_index(xp, negative)
         raise ValueError(
-            f"{name} must be a non-negative affinity but has entry {float(W[index]):.6g} "
-            f"at index {index}"
+            f"{name} must be a non-negative affinity but has entry {float(W[index]):.6g} at index {index}"
         )
     isolated = W.sum(axis=-1) <= 0
     if bool(isolated.any()):
@@ -191,9 +185,7 @@ def walk_problem(P: Any, s: Any, mu: Any, y0: Any = None) -> WalkProblem:
     if y0 is not None:
         y0 = checked_seed(xp, y0, "y0", P, "P")
         if y0.shape[-1] != s.shape[-1]:
-            raise ValueError(
-                f"y0 has shape {y0.shape} but s has shape {s.shape}: they need the same K"
-            )
+            raise ValueError(f"y0 has shape {y0.shape} but s has shape {s.shape}: they need the same K")
         arrays["y0"] = (y0, 2)
     shape = broadcast_batch(**arrays) + s.shape[-2:]
     dtype = common_float_dtype(xp, *(array for array, _ in arrays.values()))

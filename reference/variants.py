@@ -80,8 +80,7 @@ class VariantReport:
             f"{len(self.trials)} trials",
             f"  a trial passes when max|y - y_ref| <= atol + rtol * max|y_ref|, "
             f"rtol={self.rtol:.1e}, atol={self.atol:.1e}",
-            f"  {'trial':>5}  {'max abs err':>11}  {'max rel err':>11}  {'allowed':>9}  ok   "
-            f"mus / betas",
+            f"  {'trial':>5}  {'max abs err':>11}  {'max rel err':>11}  {'allowed':>9}  ok   mus / betas",
         ]
         for trial in self.trials:
             parameters = " ".join(f"{mu:.3f}" for mu in trial.mus)
@@ -154,9 +153,7 @@ def check_variant(
     for trial in range(trials):
         rng = numpy.random.default_rng([seed, trial])
         count = walks if kind == "cascade" else 1
-        features = [
-            (rng.standard_normal(batch + (n, d)) * d**-0.25).astype(dtype) for _ in range(count)
-        ]
+        features = [(rng.standard_normal(batch + (n, d)) * d**-0.25).astype(dtype) for _ in range(count)]
         s = rng.standard_normal(batch + (n, k)).astype(dtype)
         mus = [float(mu) for mu in rng.uniform(*PARAMETER_RANGE, size=count)]
         betas = [float(beta) for beta in rng.uniform(*PARAMETER_RANGE, size=count)]

@@ -48,9 +48,7 @@ def walk_error_bound(P: Any, s: Any, mu: float, steps: int, y0: Any = None) -> A
     return problem.mu**steps * problem.xp.abs(start - fixed_point).max(axis=-2)
 
 
-def cascade(
-    Ps: Sequence[Any], s: Any, mus: Sequence[float], betas: Sequence[float]
-) -> list[Any]:
+def cascade(Ps: Sequence[Any], s: Any, mus: Sequence[float], betas: Sequence[float]) -> list[Any]:
     """DifNet's cascade of walks from `y_0 = s`; returns every iterate `[y_0, y_1, ..., y_T]`.
 
     Walk t uses its own transition matrix `Ps[t]` `[..., N, N]` and scalars `mus[t]` in [0, 1)
@@ -60,8 +58,7 @@ def cascade(
     Ps, mus, betas = list(Ps), list(mus), list(betas)
     if not len(Ps) == len(mus) == len(betas):
         raise ValueError(
-            f"Ps, mus and betas need one entry per walk (got {len(Ps)}, {len(mus)} "
-            f"and {len(betas)})"
+            f"Ps, mus and betas need one entry per walk (got {len(Ps)}, {len(mus)} and {len(betas)})"
         )
     xp = array_module(*Ps, s)
     s = as_real_array(xp, s, "s")
@@ -90,4 +87,3 @@ def _walk_step(P: Any, y: Any, s: Any, mu: float) -> Any:
 def _start(xp: Any, y: Any, shape: tuple[int, ...]) -> Any:
     """A fresh copy of `y` broadcast to the walk's output shape."""
     return xp.broadcast_to(y, shape).copy()
-

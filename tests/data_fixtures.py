@@ -53,9 +53,7 @@ def save_image(path: Path, image: np.ndarray) -> Path:
     return path
 
 
-def save_mask(
-    path: Path, labels: np.ndarray, palette: Sequence[tuple[int, int, int]] | None = None
-) -> Path:
+def save_mask(path: Path, labels: np.ndarray, palette: Sequence[tuple[int, int, int]] | None = None) -> Path:
     """Write class ids as a PNG: mode "P" coloured by `palette` (VOC style), else grayscale "L"."""
     path.parent.mkdir(parents=True, exist_ok=True)
     mask = Image.fromarray(labels.astype(np.uint8))
@@ -160,9 +158,7 @@ def write_camvid_fixture(
             labels = random_labels(rng, size, len(CAMVID_PALETTE), objects=4)
             labels[0, :] = 11
             save_mask(camvid / f"{split}annot" / name, labels)
-            lines.append(
-                f"{CAMVID_FOREIGN_ROOT}/{split}/{name} {CAMVID_FOREIGN_ROOT}/{split}annot/{name}"
-            )
+            lines.append(f"{CAMVID_FOREIGN_ROOT}/{split}/{name} {CAMVID_FOREIGN_ROOT}/{split}annot/{name}")
         if count:
             write_list(camvid / f"{split}.txt", lines)
     return camvid

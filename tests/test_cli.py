@@ -30,8 +30,11 @@ def checkpoint(tmp_path_factory):
     config = TrainConfig(model="difnet", depth=18, dataset="synthetic")
     path = tmp_path_factory.mktemp("run") / "best.pt"
     save_model(
-        path, model, config,
-        class_names=["background", "disk", "square"], palette=generic_palette(NUM_CLASSES),
+        path,
+        model,
+        config,
+        class_names=["background", "disk", "square"],
+        palette=generic_palette(NUM_CLASSES),
     )
     return path
 
@@ -58,7 +61,11 @@ def run(capsys, *argv: str) -> tuple[int, str, str]:
 def test_every_command_has_help_with_examples(capsys, command):
     status, out, _ = run(capsys, command, "--help")
     assert status == 0
-    assert f"usage: difnet {command}" in out and "examples:" in out and f"difnet {command}" in out.split("examples:")[1]
+    assert (
+        f"usage: difnet {command}" in out
+        and "examples:" in out
+        and f"difnet {command}" in out.split("examples:")[1]
+    )
 
 
 def test_top_level_help_lists_the_commands(capsys):
@@ -71,7 +78,10 @@ def test_top_level_help_lists_the_commands(capsys):
     [
         ((), "COMMAND"),
         (("predict", "--input", "x.png", "--output", "out"), "--checkpoint"),
-        (("visualize", "--checkpoint", "c.pt", "--image", "x.png", "--output", "o", "--pixels", "3"), "--pixels"),
+        (
+            ("visualize", "--checkpoint", "c.pt", "--image", "x.png", "--output", "o", "--pixels", "3"),
+            "--pixels",
+        ),
         (("evaluate", "--checkpoint", "c.pt", "--scales", "0"), "--scales"),
         (("demo", "--steps", "many"), "--steps"),
         (("demo", "--steps", "0", "--quick"), "--steps"),
@@ -85,11 +95,27 @@ def test_bad_arguments_exit_2_naming_the_argument(capsys, argv, named):
 
 
 def test_library_errors_become_one_line_messages(capsys, tmp_path, image_file, checkpoint):
-    status, _, err = run(capsys, "predict", "--checkpoint", str(tmp_path / "missing.pt"),
-                         "--input", str(image_file), "--output", str(tmp_path / "o"))
+    status, _, err = run(
+        capsys,
+        "predict",
+        "--checkpoint",
+        str(tmp_path / "missing.pt"),
+        "--input",
+        str(image_file),
+        "--output",
+        str(tmp_path / "o"),
+    )
     assert status == 2 and err.startswith("difnet: error:") and "missing.pt" in err
-    status, _, err = run(capsys, "predict", "--checkpoint", str(checkpoint),
-                         "--input", str(tmp_path / "nothing-here"), "--output", str(tmp_path / "o"))
+    status, _, err = run(
+        capsys,
+        "predict",
+        "--checkpoint",
+        str(checkpoint),
+        "--input",
+        str(tmp_path / "nothing-here"),
+        "--output",
+        str(tmp_path / "o"),
+    )
     assert status == 2 and "nothing-here" in err and "Traceback" not in err
 
 
@@ -99,8 +125,18 @@ def test_the_console_entry_point_runs_as_a_process():
 
 
 def test_predict_writes_masks_and_refuses_to_overwrite(capsys, tmp_path, image_file, checkpoint):
-    argv = ("predict", "--checkpoint", str(checkpoint), "--input", str(image_file),
-            "--output", str(tmp_path / "masks"), "--overlay", "--device", "cpu")
+    argv = (
+        "predict",
+        "--checkpoint",
+        str(checkpoint),
+        "--input",
+        str(image_file),
+        "--output",
+        str(tmp_path / "masks"),
+        "--overlay",
+        "--device",
+        "cpu",
+    )
     status, out, _ = run(capsys, *argv)
     assert status == 0 and "wrote 2 file(s)" in out
     with Image.open(tmp_path / "masks" / "scene.png") as mask:
@@ -119,22 +155,59 @@ def test_visualize_writes_the_figures_and_prints_the_walk_weights(capsys, tmp_pa
     stray = label.copy()
     stray[1] = 11  # outside the 3 classes: refused, as the datasets refuse it
     Image.fromarray(stray).save(tmp_path / "stray.png")
-    status, _, err = run(capsys, "visualize", "--checkpoint", str(checkpoint), "--image", str(image_file),
-                         "--label", str(tmp_path / "stray.png"), "--output", str(tmp_path / "stray"))
+    status, _, err = run(
+        capsys,
+        "visualize",
+        "--checkpoint",
+        str(checkpoint),
+        "--image",
+        str(image_file),
+        "--label",
+        str(tmp_path / "stray.png"),
+        "--output",
+        str(tmp_path / "stray"),
+    )
     assert status == 2 and "holds values [11] outside [0, 3)" in err
-    status, out, _ = run(capsys, "visualize", "--checkpoint", str(checkpoint), "--image", str(image_file),
-                         "--label", str(tmp_path / "label.png"), "--output", str(tmp_path / "figs"),
-                         "--pixels", "20,30", "5,5", "--device", "cpu")
+    status, out, _ = run(
+        capsys,
+        "visualize",
+        "--checkpoint",
+        str(checkpoint),
+        "--image",
+        str(image_file),
+        "--label",
+        str(tmp_path / "label.png"),
+        "--output",
+        str(tmp_path / "figs"),
+        "--pixels",
+        "20,30",
+        "5,5",
+        "--device",
+        "cpu",
+    )
     assert status == 0 and "| mu | 0.500 |" in out
     assert sorted(p.name for p in (tmp_path / "figs").iterdir()) == [
-        "fig2_maps.png", "fig3_transitions.png", "fig4_walks.png", "table3_walk_parameters.png",
+        "fig2_maps.png",
+        "fig3_transitions.png",
+        "fig4_walks.png",
+        "table3_walk_parameters.png",
     ]
 
 
 def test_evaluate_prints_the_table_and_writes_json(capsys, tmp_path, checkpoint):
     output = tmp_path / "metrics.json"
-    status, out, _ = run(capsys, "evaluate", "--checkpoint", str(checkpoint), "--split", "test",
-                         "--output", str(output), "--device", "cpu")
+    status, out, _ = run(
+        capsys,
+        "evaluate",
+        "--checkpoint",
+        str(checkpoint),
+        "--split",
+        "test",
+        "--output",
+        str(output),
+        "--device",
+        "cpu",
+    )
     assert status == 0 and "mIoU" in out
     metrics = json.loads(output.read_text())
     assert 0 <= metrics["metrics"]["miou"] <= 1

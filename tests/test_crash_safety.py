@@ -128,8 +128,10 @@ def test_a_run_killed_anywhere_resumes_to_the_same_weights(tmp_path, uninterrupt
     with single_thread():
         assert main(["train", "--resume", str(last)]) == 0  # the recipe comes from the checkpoint
     resumed = read_checkpoint(last)
-    print(f"seed {seed}: killed {delay:.2f}s after save {saves}, resumed from step {stopped['step']} "
-          f"({stopped['steps_into_epoch']} into epoch {stopped['epoch'] + 1})")
+    print(
+        f"seed {seed}: killed {delay:.2f}s after save {saves}, resumed from step {stopped['step']} "
+        f"({stopped['steps_into_epoch']} into epoch {stopped['epoch'] + 1})"
+    )
     assert resumed["epoch"] == uninterrupted["epoch"] == EPOCHS
     assert resumed["step"] == uninterrupted["step"]
     assert_identical(resumed["model"], uninterrupted["model"])

@@ -73,9 +73,7 @@ def voc_root(tmp_path_factory):
     return write_voc_fixture(tmp_path_factory.mktemp("voc"))
 
 
-@pytest.mark.parametrize(
-    "split, count", [("train", 3), ("val", 2), ("trainval", 5), ("train_aug", 5)]
-)
+@pytest.mark.parametrize("split, count", [("train", 3), ("val", 2), ("trainval", 5), ("train_aug", 5)])
 def test_voc_splits_read_their_lists_and_masks(voc_root, split, count):
     dataset = VOCSegmentation(voc_root, split)
     assert len(dataset) == count
@@ -157,9 +155,7 @@ def test_camvid_resolves_foreign_list_paths_under_root(camvid_fixture, split, co
 def test_camvid_accepts_windows_style_list_paths(tmp_path):
     root = write_camvid_fixture(tmp_path, n_train=1, n_val=0, n_test=0)
     name = "0001TP_000000.png"
-    write_list(
-        root / "train.txt", [rf"C:\SegNet\CamVid\train\{name} C:\SegNet\CamVid\trainannot\{name}"]
-    )
+    write_list(root / "train.txt", [rf"C:\SegNet\CamVid\train\{name} C:\SegNet\CamVid\trainannot\{name}"])
     assert CamVid(root, "train").samples[0].image == root / "train" / name
 
 
@@ -178,9 +174,7 @@ def test_folder_dataset_pairs_images_and_masks_by_stem(tmp_path):
 
 def test_folder_dataset_takes_class_names_and_palette(tmp_path):
     images, masks = write_folder_fixture(tmp_path, n=1, num_classes=2)
-    dataset = FolderDataset(
-        images, masks, 2, class_names=["sea", "land"], palette=[(0, 0, 255), (0, 255, 0)]
-    )
+    dataset = FolderDataset(images, masks, 2, class_names=["sea", "land"], palette=[(0, 0, 255), (0, 255, 0)])
     assert dataset.class_names == ["sea", "land"] and dataset.palette == [(0, 0, 255), (0, 255, 0)]
 
 

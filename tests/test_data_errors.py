@@ -131,17 +131,13 @@ def test_camvid_list_line_without_two_paths_is_named(tmp_path):
 def test_camvid_list_entry_missing_under_root_is_named(tmp_path):
     root = write_camvid_fixture(tmp_path, n_train=1, n_val=0, n_test=0)
     (root / "trainannot" / "0001TP_000000.png").unlink()
-    with pytest.raises(
-        FileNotFoundError, match=r"has no mask: expected .*trainannot/0001TP_000000"
-    ):
+    with pytest.raises(FileNotFoundError, match=r"has no mask: expected .*trainannot/0001TP_000000"):
         CamVid(root, "train")
 
 
 def test_folder_dataset_errors(tmp_path):
     images, masks = write_folder_fixture(tmp_path, n=2, num_classes=3)
-    with pytest.raises(
-        FileNotFoundError, match=r"folder .*nowhere not found; expected a folder of images"
-    ):
+    with pytest.raises(FileNotFoundError, match=r"folder .*nowhere not found; expected a folder of images"):
         FolderDataset(tmp_path / "nowhere", masks, 3)
     with pytest.raises(ValueError, match=r"num_classes must be in \[1, 255\] \(got 256\)"):
         FolderDataset(images, masks, 256)
@@ -166,9 +162,7 @@ def test_folder_without_images_is_refused(tmp_path):
 
 
 def test_build_dataset_errors(tmp_path):
-    with pytest.raises(
-        ValueError, match=r"unknown dataset 'coco'; choose one of voc, context, camvid"
-    ):
+    with pytest.raises(ValueError, match=r"unknown dataset 'coco'; choose one of voc, context, camvid"):
         build_dataset("coco", tmp_path, "train")
     with pytest.raises(ValueError, match="'voc' needs a data root"):
         build_dataset("voc", None, "train")
@@ -249,9 +243,7 @@ def test_camvid_values_above_unlabelled_are_refused(tmp_path):
 def test_colour_mask_is_refused_with_a_hint(voc):
     mask = voc / "SegmentationClass" / "2007_000000.png"
     save_image(mask, random_image(RNG, (40, 52)))
-    with pytest.raises(
-        ValueError, match=rf"mask {escaped(mask)} is a mode-'RGB' image.*not colours"
-    ):
+    with pytest.raises(ValueError, match=rf"mask {escaped(mask)} is a mode-'RGB' image.*not colours"):
         VOCSegmentation(voc, "train")[0]
 
 

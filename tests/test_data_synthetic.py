@@ -80,9 +80,7 @@ def interior_fraction(labels: list[np.ndarray], class_id: int) -> float:
     inside = total = 0
     for label in labels:
         mask = label == class_id
-        core = (
-            mask[1:-1, 1:-1] & mask[:-2, 1:-1] & mask[2:, 1:-1] & mask[1:-1, :-2] & mask[1:-1, 2:]
-        )
+        core = mask[1:-1, 1:-1] & mask[:-2, 1:-1] & mask[2:, 1:-1] & mask[1:-1, :-2] & mask[1:-1, 2:]
         inside, total = inside + core.sum(), total + mask.sum()
     return inside / total
 

@@ -62,9 +62,7 @@ def test_crop_padding_and_flip_move_image_and_label_together(size, crop, seed):
     pixels = denormalize(out_image).astype(np.int64)
     padded = out_label.numpy() == 255
     mean_colour = np.round(np.asarray(IMAGENET_MEAN) * 255)
-    np.testing.assert_array_equal(
-        pixels[padded], np.broadcast_to(mean_colour, pixels[padded].shape)
-    )
+    np.testing.assert_array_equal(pixels[padded], np.broadcast_to(mean_colour, pixels[padded].shape))
     rows, cols = pixels[~padded, 0] - 1, pixels[~padded, 1] - 1
     np.testing.assert_array_equal(out_label.numpy()[~padded], (rows * 7 + cols) % 200)
     assert padded.sum() == crop[0] * crop[1] - min(crop[0], size[0]) * min(crop[1], size[1])
@@ -77,9 +75,7 @@ def test_flip_happens_about_half_of_the_time_and_only_when_enabled():
         torch.manual_seed(0)
         transform = TrainTransform(crop_size=(8, 10), scale_range=(1.0, 1.0), flip=flip)
         outputs = [transform(image, label)[1] for _ in range(40)]
-        flipped.append(
-            sum(bool((out[:, 0] == torch.from_numpy(label[:, -1])).all()) for out in outputs)
-        )
+        flipped.append(sum(bool((out[:, 0] == torch.from_numpy(label[:, -1])).all()) for out in outputs))
     assert 10 <= flipped[0] <= 30 and flipped[1] == 0
 
 
@@ -90,9 +86,7 @@ def nearest_sources(index: int, source: int, target: int) -> set[int]:
     return {min(int(np.floor(centre + d)), source - 1) for d in (-1e-9, 1e-9)}
 
 
-@given(
-    size=st.tuples(st.integers(4, 20), st.integers(4, 20)), scale=st.floats(0.5, 2.0), seed=seeds
-)
+@given(size=st.tuples(st.integers(4, 20), st.integers(4, 20)), scale=st.floats(0.5, 2.0), seed=seeds)
 def test_scale_resizes_the_label_by_nearest_neighbour(size, scale, seed):
     image, label = scene(size, seed)
     label[label == 255] = 0
@@ -110,9 +104,7 @@ def test_scale_resizes_the_label_by_nearest_neighbour(size, scale, seed):
             assert int(out_label[i, j]) in {int(label[r, c]) for r in rows for c in cols}
 
 
-@given(
-    size=st.tuples(st.integers(8, 15), st.integers(8, 15)), scale=st.floats(0.75, 2.0), seed=seeds
-)
+@given(size=st.tuples(st.integers(8, 15), st.integers(8, 15)), scale=st.floats(0.75, 2.0), seed=seeds)
 def test_scale_keeps_image_and_label_aligned(size, scale, seed):
     rows, cols = np.mgrid[0 : size[0], 0 : size[1]]
     image = np.stack([rows * 10, cols * 10, np.zeros_like(rows)], axis=-1).astype(np.uint8)

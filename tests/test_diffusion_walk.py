@@ -93,9 +93,7 @@ def test_walk_is_row_stochastic_and_keeps_constants():
 def test_transition_rows_are_rows_of_the_matrix():
     features, _ = walk_inputs(2, 40, 16, 1, scale=1.0)
     nodes = torch.tensor([0, 7, 39])
-    torch.testing.assert_close(
-        transition_rows(features, nodes), transition_matrix(features)[:, nodes]
-    )
+    torch.testing.assert_close(transition_rows(features, nodes), transition_matrix(features)[:, nodes])
 
 
 def test_propagate_matches_reference_in_float64():

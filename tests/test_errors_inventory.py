@@ -186,8 +186,21 @@ def cli(*argv: str) -> None:
 
 
 def cli_train(env: Env, *argv: str) -> None:
-    quick = ("--model", "simdeeplab", "--depth", "18", "--dataset", "synthetic", "--num-classes",
-             "3", "--device", "cpu", "--no-progress", "--workers", "0")
+    quick = (
+        "--model",
+        "simdeeplab",
+        "--depth",
+        "18",
+        "--dataset",
+        "synthetic",
+        "--num-classes",
+        "3",
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--workers",
+        "0",
+    )
     cli("train", *quick, *argv)
 
 
@@ -411,9 +424,7 @@ CASES = [
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize(
-    "case", [pytest.param(case, id=case.id, marks=case.marks) for case in CASES]
-)
+@pytest.mark.parametrize("case", [pytest.param(case, id=case.id, marks=case.marks) for case in CASES])
 def test_bad_input_raises_the_documented_error(env: Env, case: Case) -> None:
     with pytest.raises(case.exception, match=case.match):
         case.call(env)

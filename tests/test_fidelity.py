@@ -15,9 +15,7 @@ from difnet.training import TrainConfig
 from difnet.training.optim import build_optimizer
 
 
-@pytest.mark.parametrize(
-    ("side", "grid"), [(64, 9), (65, 9), (320, 41), (321, 41), (504, 64), (505, 64)]
-)
+@pytest.mark.parametrize(("side", "grid"), [(64, 9), (65, 9), (320, 41), (321, 41), (504, 64), (505, 64)])
 def test_ceil_mode_max_pool_gives_the_authors_grid_at_even_and_odd_sizes(side, grid):
     backbone = dilated_resnet(18)
     assert backbone.maxpool.ceil_mode

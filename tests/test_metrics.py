@@ -92,9 +92,7 @@ def test_accumulated_batches_match_scikit_learn(num_classes, batches, seed):
         assert int(metrics.matrix.sum()) == 0
         return
     labels = list(range(num_classes))
-    np.testing.assert_array_equal(
-        metrics.matrix.numpy(), confusion_matrix(target, pred, labels=labels)
-    )
+    np.testing.assert_array_equal(metrics.matrix.numpy(), confusion_matrix(target, pred, labels=labels))
     result = metrics.compute()
     seen = np.isin(labels, target) | np.isin(labels, pred)
     assert [v is not None for v in result.per_class_iou] == seen.tolist()
@@ -177,9 +175,7 @@ def test_all_reduce_is_a_no_op_without_a_process_group():
 
 
 def reduce_in_process(rank: int, world_size: int, init_file: str, out_dir: str) -> None:
-    dist.init_process_group(
-        "gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size
-    )
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
     try:
         metrics = ConfusionMatrix(3)
         metrics.update(PRED if rank == 0 else TARGET.clamp(max=2), TARGET)

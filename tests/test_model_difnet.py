@@ -30,9 +30,7 @@ def spread_transitions(model: DifNet, gain: float = 0.15) -> DifNet:
 
 
 def images(batch: int = 1, height: int = 65, width: int = 65, dtype=torch.float32) -> torch.Tensor:
-    return torch.randn(
-        batch, 3, height, width, generator=torch.Generator().manual_seed(1), dtype=dtype
-    )
+    return torch.randn(batch, 3, height, width, generator=torch.Generator().manual_seed(1), dtype=dtype)
 
 
 def seed_grid_side(side: int) -> int:
@@ -85,16 +83,12 @@ def test_cascade_matches_reference_on_the_models_own_features(diffusion_stride):
     Ps = [reference.transition_matrix(flatten_nodes(f).numpy()) for f in projections]
     assert max(P.max(axis=-1).mean() for P in Ps) < 0.9, "P_t is close to the identity"
     seed = F.interpolate(out.seed, size=grid, mode="bilinear", align_corners=False)
-    expected = reference.cascade(
-        Ps, flatten_nodes(seed).numpy(), out.mu.tolist(), out.beta.tolist()
-    )
+    expected = reference.cascade(Ps, flatten_nodes(seed).numpy(), out.mu.tolist(), out.beta.tolist())
     for ours, theirs in zip(out.walks, expected[1:], strict=True):
         np.testing.assert_allclose(flatten_nodes(ours).numpy(), theirs, rtol=0, atol=1e-6)
 
 
-def forward_backward(
-    model: DifNet, x: torch.Tensor
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def forward_backward(model: DifNet, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     model.zero_grad()
     logits = model(x)
     target = torch.randint(

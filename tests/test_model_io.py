@@ -17,8 +17,12 @@ from difnet.models.heads import adaptive_max_pool_by_gather
 from difnet.models.pretrained import adapt_first_conv
 from difnet.models.serialization import CONFIG_NAME, WEIGHTS_NAME
 
-onnx_missing = [m for m in ("onnx", "onnxscript", "onnxruntime") if not __import__("importlib").util.find_spec(m)]
-needs_onnx = pytest.mark.skipif(bool(onnx_missing), reason=f"the [onnx] extra is not installed ({onnx_missing})")
+onnx_missing = [
+    m for m in ("onnx", "onnxscript", "onnxruntime") if not __import__("importlib").util.find_spec(m)
+]
+needs_onnx = pytest.mark.skipif(
+    bool(onnx_missing), reason=f"the [onnx] extra is not installed ({onnx_missing})"
+)
 
 
 def tiny(cls=DifNet, **options):
@@ -110,7 +114,9 @@ def test_in_channels_reach_the_model_and_its_input_check(cls):
     model = tiny(cls, in_channels=4)
     with torch.no_grad():
         assert model(images(channels=4)).shape == (1, 3, 40, 48)
-    with pytest.raises(ValueError, match=r"images must have 4 channels in dim 1 \(got shape \(1, 3, 40, 48\)\)"):
+    with pytest.raises(
+        ValueError, match=r"images must have 4 channels in dim 1 \(got shape \(1, 3, 40, 48\)\)"
+    ):
         model(images(channels=3))
 
 
@@ -127,7 +133,9 @@ def test_frozen_backbones_do_not_change_and_norm_eval_keeps_bn_statistics():
         if name.startswith(("seed_backbone.", "similarity_backbone.")) or "running_" in name:
             assert not changed, name
     assert any(not torch.equal(before[n], after[n]) for n in before if n.startswith("classifier."))
-    assert model.training and not any(m.training for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    assert model.training and not any(
+        m.training for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)
+    )
 
 
 def test_inference_modules_import_no_training_code():

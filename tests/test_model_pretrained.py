@@ -74,9 +74,7 @@ def test_depth_is_read_from_the_key_layout():
 
 
 @pytest.mark.parametrize("batches_tracked", [True, False])
-def test_torchvision_checkpoint_fills_both_backbones_leaving_only_fc(
-    tmp_path, caplog, batches_tracked
-):
+def test_torchvision_checkpoint_fills_both_backbones_leaving_only_fc(tmp_path, caplog, batches_tracked):
     state = torchvision_state_dict(18, batches_tracked=batches_tracked)
     path = tmp_path / "resnet18.pth"
     torch.save(state, path)
@@ -114,9 +112,7 @@ def test_missing_backbone_keys_are_reported(tmp_path, caplog):
 def test_a_checkpoint_of_another_depth_is_refused(tmp_path, file_depth, model_depth):
     path = tmp_path / f"resnet{file_depth}.pth"
     torch.save(torchvision_state_dict(file_depth), path)
-    message = (
-        rf"holds a ResNet-{file_depth} checkpoint but the model's backbone is ResNet-{model_depth}"
-    )
+    message = rf"holds a ResNet-{file_depth} checkpoint but the model's backbone is ResNet-{model_depth}"
     with pytest.raises(ValueError, match=message):
         SimDeepLab(depth=model_depth, pretrained_backbone=path)
 
@@ -159,9 +155,7 @@ def test_imagenet_offline_explains_how_to_pass_a_local_file(monkeypatch):
         raise urllib.error.URLError("network is unreachable")
 
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
-    with pytest.raises(
-        RuntimeError, match=r"resnet18-f37072fd\.pth.*pretrained_backbone='/path/to/"
-    ):
+    with pytest.raises(RuntimeError, match=r"resnet18-f37072fd\.pth.*pretrained_backbone='/path/to/"):
         DifNet(depth=18, pretrained_backbone="imagenet")
 
 

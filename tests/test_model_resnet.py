@@ -16,8 +16,7 @@ def test_stages_have_strides_4_8_8_8_and_torchvision_channels(depth):
     backbone = dilated_resnet(depth)
     features = backbone(torch.randn(1, 3, 65, 70))
     assert [tuple(f.shape[1:]) for f in features] == [
-        (c, h, w)
-        for c, (h, w) in zip(STAGE_CHANNELS[depth], [(17, 18), (9, 9), (9, 9), (9, 9)], strict=True)
+        (c, h, w) for c, (h, w) in zip(STAGE_CHANNELS[depth], [(17, 18), (9, 9), (9, 9), (9, 9)], strict=True)
     ]
     assert backbone.out_channels == STAGE_CHANNELS[depth]
     assert backbone.output_stride == 8
@@ -56,10 +55,7 @@ def test_every_depth_constructs(depth):
     with torch.device("meta"):
         difnet, simdeeplab = DifNet(depth=depth), SimDeepLab(depth=depth)
     assert difnet.seed_backbone.out_channels[-1] == simdeeplab.backbone.out_channels[-1]
-    assert (
-        sum(1 for _ in difnet.similarity_backbone.layer3)
-        == {18: 2, 34: 6, 50: 6, 101: 23, 152: 36}[depth]
-    )
+    assert sum(1 for _ in difnet.similarity_backbone.layer3) == {18: 2, 34: 6, 50: 6, 101: 23, 152: 36}[depth]
 
 
 @pytest.mark.parametrize("depth", [0, 20, 100, "50", True])

@@ -43,7 +43,9 @@ def test_nan_is_refused_where_data_enters_not_in_every_forward(models, value):
     from difnet.evaluation import predict_probabilities
 
     for model in models:
-        with pytest.raises(ValueError, match=r"images contain NaN or infinite values \(shape \(1, 3, 32, 32\)\)"):
+        with pytest.raises(
+            ValueError, match=r"images contain NaN or infinite values \(shape \(1, 3, 32, 32\)\)"
+        ):
             predict_probabilities(model.eval(), with_value(value))
         model(with_value(value))  # the forward reads shapes only: no full scan, no host sync
 

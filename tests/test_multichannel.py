@@ -39,9 +39,13 @@ def test_four_band_images_are_read_and_normalised_per_channel(rgbn_folder):
     with pytest.raises(ValueError, match=r"has 4 band\(s\) RGBA of uint8; expected 5 8-bit channels"):
         read_image(rgbn_folder / "images" / "0.png", channels=5)
     assert read_image(rgbn_folder / "images" / "0.png", channels=1).shape == (40, 48, 1)
-    dataset = FolderDataset(rgbn_folder / "images", rgbn_folder / "masks", 2, EvalTransform(MEAN, STD), channels=4)
+    dataset = FolderDataset(
+        rgbn_folder / "images", rgbn_folder / "masks", 2, EvalTransform(MEAN, STD), channels=4
+    )
     image, label = dataset[0]
-    expected = (torch.from_numpy(pixels.copy()).permute(2, 0, 1) / 255 - torch.tensor(MEAN)[:, None, None]) / torch.tensor(STD)[:, None, None]
+    expected = (
+        torch.from_numpy(pixels.copy()).permute(2, 0, 1) / 255 - torch.tensor(MEAN)[:, None, None]
+    ) / torch.tensor(STD)[:, None, None]
     torch.testing.assert_close(image, expected)
     augmented, _ = FolderDataset(rgbn_folder / "images", rgbn_folder / "masks", 2,
                                  TrainTransform(32, (0.5, 1.5), True, MEAN, STD), channels=4)[1]  # fmt: skip

@@ -64,8 +64,9 @@ def assert_row_stochastic(matrix: Tensor | np.ndarray) -> None:
     matrix = matrix.double()
     assert torch.isfinite(matrix).all()
     assert (matrix >= 0).all()
-    torch.testing.assert_close(matrix.sum(-1), torch.ones(matrix.shape[:-1], dtype=torch.float64),
-                               rtol=0, atol=tolerance)
+    torch.testing.assert_close(
+        matrix.sum(-1), torch.ones(matrix.shape[:-1], dtype=torch.float64), rtol=0, atol=tolerance
+    )
 
 
 # --- transition matrices and the fused walk ----------------------------------------------------

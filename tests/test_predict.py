@@ -51,7 +51,9 @@ def test_a_directory_gives_one_mask_and_overlay_per_image(tmp_path):
     write_image(inputs / "a.png", 40, 30, seed=1)
     write_image(inputs / "b.jpeg", 20, 70, seed=2)
     (inputs / "notes.txt").write_text("not an image")
-    written = predict_files(baseline, find_images(inputs), tmp_path / "out", PALETTE, overlay=True, progress=False)
+    written = predict_files(
+        baseline, find_images(inputs), tmp_path / "out", PALETTE, overlay=True, progress=False
+    )
     assert sorted(p.name for p in written) == ["a.png", "a_overlay.png", "b.png", "b_overlay.png"]
     with Image.open(tmp_path / "out" / "b_overlay.png") as overlay:
         assert overlay.mode == "RGB" and overlay.size == (70, 20)

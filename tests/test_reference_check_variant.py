@@ -50,10 +50,16 @@ def test_correct_closed_form_variants_pass(dtype, n, k, batch, seed):
 
 @given(dtype=st.sampled_from(["float32", "float64"]), walks=st.integers(1, 6))
 def test_correct_cascade_variants_pass_with_matrices_or_features(dtype, walks):
-    by_matrices = check_variant(lambda Ps, s, mus, betas: cascade(Ps, s, mus, betas)[-1],
-                                kind="cascade", dtype=dtype, walks=walks, trials=2)
-    by_features = check_variant(cascade_from_features, kind="cascade", dtype=dtype,
-                                walks=walks, trials=2, pass_features=True)
+    by_matrices = check_variant(
+        lambda Ps, s, mus, betas: cascade(Ps, s, mus, betas)[-1],
+        kind="cascade",
+        dtype=dtype,
+        walks=walks,
+        trials=2,
+    )
+    by_features = check_variant(
+        cascade_from_features, kind="cascade", dtype=dtype, walks=walks, trials=2, pass_features=True
+    )
     for report in (by_matrices, by_features):
         assert report.passed and all(len(t.mus) == len(t.betas) == walks for t in report.trials)
 
@@ -70,8 +76,9 @@ def test_torch_attention_cascade_passes_as_the_readme_shows():
             y = beta * (mu * walked + (1 - mu) * s) + (1 - beta) * y
         return y
 
-    report = check_variant(fused_cascade, kind="cascade", pass_features=True, dtype="float32",
-                           batch=(2,), n=64, k=21, d=16)
+    report = check_variant(
+        fused_cascade, kind="cascade", pass_features=True, dtype="float32", batch=(2,), n=64, k=21, d=16
+    )
     assert report.passed and report.max_rel_error < 1e-5
 
 

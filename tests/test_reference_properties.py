@@ -145,8 +145,9 @@ def test_walk_converges_to_closed_form_within_the_mu_power_bound(xp, problem):
     np.testing.assert_allclose(host(random_walk(P, s, mu, steps)), host(y), rtol=0, atol=slack)
     np.testing.assert_allclose(host(y), exact, rtol=0, atol=2 * slack)
     for t in (1, steps // 2, steps):
-        np.testing.assert_allclose(host(walk_error_bound(P, s, mu, t)), mu**t * initial,
-                                   rtol=1e-5, atol=slack)
+        np.testing.assert_allclose(
+            host(walk_error_bound(P, s, mu, t)), mu**t * initial, rtol=1e-5, atol=slack
+        )
 
 
 @given(problem=problems())
@@ -167,10 +168,12 @@ def test_closed_form_batches_and_broadcasts_like_separate_solves(xp, problem):
     batched, broadcast = host(closed_form(P, s, mu)), host(closed_form(shared, s, mu))
     slack = rounding(problem.dtype, problem.scale, mu)
     for index in np.ndindex(problem.s.shape[:-2]):
-        np.testing.assert_allclose(batched[index], host(closed_form(P[index], s[index], mu)),
-                                   rtol=0, atol=slack)
-        np.testing.assert_allclose(broadcast[index], host(closed_form(shared, s[index], mu)),
-                                   rtol=0, atol=slack)
+        np.testing.assert_allclose(
+            batched[index], host(closed_form(P[index], s[index], mu)), rtol=0, atol=slack
+        )
+        np.testing.assert_allclose(
+            broadcast[index], host(closed_form(shared, s[index], mu)), rtol=0, atol=slack
+        )
 
 
 @given(problem=problems())
@@ -207,8 +210,9 @@ def test_laplacian_form_equals_closed_form_with_normalised_affinity(xp, problem,
     assert y.dtype == problem.dtype
     P = W / W.sum(axis=-1, keepdims=True)  # D^-1 W
     expected = closed_form(xp.asarray(P), xp.asarray(m[..., None] * problem.s), problem.mu)
-    np.testing.assert_allclose(host(y), host(expected), rtol=0,
-                               atol=rounding(problem.dtype, problem.scale, problem.mu))
+    np.testing.assert_allclose(
+        host(y), host(expected), rtol=0, atol=rounding(problem.dtype, problem.scale, problem.mu)
+    )
 
 
 # cascade -------------------------------------------------------------------------------------
@@ -221,8 +225,12 @@ def test_cascade_with_unit_betas_and_shared_P_is_the_plain_walk(xp, problem, wal
     assert len(ys) == walks + 1
     for t, y in enumerate(ys):
         assert y.dtype == problem.dtype
-        np.testing.assert_allclose(host(y), host(random_walk(P, s, mu, t)), rtol=0,
-                                   atol=4 * float(np.finfo(problem.dtype).eps) * problem.scale)
+        np.testing.assert_allclose(
+            host(y),
+            host(random_walk(P, s, mu, t)),
+            rtol=0,
+            atol=4 * float(np.finfo(problem.dtype).eps) * problem.scale,
+        )
 
 
 @given(problem=problems(), mus=st.lists(st.floats(0.0, 0.99), min_size=1, max_size=6))

@@ -129,20 +129,21 @@ def test_cascade_needs_one_mu_and_beta_per_walk():
         cascade([P, P], S, [0.5], [0.5, 0.5])
 
 
-@pytest.mark.parametrize(
-    ("steps", "error"), [(-1, ValueError), (1.5, TypeError), (True, TypeError)]
-)
+@pytest.mark.parametrize(("steps", "error"), [(-1, ValueError), (1.5, TypeError), (True, TypeError)])
 @pytest.mark.parametrize("walk", [random_walk, walk_error_bound])
 def test_steps_must_be_a_non_negative_integer(walk, steps, error):
     with pytest.raises(error, match=rf"steps must be a non-negative integer \(got {steps!r}\)"):
         walk(P, S, 0.5, steps)
 
 
-@pytest.mark.parametrize(("kwargs", "pattern"), [
-    ({"method": "lu"}, r"method must be one of \('dense', 'iterative'\) \(got 'lu'\)"),
-    ({"tol": 0.0}, r"tol must be a positive real number \(got 0\.0\)"),
-    ({"tol": float("nan")}, r"tol must be a positive real number \(got nan\)"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "pattern"),
+    [
+        ({"method": "lu"}, r"method must be one of \('dense', 'iterative'\) \(got 'lu'\)"),
+        ({"tol": 0.0}, r"tol must be a positive real number \(got 0\.0\)"),
+        ({"tol": float("nan")}, r"tol must be a positive real number \(got nan\)"),
+    ],
+)
 def test_closed_form_options_are_checked(kwargs, pattern):
     with pytest.raises(ValueError, match=pattern):
         closed_form(P, S, 0.5, **kwargs)
@@ -187,10 +188,13 @@ def test_negative_transition_entries_are_refused():
         closed_form(bad, S, 0.5)
 
 
-@pytest.mark.parametrize(("bad", "pattern"), [
-    (with_value(W, (0, 1), -1.0), r"^W must be a non-negative .* entry -1 at index \(0, 1\)"),
-    (with_value(W, (2, slice(None)), 0.0), r"row 2 of W sums to 0"),
-])
+@pytest.mark.parametrize(
+    ("bad", "pattern"),
+    [
+        (with_value(W, (0, 1), -1.0), r"^W must be a non-negative .* entry -1 at index \(0, 1\)"),
+        (with_value(W, (2, slice(None)), 0.0), r"row 2 of W sums to 0"),
+    ],
+)
 def test_affinity_must_be_non_negative_with_positive_degrees(bad, pattern):
     with pytest.raises(ValueError, match=pattern):
         closed_form_laplacian(bad, M, S, 0.5)
@@ -236,13 +240,16 @@ def test_features_whose_inner_products_overflow_are_refused():
 # check_variant's own arguments -------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("kwargs", "error", "pattern"), [
-    ({"kind": "walk"}, ValueError, r"kind must be one of \('closed_form', 'cascade'\) \(got"),
-    ({"dtype": "float16"}, ValueError, r"dtype must be 'float32' or 'float64' \(got 'float16'\)"),
-    ({"trials": 0}, ValueError, r"trials must be at least 1 \(got 0\)"),
-    ({"n": -2}, ValueError, r"n must be a non-negative integer \(got -2\)"),
-    ({"rtol": -1e-3}, ValueError, r"rtol must be a positive real number \(got -0\.001\)"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "error", "pattern"),
+    [
+        ({"kind": "walk"}, ValueError, r"kind must be one of \('closed_form', 'cascade'\) \(got"),
+        ({"dtype": "float16"}, ValueError, r"dtype must be 'float32' or 'float64' \(got 'float16'\)"),
+        ({"trials": 0}, ValueError, r"trials must be at least 1 \(got 0\)"),
+        ({"n": -2}, ValueError, r"n must be a non-negative integer \(got -2\)"),
+        ({"rtol": -1e-3}, ValueError, r"rtol must be a positive real number \(got -0\.001\)"),
+    ],
+)
 def test_check_variant_arguments_are_checked(kwargs, error, pattern):
     with pytest.raises(error, match=pattern):
         check_variant(closed_form, **kwargs)

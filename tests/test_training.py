@@ -70,8 +70,10 @@ def test_stop_and_resume_equals_an_uninterrupted_run(tmp_path, monkeypatch):
         log.write('{"event": "train", "step": 5, "epoch": 3, "loss": 1.0}\n')
     resumed = train(replace(stopped, resume=str(tmp_path / "stopped" / "last.pt"), overwrite=False))
     assert states_equal(whole.model, resumed.model)
-    events = [[(r["event"], r["epoch"], r["step"]) for r in read_log(result)] for result in
-              (tmp_path / "whole", tmp_path / "stopped")]
+    events = [
+        [(r["event"], r["epoch"], r["step"]) for r in read_log(result)]
+        for result in (tmp_path / "whole", tmp_path / "stopped")
+    ]
     assert events[0] == events[1]
     assert resumed.history == whole.history and resumed.best_miou == whole.best_miou
     saved = read_checkpoint(tmp_path / "stopped" / "last.pt")
@@ -97,8 +99,10 @@ def test_a_mid_epoch_checkpoint_resumes_from_the_same_sample(tmp_path, monkeypat
     assert (saved["epoch"], saved["step"], saved["steps_into_epoch"]) == (1, 4, 1)
     resumed = train(replace(stopped, resume=str(tmp_path / "stopped" / "last.pt")))
     assert states_equal(whole.model, resumed.model)
-    events = [[(r["event"], r["epoch"], r["step"]) for r in read_log(result)] for result in
-              (tmp_path / "whole", tmp_path / "stopped")]
+    events = [
+        [(r["event"], r["epoch"], r["step"]) for r in read_log(result)]
+        for result in (tmp_path / "whole", tmp_path / "stopped")
+    ]
     assert events[0] == events[1]
 
 
@@ -184,8 +188,23 @@ def test_epoch_sampler_shards_one_permutation_per_epoch():
 def test_config_survives_the_command_line_and_a_checkpoint():
     parser = argparse.ArgumentParser()
     TrainConfig.add_arguments(parser)
-    args = parser.parse_args(["--depth", "18", "--crop-size", "200", "240", "--val-split", "none",
-                              "--dataset", "camvid", "--image-size", "180", "240", "--no-aspp"])
+    args = parser.parse_args(
+        [
+            "--depth",
+            "18",
+            "--crop-size",
+            "200",
+            "240",
+            "--val-split",
+            "none",
+            "--dataset",
+            "camvid",
+            "--image-size",
+            "180",
+            "240",
+            "--no-aspp",
+        ]
+    )
     config = TrainConfig.from_args(args)
     assert config.crop_size == (200, 240) and config.val_split is None and not config.aspp
     assert config.image_size == (180, 240)
@@ -228,8 +247,9 @@ def test_two_process_ddp_on_cpu_with_gloo(tmp_path):
 
 def test_train_voc_example_explains_missing_data_and_runs_synthetic(tmp_path):
     script = str(PROJECT_ROOT / "examples" / "train_voc.py")
-    missing = subprocess.run([sys.executable, script, "--data-root", str(tmp_path / "nowhere")],
-                             capture_output=True, text=True)
+    missing = subprocess.run(
+        [sys.executable, script, "--data-root", str(tmp_path / "nowhere")], capture_output=True, text=True
+    )
     assert missing.returncode == 2
     assert "SegmentationClassAug" in missing.stderr and "train_aug.txt" in missing.stderr
     synthetic = subprocess.run(

@@ -26,8 +26,10 @@ def one_training_step(model: torch.nn.Module, images: torch.Tensor) -> dict[str,
     return {name: p.grad for name, p in model.named_parameters()}
 
 
-@pytest.mark.parametrize("build", [lambda **o: DifNet(depth=18, num_classes=3, **o),
-                                   lambda **o: SimDeepLab(depth=18, num_classes=3, **o)])
+@pytest.mark.parametrize(
+    "build",
+    [lambda **o: DifNet(depth=18, num_classes=3, **o), lambda **o: SimDeepLab(depth=18, num_classes=3, **o)],
+)
 def test_gradient_checkpointing_gives_the_same_gradients_and_moves_bn_statistics_once(build):
     torch.manual_seed(0)
     plain = build()
@@ -41,9 +43,7 @@ def test_gradient_checkpointing_gives_the_same_gradients_and_moves_bn_statistics
     plain_state, recomputed_state = plain.state_dict(), recomputed.state_dict()
     for name, buffer in plain_state.items():  # running statistics and batch counts
         assert torch.equal(recomputed_state[name], buffer), name
-    assert all(
-        int(v) == 1 for k, v in recomputed_state.items() if k.endswith("num_batches_tracked")
-    )
+    assert all(int(v) == 1 for k, v in recomputed_state.items() if k.endswith("num_batches_tracked"))
 
 
 def test_gradient_checkpointing_leaves_inference_alone():

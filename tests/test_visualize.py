@@ -42,7 +42,12 @@ def scene(height: int = 48, width: int = 64) -> tuple[np.ndarray, np.ndarray]:
 def test_writes_the_four_figures_as_pngs(model, tmp_path):
     image, label = scene()
     paths = write_mechanism_figures(
-        model, image, tmp_path / "figs", label=label, class_names=["bg", "box", "band"], pixels=[(5, 5), (20, 30)]
+        model,
+        image,
+        tmp_path / "figs",
+        label=label,
+        class_names=["bg", "box", "band"],
+        pixels=[(5, 5), (20, 30)],
     )
     assert list(paths) == list(FIGURE_NAMES)
     for path in paths.values():

@@ -66,9 +66,7 @@ def build_dataset(
         if "num_classes" not in options:
             raise ValueError("dataset 'folder' needs the option num_classes")
         root = Path(root)
-        return FolderDataset(
-            root / split / "images", root / split / "masks", transform=transform, **options
-        )
+        return FolderDataset(root / split / "images", root / split / "masks", transform=transform, **options)
     if options and name != "camvid":
         raise TypeError(f"dataset {name!r} takes no options (got {', '.join(sorted(options))})")
     dataset = {"voc": VOCSegmentation, "context": PascalContext, "camvid": CamVid}[name]

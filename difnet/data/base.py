@@ -65,9 +65,7 @@ class SegmentationDataset(Dataset[tuple[Tensor, Tensor]]):
         if len(palette) != len(class_names):
             raise ValueError(f"palette has {len(palette)} colours for {len(class_names)} classes")
         if transform is not None and not callable(transform):
-            raise TypeError(
-                f"transform must be callable as transform(image, label) (got {transform!r})"
-            )
+            raise TypeError(f"transform must be callable as transform(image, label) (got {transform!r})")
         self.class_names = list(class_names)
         self.palette = [tuple(int(v) for v in colour) for colour in palette]
         self.transform = transform if transform is not None else EvalTransform()
@@ -93,9 +91,7 @@ class SegmentationDataset(Dataset[tuple[Tensor, Tensor]]):
         if self.resize is not None and image.shape[:2] != self.resize:
             height, width = self.resize
             image = resize_bilinear(image, (height, width))
-            label = np.asarray(
-                Image.fromarray(label).resize((width, height), Image.Resampling.NEAREST)
-            )
+            label = np.asarray(Image.fromarray(label).resize((width, height), Image.Resampling.NEAREST))
         return self.transform(image, label)
 
 
@@ -223,9 +219,7 @@ def read_mask(path: Path) -> np.ndarray:
     return values
 
 
-def dataset_root(
-    root: str | Path, marker: str, *, nested: Sequence[str] = (), expected: str
-) -> Path:
+def dataset_root(root: str | Path, marker: str, *, nested: Sequence[str] = (), expected: str) -> Path:
     """`root`, or the folder `root / nested[i]` below it, whichever holds `marker`.
 
     `expected` describes the layout for the error raised when neither does.

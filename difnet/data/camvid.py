@@ -57,9 +57,7 @@ class CamVid(FilePairDataset):
         list_files = [self.root / f"{part}.txt" for part in parts]
         samples = [sample for path in list_files for sample in self.list_samples(path)]
         source = " and ".join(str(path) for path in list_files)
-        super().__init__(
-            samples, CAMVID_CLASSES, CAMVID_PALETTE, transform, source=source, resize=resize
-        )
+        super().__init__(samples, CAMVID_CLASSES, CAMVID_PALETTE, transform, source=source, resize=resize)
 
     def list_samples(self, list_file: Path) -> list[Sample]:
         """The pairs of a list file, its foreign paths resolved under `root`."""

@@ -63,8 +63,6 @@ def files_by_stem(folder: Path) -> dict[str, Path]:
         if not path.is_file() or path.suffix.lower() not in IMAGE_SUFFIXES:
             continue
         if path.stem in files:
-            raise ValueError(
-                f"{files[path.stem]} and {path} have the same name; pairing is by stem"
-            )
+            raise ValueError(f"{files[path.stem]} and {path} have the same name; pairing is by stem")
         files[path.stem] = path
     return files

@@ -79,9 +79,7 @@ def palette_image(labels: np.ndarray, palette: Sequence[Colour]) -> Image.Image:
     masks: saved as PNG, its pixel values stay class ids (255 = ignore, shown white)."""
     labels = _check_labels(labels, palette)
     if len(palette) > IGNORE_INDEX:
-        raise ValueError(
-            f"a palette image holds at most {IGNORE_INDEX} classes (got {len(palette)})"
-        )
+        raise ValueError(f"a palette image holds at most {IGNORE_INDEX} classes (got {len(palette)})")
     colours = [*palette, *[(0, 0, 0)] * (IGNORE_INDEX - len(palette)), IGNORE_COLOUR]
     image = Image.fromarray(labels.astype(np.uint8))
     image.putpalette([value for colour in colours for value in colour])

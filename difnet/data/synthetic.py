@@ -64,13 +64,10 @@ class SyntheticShapes(SegmentationDataset):
             raise ValueError(f"num_images must be a positive integer (got {num_images!r})")
         shape = (size, size) if isinstance(size, int) else tuple(size)
         if len(shape) != 2 or any(not isinstance(s, int) or s < MIN_SIZE for s in shape):
-            raise ValueError(
-                f"size must be an int or (height, width) of ints >= {MIN_SIZE} (got {size!r})"
-            )
+            raise ValueError(f"size must be an int or (height, width) of ints >= {MIN_SIZE} (got {size!r})")
         if not isinstance(num_classes, int) or not 2 <= num_classes <= MAX_SYNTHETIC_CLASSES:
             raise ValueError(
-                f"num_classes must be an integer in [2, {MAX_SYNTHETIC_CLASSES}] "
-                f"(got {num_classes!r})"
+                f"num_classes must be an integer in [2, {MAX_SYNTHETIC_CLASSES}] (got {num_classes!r})"
             )
         if not isinstance(seed, int) or seed < 0:
             raise ValueError(f"seed must be a non-negative integer (got {seed!r})")
@@ -108,9 +105,7 @@ class SyntheticShapes(SegmentationDataset):
         noise = rng.normal(0, 7, (*self.size, 3))
         return (colour + blotches + tint + noise).astype(np.float32)
 
-    def _cells(
-        self, rng: np.random.Generator, count: int
-    ) -> list[tuple[tuple[float, float], float]]:
+    def _cells(self, rng: np.random.Generator, count: int) -> list[tuple[tuple[float, float], float]]:
         """`count` distinct grid cells in random order: (jittered centre (y, x), cell side)."""
         if count == 0:
             return []
@@ -143,9 +138,7 @@ class SyntheticShapes(SegmentationDataset):
             return (distance <= radius) & (distance >= 0.55 * radius)
         if shape == "cross":
             arm = 0.3 * radius
-            return ((np.abs(u) <= radius) & (np.abs(v) <= arm)) | (
-                (np.abs(v) <= radius) & (np.abs(u) <= arm)
-            )
+            return ((np.abs(u) <= radius) & (np.abs(v) <= arm)) | ((np.abs(v) <= radius) & (np.abs(u) <= arm))
         sides = [2 * math.pi * side / 3 for side in range(3)]  # triangle: three half-planes
         return np.all([u * math.cos(a) + v * math.sin(a) <= 0.6 * radius for a in sides], axis=0)
 

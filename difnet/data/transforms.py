@@ -30,17 +30,13 @@ ImageLike = Image.Image | np.ndarray
 LabelLike = Image.Image | np.ndarray
 
 
-def as_arrays(
-    image: ImageLike, label: LabelLike, channels: int = 3
-) -> tuple[np.ndarray, np.ndarray]:
+def as_arrays(image: ImageLike, label: LabelLike, channels: int = 3) -> tuple[np.ndarray, np.ndarray]:
     """`(uint8 [H, W, C], integer [H, W])` arrays of an image and its label, checked to match."""
     image = as_image_array(image, channels)
     if isinstance(label, Image.Image):
         label = np.asarray(label)
     if not _is_array(label, 2) or not np.issubdtype(label.dtype, np.integer):
-        raise TypeError(
-            f"label must be an integer [H, W] array or PIL image (got {_describe(label)})"
-        )
+        raise TypeError(f"label must be an integer [H, W] array or PIL image (got {_describe(label)})")
     if image.shape[:2] != label.shape:
         raise ValueError(
             f"image is {image.shape[0]}x{image.shape[1]} (HxW) but its label is "
@@ -172,9 +168,7 @@ class TrainTransform:
         crop = self.crop_size
         pair = tuple(crop) if isinstance(crop, tuple | list) else (crop, crop)
         if len(pair) != 2 or not all(_is_positive_int(c) for c in pair):
-            raise ValueError(
-                f"crop_size must be a positive int or an (h, w) pair of them (got {crop!r})"
-            )
+            raise ValueError(f"crop_size must be a positive int or an (h, w) pair of them (got {crop!r})")
         object.__setattr__(self, "crop_size", (int(pair[0]), int(pair[1])))
         try:
             low, high = (float(s) for s in self.scale_range)

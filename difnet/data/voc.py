@@ -47,13 +47,9 @@ class VOCSegmentation(FilePairDataset):
 
     SPLITS = ("train", "val", "trainval", "train_aug")
 
-    def __init__(
-        self, root: str | Path, split: str = "train", transform: Transform | None = None
-    ) -> None:
+    def __init__(self, root: str | Path, split: str = "train", transform: Transform | None = None) -> None:
         check_split(split, self.SPLITS, "VOC")
-        self.root = dataset_root(
-            root, "JPEGImages", nested=("VOC2012", "VOCdevkit/VOC2012"), expected=LAYOUT
-        )
+        self.root = dataset_root(root, "JPEGImages", nested=("VOC2012", "VOCdevkit/VOC2012"), expected=LAYOUT)
         self.split = split
         augmented = split == "train_aug"
         masks = require_dir(

@@ -10,9 +10,7 @@ from difnet.models.factory import format_parameter_counts, parameter_counts
 def main(argv: list[str] | None = None) -> None:
     """Print the markdown table of parameter counts (millions) of DifNet and Sim-DeepLab."""
     parser = argparse.ArgumentParser(prog="python -m difnet.models", description=__doc__)
-    parser.add_argument(
-        "--num-classes", type=int, default=21, help="classes of the heads (21: VOC)"
-    )
+    parser.add_argument("--num-classes", type=int, default=21, help="classes of the heads (21: VOC)")
     args = parser.parse_args(argv)
     print(format_parameter_counts(parameter_counts(num_classes=args.num_classes)))
 

@@ -15,9 +15,7 @@ def batch_norms(module: nn.Module) -> list[nn.BatchNorm2d]:
     return [m for m in module.modules() if isinstance(m, nn.BatchNorm2d)]
 
 
-def recomputed(
-    function: Callable[[Tensor], Tensor], x: Tensor, norms: Sequence[nn.BatchNorm2d]
-) -> Tensor:
+def recomputed(function: Callable[[Tensor], Tensor], x: Tensor, norms: Sequence[nn.BatchNorm2d]) -> Tensor:
     """`function(x)` under activation checkpointing. The recomputation in backward sees the same
     batch, so it normalises identically, but must not move the running statistics of `norms`
     (the BN layers inside `function`) a second time."""

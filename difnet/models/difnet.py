@@ -18,6 +18,7 @@ from difnet.diffusion import (
     transition_rows,
     unflatten_nodes,
 )
+from difnet.models.base import SegmentationModel
 from difnet.models.checkpointing import recomputed
 from difnet.models.heads import (
     UNSATURATED_PSI_SCALE,
@@ -26,7 +27,6 @@ from difnet.models.heads import (
     score_head,
     upsample,
 )
-from difnet.models.base import SegmentationModel
 from difnet.models.pretrained import PretrainedSource
 from difnet.models.resnet import DilatedResNet
 
@@ -84,8 +84,10 @@ class DifNet(SegmentationModel):
         super().__init__(depth=depth, num_classes=num_classes, in_channels=in_channels,
                          gradient_checkpointing=gradient_checkpointing, aspp=aspp, walk=walk,
                          diffusion_stride=diffusion_stride)  # fmt: skip
-        if isinstance(psi_scale_init, bool) or not isinstance(psi_scale_init, int | float) or not (
-            0 < psi_scale_init < float("inf")
+        if (
+            isinstance(psi_scale_init, bool)
+            or not isinstance(psi_scale_init, int | float)
+            or not (0 < psi_scale_init < float("inf"))
         ):
             raise ValueError(f"psi_scale_init must be a positive number (got {psi_scale_init!r})")
         if not isinstance(aspp, bool):
@@ -102,9 +104,7 @@ class DifNet(SegmentationModel):
         self.importance = ImportanceHead(num_classes)
         self.similarity_backbone = self.new_backbone()
         level_channels = (in_channels, *self.similarity_backbone.out_channels)
-        self.projections = nn.ModuleList(
-            Projection(c, scale_init=psi_scale_init) for c in level_channels
-        )
+        self.projections = nn.ModuleList(Projection(c, scale_init=psi_scale_init) for c in level_channels)
         self.cascade = Cascade(NUM_LEVELS, walk)
         self.load_pretrained_backbone(pretrained_backbone)
 
@@ -194,12 +194,7 @@ def _flat_node_indices(
 ) -> Tensor:
     """Flat indices `row * w + col` of `(row, col)` pairs `[n, 2]`, checked against the grid."""
     nodes = torch.as_tensor(nodes, device=device)
-    if (
-        nodes.dim() != 2
-        or nodes.shape[1] != 2
-        or nodes.is_floating_point()
-        or nodes.dtype == torch.bool
-    ):
+    if nodes.dim() != 2 or nodes.shape[1] != 2 or nodes.is_floating_point() or nodes.dtype == torch.bool:
         raise ValueError(
             f"nodes must be integer (row, col) pairs of shape [n, 2] "
             f"(got dtype {nodes.dtype}, shape {tuple(nodes.shape)})"
@@ -207,7 +202,5 @@ def _flat_node_indices(
     height, width = grid
     rows, cols = nodes.unbind(1)
     if bool(((rows < 0) | (rows >= height) | (cols < 0) | (cols >= width)).any()):
-        raise ValueError(
-            f"nodes must lie on the {height}x{width} diffusion grid (got {nodes.tolist()})"
-        )
+        raise ValueError(f"nodes must lie on the {height}x{width} diffusion grid (got {nodes.tolist()})")
     return rows * width + cols

@@ -34,9 +34,7 @@ def parameter_counts(
     """`{model name: {depth: parameter count}}`, built on the meta device (no memory, no init)."""
     with torch.device("meta"):
         return {
-            name: {
-                depth: count_parameters(build_model(name, depth, num_classes)) for depth in depths
-            }
+            name: {depth: count_parameters(build_model(name, depth, num_classes)) for depth in depths}
             for name in MODELS
         }
 

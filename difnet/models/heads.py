@@ -31,9 +31,7 @@ def score_conv(in_channels: int, num_classes: int, dilation: int = 1) -> nn.Conv
 class ASPP(nn.Module):
     """DeepLabV2 atrous spatial pyramid pooling: the **sum** of dilated 3x3 score convolutions."""
 
-    def __init__(
-        self, in_channels: int, num_classes: int, dilations: Sequence[int] = ASPP_DILATIONS
-    ) -> None:
+    def __init__(self, in_channels: int, num_classes: int, dilations: Sequence[int] = ASPP_DILATIONS) -> None:
         super().__init__()
         if not dilations:
             raise ValueError("dilations must name at least one dilation rate")

@@ -54,9 +54,7 @@ def read_resnet_state_dict(source: PretrainedSource, depth: int) -> tuple[dict[s
         state, origin = _read_file(Path(source)), str(source)
     found = resnet_depth(state)
     if found is None:
-        raise ValueError(
-            f"{origin} is not a torchvision ResNet state dict (no conv1/layer1-4 keys)"
-        )
+        raise ValueError(f"{origin} is not a torchvision ResNet state dict (no conv1/layer1-4 keys)")
     if found != depth:
         raise ValueError(
             f"{origin} holds a ResNet-{found} checkpoint but the model's backbone is "

@@ -59,12 +59,16 @@ def save_pretrained(
         "model": model.config,
         "class_names": list(class_names) if class_names is not None else None,
         "palette": [list(colour) for colour in palette] if palette is not None else None,
-        "normalization": {key: list(values) for key, values in (normalization or DEFAULT_NORMALIZATION).items()},
+        "normalization": {
+            key: list(values) for key, values in (normalization or DEFAULT_NORMALIZATION).items()
+        },
         "difnet_version": __version__,
     }
     state = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
     _replace_atomically(directory / WEIGHTS_NAME, lambda path: save_file(state, str(path)))
-    _replace_atomically(directory / CONFIG_NAME, lambda path: path.write_text(json.dumps(config, indent=2) + "\n"))
+    _replace_atomically(
+        directory / CONFIG_NAME, lambda path: path.write_text(json.dumps(config, indent=2) + "\n")
+    )
     return directory
 
 

@@ -30,7 +30,6 @@ from difnet.models.serialization import (
 from difnet.training.config import RESUME_CHANGEABLE, TrainConfig
 
 
-
 def atomic_save(payload: Mapping[str, Any], path: str | Path) -> Path:
     """`torch.save` to `path` through a temporary file and a rename (atomic on POSIX)."""
     path = Path(path)

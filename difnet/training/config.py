@@ -11,10 +11,9 @@ import warnings
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-
 from difnet.data import DATASETS, EvalTransform, TrainTransform, build_dataset
-from difnet.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from difnet.data.base import SegmentationDataset, Transform
+from difnet.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from difnet.devices import default_device, parse_device
 from difnet.diffusion import WALK_METHODS
 from difnet.models import MODELS, RESNET_DEPTHS
@@ -241,80 +240,191 @@ class TrainConfig:
         model = parser.add_argument_group("model")
         model.add_argument("--model", choices=tuple(MODELS), default=d.model, help="architecture")
         model.add_argument("--depth", type=int, choices=RESNET_DEPTHS, default=d.depth, help="ResNet depth")
-        model.add_argument("--no-aspp", dest="aspp", action="store_false",
-                           help="DifNet's noASPP seed head (one 3x3 conv instead of ASPP)")
-        model.add_argument("--walk", choices=WALK_METHODS, default=d.walk,
-                           help="how P_t y is computed (materialized: explicit P, for debugging)")
-        model.add_argument("--diffusion-stride", type=int, choices=DIFFUSION_STRIDES, default=d.diffusion_stride,
-                           help="output stride of the grid the walks run on")
-        model.add_argument("--psi-scale-init", type=float, default=d.psi_scale_init,
-                           help="initial BN scale of DifNet's Psi_t (1.0: the authors' code; "
-                                "default 64^-1/4: unsaturated transitions at init)")
-        model.add_argument("--gradient-checkpointing", action="store_true",
-                           help="recompute the backbones' stages in backward: less memory, more time")
-        model.add_argument("--in-channels", type=int, default=d.in_channels,
-                           help="image channels (1 grey, 4 RGB-NIR, ...); a pretrained conv1 is adapted")
+        model.add_argument(
+            "--no-aspp",
+            dest="aspp",
+            action="store_false",
+            help="DifNet's noASPP seed head (one 3x3 conv instead of ASPP)",
+        )
+        model.add_argument(
+            "--walk",
+            choices=WALK_METHODS,
+            default=d.walk,
+            help="how P_t y is computed (materialized: explicit P, for debugging)",
+        )
+        model.add_argument(
+            "--diffusion-stride",
+            type=int,
+            choices=DIFFUSION_STRIDES,
+            default=d.diffusion_stride,
+            help="output stride of the grid the walks run on",
+        )
+        model.add_argument(
+            "--psi-scale-init",
+            type=float,
+            default=d.psi_scale_init,
+            help="initial BN scale of DifNet's Psi_t (1.0: the authors' code; "
+            "default 64^-1/4: unsaturated transitions at init)",
+        )
+        model.add_argument(
+            "--gradient-checkpointing",
+            action="store_true",
+            help="recompute the backbones' stages in backward: less memory, more time",
+        )
+        model.add_argument(
+            "--in-channels",
+            type=int,
+            default=d.in_channels,
+            help="image channels (1 grey, 4 RGB-NIR, ...); a pretrained conv1 is adapted",
+        )
         data_stats = parser.add_argument_group("normalisation (needed for images other than RGB)")
-        data_stats.add_argument("--mean", type=float, nargs="+", metavar="M",
-                                help="per-channel mean of the images in [0, 1] (default: ImageNet's)")
-        data_stats.add_argument("--std", type=float, nargs="+", metavar="S",
-                                help="per-channel standard deviation in [0, 1] (default: ImageNet's)")
-        model.add_argument("--freeze-backbone", action="store_true",
-                           help="train only the heads (and DifNet's projections and walks)")
-        model.add_argument("--norm-eval", action="store_true",
-                           help="keep every BN layer in eval mode (running statistics frozen)")
-        model.add_argument("--pretrained-backbone", metavar="PATH_OR_imagenet",
-                           help="torchvision ResNet checkpoint for the backbones, or 'imagenet'")
+        data_stats.add_argument(
+            "--mean",
+            type=float,
+            nargs="+",
+            metavar="M",
+            help="per-channel mean of the images in [0, 1] (default: ImageNet's)",
+        )
+        data_stats.add_argument(
+            "--std",
+            type=float,
+            nargs="+",
+            metavar="S",
+            help="per-channel standard deviation in [0, 1] (default: ImageNet's)",
+        )
+        model.add_argument(
+            "--freeze-backbone",
+            action="store_true",
+            help="train only the heads (and DifNet's projections and walks)",
+        )
+        model.add_argument(
+            "--norm-eval",
+            action="store_true",
+            help="keep every BN layer in eval mode (running statistics frozen)",
+        )
+        model.add_argument(
+            "--pretrained-backbone",
+            metavar="PATH_OR_imagenet",
+            help="torchvision ResNet checkpoint for the backbones, or 'imagenet'",
+        )
         data = parser.add_argument_group("data")
         data.add_argument("--dataset", choices=DATASETS, default=d.dataset, help="dataset to train on")
         data.add_argument("--data-root", help="folder holding the dataset (not needed for synthetic)")
-        data.add_argument("--train-split", default=d.train_split, help="split to train on (voc: train_aug for SBD)")
-        data.add_argument("--val-split", default=d.val_split,
-                          help="split evaluated after each epoch; 'none' to skip evaluation")
-        data.add_argument("--num-classes", type=int,
-                          help="number of classes (folder: required; synthetic: default 5)")
-        data.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"),
-                          help="resize every image on load (camvid) or the scene size (synthetic)")
-        data.add_argument("--crop-size", type=int, nargs="+", default=list(d.crop_size), metavar="PX",
-                          help="training crop: one side for a square, or H W")
-        data.add_argument("--scale-range", type=float, nargs=2, default=list(d.scale_range),
-                          metavar=("LOW", "HIGH"), help="random rescaling range before the crop")
+        data.add_argument(
+            "--train-split", default=d.train_split, help="split to train on (voc: train_aug for SBD)"
+        )
+        data.add_argument(
+            "--val-split",
+            default=d.val_split,
+            help="split evaluated after each epoch; 'none' to skip evaluation",
+        )
+        data.add_argument(
+            "--num-classes", type=int, help="number of classes (folder: required; synthetic: default 5)"
+        )
+        data.add_argument(
+            "--image-size",
+            type=int,
+            nargs=2,
+            metavar=("H", "W"),
+            help="resize every image on load (camvid) or the scene size (synthetic)",
+        )
+        data.add_argument(
+            "--crop-size",
+            type=int,
+            nargs="+",
+            default=list(d.crop_size),
+            metavar="PX",
+            help="training crop: one side for a square, or H W",
+        )
+        data.add_argument(
+            "--scale-range",
+            type=float,
+            nargs=2,
+            default=list(d.scale_range),
+            metavar=("LOW", "HIGH"),
+            help="random rescaling range before the crop",
+        )
         data.add_argument("--no-flip", dest="flip", action="store_false", help="no random horizontal flips")
         data.add_argument("--workers", type=int, default=d.workers, help="data-loading processes")
         optim = parser.add_argument_group("optimisation")
-        optim.add_argument("--batch-size", type=int, default=d.batch_size, help="images per process and forward pass")
-        optim.add_argument("--accumulate", type=int, default=d.accumulate,
-                           help="forward passes whose gradients are summed per optimiser step")
+        optim.add_argument(
+            "--batch-size", type=int, default=d.batch_size, help="images per process and forward pass"
+        )
+        optim.add_argument(
+            "--accumulate",
+            type=int,
+            default=d.accumulate,
+            help="forward passes whose gradients are summed per optimiser step",
+        )
         optim.add_argument("--epochs", type=int, default=d.epochs, help="passes over the training split")
         optim.add_argument("--max-steps-per-epoch", type=int, help="cut each epoch short (quick runs)")
-        optim.add_argument("--lr", type=float, default=d.lr, help="base learning rate (every parameter group scales it)")
-        optim.add_argument("--head-lr-mult", type=float, default=d.head_lr_mult,
-                           help="learning-rate factor of the heads and projections (authors: 1)")
-        optim.add_argument("--walk-lr-mult", type=float, default=d.walk_lr_mult,
-                           help="learning-rate factor of DifNet's walk weights mu_t, beta_t (authors: 1)")
-        optim.add_argument("--walk-weight-decay", type=float,
-                           help="weight decay of the walk weights (default: --weight-decay, as the authors)")
+        optim.add_argument(
+            "--lr", type=float, default=d.lr, help="base learning rate (every parameter group scales it)"
+        )
+        optim.add_argument(
+            "--head-lr-mult",
+            type=float,
+            default=d.head_lr_mult,
+            help="learning-rate factor of the heads and projections (authors: 1)",
+        )
+        optim.add_argument(
+            "--walk-lr-mult",
+            type=float,
+            default=d.walk_lr_mult,
+            help="learning-rate factor of DifNet's walk weights mu_t, beta_t (authors: 1)",
+        )
+        optim.add_argument(
+            "--walk-weight-decay",
+            type=float,
+            help="weight decay of the walk weights (default: --weight-decay, as the authors)",
+        )
         optim.add_argument("--momentum", type=float, default=d.momentum, help="SGD momentum")
         optim.add_argument("--weight-decay", type=float, default=d.weight_decay, help="L2 weight decay")
-        optim.add_argument("--poly-power", type=float, default=d.poly_power, help="power of the poly schedule")
-        optim.add_argument("--precision", choices=PRECISIONS, default=d.precision,
-                           help="autocast: bf16 (fast on recent GPUs, slow on many CPUs) or fp16 with a "
-                                "gradient scaler (GPUs without bf16); the walks always run in fp32")
-        optim.add_argument("--bf16", dest="precision", action=_DeprecatedBf16, nargs=0,
-                           help="deprecated alias of --precision bf16")
-        optim.add_argument("--on-nonfinite", choices=NONFINITE_POLICIES, default=d.on_nonfinite,
-                           help="on a NaN/inf loss or gradient: stop the run, or skip that step")
+        optim.add_argument(
+            "--poly-power", type=float, default=d.poly_power, help="power of the poly schedule"
+        )
+        optim.add_argument(
+            "--precision",
+            choices=PRECISIONS,
+            default=d.precision,
+            help="autocast: bf16 (fast on recent GPUs, slow on many CPUs) or fp16 with a "
+            "gradient scaler (GPUs without bf16); the walks always run in fp32",
+        )
+        optim.add_argument(
+            "--bf16",
+            dest="precision",
+            action=_DeprecatedBf16,
+            nargs=0,
+            help="deprecated alias of --precision bf16",
+        )
+        optim.add_argument(
+            "--on-nonfinite",
+            choices=NONFINITE_POLICIES,
+            default=d.on_nonfinite,
+            help="on a NaN/inf loss or gradient: stop the run, or skip that step",
+        )
         run = parser.add_argument_group("run")
-        run.add_argument("--seed", type=int, default=d.seed, help="seed of the data order, augmentation and init")
-        run.add_argument("--device", default=default_device(), help="torch device (under torchrun: cuda or cpu)")
+        run.add_argument(
+            "--seed", type=int, default=d.seed, help="seed of the data order, augmentation and init"
+        )
+        run.add_argument(
+            "--device", default=default_device(), help="torch device (under torchrun: cuda or cpu)"
+        )
         run.add_argument("--output-dir", default=d.output_dir, help="where checkpoints and logs go")
         run.add_argument("--overwrite", action="store_true", help="reuse a non-empty output directory")
-        run.add_argument("--resume", metavar="CHECKPOINT",
-                         help="continue a run from its last.pt with the recipe stored there; only "
-                              + ", ".join("--" + n.replace("_", "-") for n in RESUME_CHANGEABLE[:-1])
-                              + " may be given beside it")
-        run.add_argument("--save-every", type=int, metavar="STEPS",
-                         help="also write last.pt every STEPS optimiser steps (a crash loses at most that many)")
+        run.add_argument(
+            "--resume",
+            metavar="CHECKPOINT",
+            help="continue a run from its last.pt with the recipe stored there; only "
+            + ", ".join("--" + n.replace("_", "-") for n in RESUME_CHANGEABLE[:-1])
+            + " may be given beside it",
+        )
+        run.add_argument(
+            "--save-every",
+            type=int,
+            metavar="STEPS",
+            help="also write last.pt every STEPS optimiser steps (a crash loses at most that many)",
+        )
         run.add_argument("--eval-every", type=int, default=d.eval_every, help="evaluate every N epochs")
         run.add_argument("--log-every", type=int, default=d.log_every, help="log the loss every N steps")
         run.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")

@@ -33,8 +33,8 @@ from tqdm.auto import tqdm
 from difnet.data.palettes import IGNORE_INDEX
 from difnet.evaluation import evaluate
 from difnet.models import build_model
-from difnet.training import distributed
 from difnet.models.serialization import load_state, read_checkpoint, save_pretrained, unwrap
+from difnet.training import distributed
 from difnet.training.checkpoint import remove_partial_saves, save_model
 from difnet.training.config import TrainConfig
 from difnet.training.optim import build_optimizer, set_learning_rate
@@ -284,16 +284,24 @@ class Trainer:
 
     def _validate(self) -> dict:
         result = evaluate(
-            unwrap(self.model), self.val_set, device=self.device,
-            workers=min(self.config.workers, 2), progress=self.config.progress,
+            unwrap(self.model),
+            self.val_set,
+            device=self.device,
+            workers=min(self.config.workers, 2),
+            progress=self.config.progress,
         )
         miou = result.metrics.miou
         is_best = self.best_miou is None or miou > self.best_miou
         self.best_miou = miou if is_best else self.best_miou
         if self.log is not None:
-            self.log.write("val", self.step, epoch=self.epoch, miou=miou,
-                           pixel_accuracy=result.metrics.pixel_accuracy,
-                           per_class_iou=result.metrics.per_class_iou)
+            self.log.write(
+                "val",
+                self.step,
+                epoch=self.epoch,
+                miou=miou,
+                pixel_accuracy=result.metrics.pixel_accuracy,
+                per_class_iou=result.metrics.per_class_iou,
+            )
         if self.context.is_main and self.config.progress:
             tqdm.write(f"epoch {self.epoch}: val mIoU {100 * miou:.2f} (best {100 * self.best_miou:.2f})")
         return {"miou": miou, "is_best": is_best}
@@ -306,7 +314,10 @@ class Trainer:
         self.model.train()
         start, self.steps_into_epoch = self.steps_into_epoch, 0
         bar = tqdm(
-            total=self.steps_per_epoch, initial=start, unit="step", leave=False,
+            total=self.steps_per_epoch,
+            initial=start,
+            unit="step",
+            leave=False,
             desc=f"epoch {self.epoch + 1}/{config.epochs}",
             disable=not (self.context.is_main and config.progress),
         )
@@ -325,8 +336,14 @@ class Trainer:
             steps_in_window = (index % config.log_every) + 1
             if steps_in_window == config.log_every or index == self.steps_per_epoch - 1:
                 if self.log is not None:
-                    self.log.write("train", self.step, epoch=self.epoch + 1, lr=lr,
-                                   loss=window_loss / steps_in_window, images_per_second=speed)
+                    self.log.write(
+                        "train",
+                        self.step,
+                        epoch=self.epoch + 1,
+                        lr=lr,
+                        loss=window_loss / steps_in_window,
+                        images_per_second=speed,
+                    )
                 window_loss, window_images, window_start = 0.0, 0, time.perf_counter()
             last_of_epoch = index == self.steps_per_epoch - 1
             if config.save_every and self.step % config.save_every == 0 and not last_of_epoch:
@@ -372,8 +389,14 @@ class Trainer:
         )
         self.optimizer.zero_grad(set_to_none=True)
         if self.log is not None:
-            self.log.write("nonfinite", self.step + 1, epoch=self.epoch + 1, batch=index + 1,
-                           samples=samples, action=config.on_nonfinite)
+            self.log.write(
+                "nonfinite",
+                self.step + 1,
+                epoch=self.epoch + 1,
+                batch=index + 1,
+                samples=samples,
+                action=config.on_nonfinite,
+            )
         if config.on_nonfinite == "stop":
             raise NonFiniteLossError(
                 f"{where}; stopped before the weights changed, the last checkpoint in "

@@ -17,8 +17,13 @@ def build_optimizer(model: nn.Module, config: TrainConfig) -> SGD:
     walk_decay = config.weight_decay if config.walk_weight_decay is None else config.walk_weight_decay
     return SGD(
         [
-            {"params": params, "lr": config.lr * multipliers[name], "lr_mult": multipliers[name],
-             "name": name, **({"weight_decay": walk_decay} if name == "walk" else {})}
+            {
+                "params": params,
+                "lr": config.lr * multipliers[name],
+                "lr_mult": multipliers[name],
+                "name": name,
+                **({"weight_decay": walk_decay} if name == "walk" else {}),
+            }
             for name, params in model.param_groups().items()
         ],  # fmt: skip
         lr=config.lr,
