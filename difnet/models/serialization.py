@@ -212,7 +212,7 @@ def _load_checkpoint(path: Path) -> tuple[SegmentationModel, dict[str, Any]]:
 def _looks_like_repo_id(text: str) -> bool:
     """`owner/name` with no other path parts: what the Hub calls a repo id."""
     parts = text.split("/")
-    return len(parts) == 2 and all(parts) and not text.startswith((".", "~")) and os.sep == "/"
+    return len(parts) == 2 and all(parts) and not text.startswith((".", "~"))
 
 
 def _replace_atomically(path: Path, write: Any) -> None:
