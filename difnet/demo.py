@@ -27,9 +27,9 @@ from torch import nn
 from difnet.data import SyntheticShapes, denormalize
 from difnet.data.transforms import normalize
 from difnet.evaluation import EvaluationResult, evaluate, percent
-from difnet.models import DifNet
+from difnet.models import DifNet, load_model
 from difnet.predict import output_paths_free
-from difnet.training import TrainConfig, load_model, train
+from difnet.training import TrainConfig, train
 from difnet.visualize import (
     add_class_legend,
     draw_heat,
@@ -255,7 +255,7 @@ def run_demo(config: DemoConfig) -> DemoResult:
     with ProcessPoolExecutor(max_workers=len(MODELS), mp_context=spawn) as pool:
         futures = [pool.submit(train_and_evaluate, config, key, threads) for key, _ in MODELS]
         results = [future.result() for future in futures]
-    trained = {key: load_model(config.output_dir / key / "last.pt")[0] for key, _ in MODELS}
+    trained = {key: load_model(config.output_dir / key / "last.pt") for key, _ in MODELS}
     _, val_set = demo_datasets(config)
     image, label = val_set[0]
     figure = demo_figure(

@@ -21,7 +21,8 @@ from pathlib import Path
 
 from difnet.data import EvalTransform
 from difnet.evaluation import evaluate
-from difnet.training import TrainConfig, load_model, train
+from difnet.models import load_model
+from difnet.training import TrainConfig, train
 from difnet.training.config import Default
 
 VOC_RECIPE = {
@@ -103,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     result = train(config)
     if result.best_miou is None or int(os.environ.get("RANK", "0")) != 0:
         return 0  # under torchrun, the process group is gone: rank 0 alone evaluates
-    model, _ = load_model(result.checkpoint_paths["best"])
+    model = load_model(result.checkpoint_paths["best"])
     val = config.build_dataset(config.val_split, EvalTransform())
     evaluation = evaluate(model, val, device=config.device, progress=config.progress)
     print(f"best checkpoint {result.checkpoint_paths['best']} on {config.dataset} {config.val_split}:")

@@ -155,36 +155,14 @@ def test_visualize_writes_the_figures_and_prints_the_walk_weights(capsys, tmp_pa
     stray = label.copy()
     stray[1] = 11  # outside the 3 classes: refused, as the datasets refuse it
     Image.fromarray(stray).save(tmp_path / "stray.png")
-    status, _, err = run(
-        capsys,
-        "visualize",
-        "--checkpoint",
-        str(checkpoint),
-        "--image",
-        str(image_file),
-        "--label",
-        str(tmp_path / "stray.png"),
-        "--output",
-        str(tmp_path / "stray"),
-    )
+
+    def visualize(label_name: str, output: str, *extra: str) -> tuple[int, str, str]:
+        return run(capsys, "visualize", "--checkpoint", str(checkpoint), "--image", str(image_file),
+                   "--label", str(tmp_path / label_name), "--output", str(tmp_path / output), *extra)  # fmt: skip
+
+    status, _, err = visualize("stray.png", "stray")
     assert status == 2 and "holds values [11] outside [0, 3)" in err
-    status, out, _ = run(
-        capsys,
-        "visualize",
-        "--checkpoint",
-        str(checkpoint),
-        "--image",
-        str(image_file),
-        "--label",
-        str(tmp_path / "label.png"),
-        "--output",
-        str(tmp_path / "figs"),
-        "--pixels",
-        "20,30",
-        "5,5",
-        "--device",
-        "cpu",
-    )
+    status, out, _ = visualize("label.png", "figs", "--pixels", "20,30", "5,5", "--device", "cpu")
     assert status == 0 and "| mu | 0.500 |" in out
     assert sorted(p.name for p in (tmp_path / "figs").iterdir()) == [
         "fig2_maps.png",

@@ -116,7 +116,5 @@ def save_model(
     return atomic_save(payload, path)
 
 
-def load_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
-    """The model of a checkpoint or `save_pretrained` folder (in eval mode, on the CPU) and its
-    metadata; `difnet.load_model` without the metadata."""
-    return load_model_with_metadata(path)
+# the model of a checkpoint or save_pretrained folder and its metadata (training's old name)
+load_model = load_model_with_metadata
