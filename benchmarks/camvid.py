@@ -1,250 +1,399 @@
-"""The CamVid experiment: DifNet-18 against Sim-DeepLab-18 with one recipe and budget, over seeds.
+"""The CamVid verdict: Sim-DeepLab-18 at its best against the best DifNet-18, from scratch.
 
-Every (model, seed) run trains on CamVid `train` at half resolution (240x180) with random scale,
-crop and flip, from an ImageNet ResNet-18 when `../shared/weights/` holds torchvision's
-checkpoint and from scratch otherwise, and is evaluated on whole `val` images after the last
-epoch; a DifNet run is also diagnosed (`difnet.diagnostics`: mIoU of the seed and after each
-walk, the importance map, each P_t's mean self-weight). Runs go in single-threaded child
-processes, `--parallel` at a time; a run whose record exists is not repeated, so an interrupted
-experiment resumes. Every run and the per-model means go to `benchmarks/results/camvid.{json,md}`.
+Two phases, every run resumable and recorded with the commit that produced it:
 
-    python -m benchmarks.camvid                          # both models, seeds 0 and 1
-    python -m benchmarks.camvid --seeds 0 1 2 --parallel 1
-    python -m benchmarks.camvid --model difnet --seed 0 --epochs 1 --output runs/try   # one run
+- **screen**: every variant in `VARIANTS` (both models x both score-head inits, and DifNet's
+  remedies) trains `SCREEN_EPOCHS` on CamVid `train` without the held-aside sequence 0001TP
+  (62 images) and is scored on those 62 images every 2 epochs. The init runs are also scored
+  on `val`, which nothing else in this phase sees. Selection is on the held-aside images only.
+- **verdict**: the best variant of each model (mean held-aside mIoU over the seeds) trains
+  `VERDICT_EPOCHS` on all of `train`, scored on `val` every 2 epochs (learning curves), then
+  per class and, for DifNet, by `difnet.diagnostics`. Equal steps, and equal time: the baseline
+  again with the epochs DifNet's training time buys, from step times measured alone.
+
+    python -m benchmarks.camvid all --device cuda --parallel 24     # both phases, then report
+    python -m benchmarks.camvid run --variant dif-aux --seed 0 --phase screen   # one run
+    python -m benchmarks.camvid report                              # results/camvid_verdict.*
+    python -m benchmarks.camvid shrink --to .camvid240             # a 240x180 copy to ship
+
+A run whose record exists is not repeated; one killed mid-way resumes from its `last.pt`.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
+import torch.nn.functional as F
+from PIL import Image
 
-from benchmarks._measure import describe_machine, machine_info
+from benchmarks._measure import machine_info, synchronize
 from difnet.data import CamVid, EvalTransform
-from difnet.diagnostics import walk_diagnostics
+from difnet.data.base import SegmentationDataset
+from difnet.diagnostics import diagnose, transition_mass
 from difnet.evaluation import evaluate
-from difnet.models import DifNet
+from difnet.models import DifNet, build_model
 from difnet.training import TrainConfig, train
+from difnet.training.loop import seed_everything
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "camvid"
-RESNET18_IMAGENET = ROOT.parent / "shared" / "weights" / "resnet18-f37072fd.pth"
 RESULTS = ROOT / "benchmarks" / "results"
-MODELS = {"simdeeplab": "Sim-DeepLab-18", "difnet": "DifNet-18"}
 HALF_RESOLUTION = (180, 240)
+HOLDOUT_SEQUENCE = "0001TP"  # a whole video sequence of train: no near-duplicate frames leak
+SMALL_CLASSES = ("Pole", "SignSymbol", "Fence", "Pedestrian", "Bicyclist")
+SCREEN_EPOCHS, VERDICT_EPOCHS, EVAL_EVERY = 8, 16, 2
+SEEDS = {"screen": (0, 1), "verdict": (0, 1, 2)}
+INIT_MASS_IMAGES = 64
+
+AUX = {"aux_seed_weight": 0.4}
+WALK_LR = {"walk_lr_mult": 30.0, "walk_weight_decay": 0.0}
+# name: (model, recipe overrides); the DifNet remedies start from DeepLab's head init
+VARIANTS: dict[str, tuple[str, dict]] = {
+    "sim-he": ("simdeeplab", {"head_init": "he"}),
+    "sim-normal": ("simdeeplab", {"head_init": "normal"}),
+    "dif-he": ("difnet", {"head_init": "he"}),
+    "dif-normal": ("difnet", {"head_init": "normal"}),
+    "dif-aux": ("difnet", {"head_init": "normal", **AUX}),
+    "dif-shared": ("difnet", {"head_init": "normal", "shared_backbone": True}),
+    "dif-walklr": ("difnet", {"head_init": "normal", **WALK_LR}),
+    "dif-stride4": ("difnet", {"head_init": "normal", "diffusion_stride": 4}),
+    "dif-imp": ("difnet", {"head_init": "normal", "normalize_importance": True}),
+    "dif-aux-shared": ("difnet", {"head_init": "normal", "shared_backbone": True, **AUX}),
+    "dif-aux-walklr": ("difnet", {"head_init": "normal", **AUX, **WALK_LR}),
+    "dif-aux-imp": ("difnet", {"head_init": "normal", "normalize_importance": True, **AUX}),
+}
+INIT_VARIANTS = ("sim-he", "sim-normal", "dif-he", "dif-normal")
 
 
-def recipe(args: argparse.Namespace, model: str, seed: int) -> TrainConfig:
-    """The shared recipe; only `model` and `seed` differ between runs."""
+# --- data --------------------------------------------------------------------------------------
+
+
+def with_samples(dataset: CamVid, keep: bool) -> CamVid:
+    """A copy of `dataset` holding only the held-aside sequence (`keep`) or everything else."""
+    part = copy.copy(dataset)
+    part.samples = [s for s in dataset.samples if s.image.name.startswith(HOLDOUT_SEQUENCE) == keep]
+    return part
+
+
+def phase_datasets(data_root: Path, phase: str, crop: tuple[int, int]) -> dict[str, SegmentationDataset]:
+    """`{"train", "val"}` of a phase: the screen holds 0001TP aside as its val; the verdict uses val."""
+    config = recipe("sim-he", 0, phase, 1, Path("unused"), "cpu", data_root, crop)
+    train_set = CamVid(data_root, "train", config.train_transform(), resize=HALF_RESOLUTION)
+    if phase == "screen":
+        holdout = CamVid(data_root, "train", EvalTransform(), resize=HALF_RESOLUTION)
+        return {"train": with_samples(train_set, keep=False), "val": with_samples(holdout, keep=True)}
+    return {"train": train_set, "val": CamVid(data_root, "val", EvalTransform(), resize=HALF_RESOLUTION)}
+
+
+def shrink(source: Path, target: Path) -> None:
+    """Write CamVid train/val at 240x180 exactly as `CamVid(resize=(180, 240))` loads them, so the
+    copy (a fifth of the size) loads to the same tensors: for a remote machine."""
+    for split in ("train", "val"):
+        dataset = CamVid(source, split, resize=HALF_RESOLUTION)
+        lines = []
+        for folder in (split, f"{split}annot"):
+            (target / folder).mkdir(parents=True, exist_ok=True)
+        for index, sample in enumerate(dataset.samples):
+            image, label = dataset.load(index)
+            height, width = HALF_RESOLUTION
+            image = np.asarray(Image.fromarray(image).resize((width, height), Image.Resampling.BILINEAR))
+            label = np.asarray(Image.fromarray(label).resize((width, height), Image.Resampling.NEAREST))
+            Image.fromarray(image).save(target / split / sample.image.name)
+            Image.fromarray(label).save(target / f"{split}annot" / sample.mask.name)
+            lines.append(f"/{split}/{sample.image.name} /{split}annot/{sample.mask.name}")
+        (target / f"{split}.txt").write_text("\n".join(lines) + "\n")
+
+
+# --- one run -----------------------------------------------------------------------------------
+
+
+def recipe(
+    variant: str,
+    seed: int,
+    phase: str,
+    epochs: int,
+    output: Path,
+    device: str,
+    data_root: Path,
+    crop: tuple[int, int] = (160, 160),
+    max_steps: int | None = None,
+) -> TrainConfig:
+    """The shared recipe (the earlier benchmark's: batch 8, lr 0.01 for every parameter, crops of
+    the 240x180 images, scale 0.75-1.25) with the variant's overrides."""
+    model, overrides = VARIANTS[variant]
     return TrainConfig(
-        model=model,
-        depth=18,
-        pretrained_backbone=str(RESNET18_IMAGENET) if RESNET18_IMAGENET.is_file() else None,
-        dataset="camvid",
-        data_root=str(args.data_root),
-        train_split="train",
-        val_split="val",
-        image_size=HALF_RESOLUTION,
-        crop_size=tuple(args.crop),
-        scale_range=(0.75, 1.25),
-        batch_size=args.batch_size,
-        epochs=args.epochs,
-        lr=args.lr,
-        seed=seed,
-        workers=1,
-        device="cpu",
-        output_dir=str(run_dir(args, seed) / model),
-        overwrite=True,
-        eval_every=args.eval_every,
-        progress=False,
-    )
+        model=model, depth=18, dataset="camvid", data_root=str(data_root), image_size=HALF_RESOLUTION,
+        crop_size=crop, scale_range=(0.75, 1.25), batch_size=8, epochs=epochs, lr=0.01, seed=seed,
+        workers=0, device=device, output_dir=str(output / run_name(variant, seed, phase, epochs)),
+        overwrite=True, eval_every=EVAL_EVERY, progress=False, max_steps_per_epoch=max_steps, **overrides,
+    )  # fmt: skip
 
 
-def run_dir(args: argparse.Namespace, seed: int) -> Path:
-    return args.output / f"seed{seed}"
+def run_name(variant: str, seed: int, phase: str, epochs: int) -> str:
+    return f"{phase}/{variant}-e{epochs}-seed{seed}"
 
 
-def record_path(args: argparse.Namespace, model: str, seed: int) -> Path:
-    return run_dir(args, seed) / f"{model}.json"
+def provenance() -> dict:
+    """The commit the code came from, whether the tree differed from it, the library versions."""
+
+    def git(*arguments: str) -> str:
+        done = subprocess.run(["git", *arguments], cwd=ROOT, capture_output=True, text=True)
+        return done.stdout.strip() if done.returncode == 0 else "unknown"
+
+    commit = os.environ.get("DIFNET_COMMIT") or git("rev-parse", "HEAD")
+    dirty = os.environ.get("DIFNET_DIRTY") or ("yes" if git("status", "--porcelain", "--", "difnet",
+                                                               "benchmarks") else "no")  # fmt: skip
+    return {"commit": commit, "dirty": dirty, "numpy": np.__version__, **machine_info()}
 
 
-def run_one(args: argparse.Namespace, model: str, seed: int) -> dict:
-    """Train one model with one seed, evaluate (and diagnose) it on `val`; write its record."""
-    config = recipe(args, model, seed)
+def run_one(args: argparse.Namespace) -> dict:
+    """Train one variant and seed (resuming from its last.pt), score it, write its record."""
+    config = recipe(args.variant, args.seed, args.phase, args.epochs, args.output, args.device,
+                    args.data_root, tuple(args.crop), args.max_steps)  # fmt: skip
+    out = Path(config.output_dir)
+    last = out / "last.pt"
+    if last.is_file():
+        config.resume, config.overwrite = str(last), False
+    data = phase_datasets(args.data_root, "screen" if args.phase == "screen" else "verdict", config.crop_size)
+    record: dict = {"variant": args.variant, "seed": args.seed, "phase": args.phase, "epochs": args.epochs,
+                    "command": " ".join(sys.argv), "resumed": last.is_file()}  # fmt: skip
+    if config.model == "difnet":  # how the transitions start, with the batch statistics training sees
+        seed_everything(config.seed)
+        fresh = build_model(**config.model_arguments(data["train"].num_classes)).to(args.device)
+        probe = CamVid(args.data_root, "train", EvalTransform(), resize=HALF_RESOLUTION)
+        probe.samples = probe.samples[:INIT_MASS_IMAGES]
+        small = [probe.class_names.index(name) for name in SMALL_CLASSES]
+        mass, small_mass = transition_mass(fresh, probe, small, batch_statistics=True, device=args.device)
+        record["init_in_class_mass"], record["init_small_class_mass"] = mass, small_mass
+        del fresh
     start = time.perf_counter()
-    result = train(config)
-    train_seconds = time.perf_counter() - start
-    val = CamVid(args.data_root, "val", EvalTransform(), resize=HALF_RESOLUTION)
-    evaluation = evaluate(result.model, val, progress=False)
-    is_difnet = isinstance(result.model, DifNet)
-    record = {
-        "model": MODELS[model],
-        "seed": seed,
-        "initialisation": "ImageNet ResNet-18" if config.pretrained_backbone else "from scratch",
-        "train_seconds": round(train_seconds, 1),
-        "threads": torch.get_num_threads(),
-        **evaluation.to_dict(),
-        "diagnostics": walk_diagnostics(result.model, val).to_dict() if is_difnet else None,
-        "history": result.history,
-        "config": config.to_dict(),
-    }
-    record_path(args, model, seed).write_text(json.dumps(record, indent=2) + "\n")
+    result = train(config, dataset_overrides=data)
+    record["train_seconds"] = round(time.perf_counter() - start, 1)
+    record["steps"] = result.history[-1]["step"]
+    record["curve"] = [{"epoch": h["epoch"], "miou": h["miou"]} for h in result.history if "miou" in h]
+    scored = {"holdout" if args.phase == "screen" else "val": data["val"]}
+    if args.phase == "screen" and args.variant in INIT_VARIANTS:
+        scored["val"] = CamVid(args.data_root, "val", EvalTransform(), resize=HALF_RESOLUTION)
+    for name, dataset in scored.items():
+        record[name] = evaluate(result.model, dataset, device=args.device, progress=False).metrics.to_dict()
+    if isinstance(result.model, DifNet):
+        split = "holdout" if args.phase == "screen" else "val"
+        record["diagnostics"] = diagnose(result.model, data["val"], SMALL_CLASSES, device=args.device).to_dict()
+        record["diagnostics"]["split"] = split
+    record["config"] = config.to_dict()
+    record["provenance"] = provenance()
+    path = record_path(args.output, args.variant, args.seed, args.phase, args.epochs)
+    path.write_text(json.dumps(record, indent=2) + "\n")
     return record
 
 
-def spawn(args: argparse.Namespace, model: str, seed: int) -> subprocess.Popen:
-    """This script for one run in a single-threaded child process, logging to a file."""
-    command = [sys.executable, "-m", "benchmarks.camvid", "--model", model, "--seed", str(seed),
-               *forwarded(args)]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    run_dir(args, seed).mkdir(parents=True, exist_ok=True)
-    log = (run_dir(args, seed) / f"{model}.log").open("w")
-    return subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+def record_path(output: Path, variant: str, seed: int, phase: str, epochs: int) -> Path:
+    path = output / (run_name(variant, seed, phase, epochs) + ".json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
 
 
-def forwarded(args: argparse.Namespace) -> list[str]:
-    return [
-        "--epochs", str(args.epochs), "--batch-size", str(args.batch_size), "--lr", str(args.lr),
-        "--crop", *map(str, args.crop), "--eval-every", str(args.eval_every),
-        "--data-root", str(args.data_root), "--output", str(args.output),
-    ]  # fmt: skip
+# --- timing ------------------------------------------------------------------------------------
+
+
+def step_seconds(variant: str, device: str, steps: int = 10, warmup: int = 3) -> float:
+    """Median seconds of one training step (forward, backward, SGD) of `variant` alone, batch 8 of
+    160x160 crops: what decides the equal-time budget."""
+    config = recipe(variant, 0, "timing", 1, Path("unused"), device, DEFAULT_DATA)
+    seed_everything(0)
+    model = build_model(**config.model_arguments(11)).to(device).train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    images = torch.randn(8, 3, 160, 160, device=device)
+    labels = torch.randint(0, 11, (8, 160, 160), device=device)
+    times = []
+    for index in range(warmup + steps):
+        synchronize(device)
+        start = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        if config.aux_seed_weight:
+            out = model(images, intermediates=True)
+            seed = F.interpolate(out.scores, size=(160, 160), mode="bilinear", align_corners=False)
+            loss = F.cross_entropy(out.logits, labels) + config.aux_seed_weight * F.cross_entropy(seed, labels)
+        else:
+            loss = F.cross_entropy(model(images), labels)
+        loss.backward()
+        optimizer.step()
+        synchronize(device)
+        if index >= warmup:
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+# --- orchestration -----------------------------------------------------------------------------
+
+
+class Runs:
+    """Child processes, `parallel` at a time, each one `run` of this script, logging to a file."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args, self.pending, self.running, self.failed = args, [], [], []
+
+    def add(self, variant: str, seed: int, phase: str, epochs: int) -> None:
+        if not record_path(self.args.output, variant, seed, phase, epochs).is_file():
+            self.pending.append((variant, seed, phase, epochs))
+
+    def spawn(self, variant: str, seed: int, phase: str, epochs: int) -> subprocess.Popen:
+        a = self.args
+        command = [sys.executable, "-m", "benchmarks.camvid", "run", "--variant", variant, "--seed", str(seed),
+                   "--phase", phase, "--epochs", str(epochs), "--device", a.device, "--data-root",
+                   str(a.data_root), "--output", str(a.output), "--crop", *map(str, a.crop)]  # fmt: skip
+        if a.max_steps:
+            command += ["--max-steps", str(a.max_steps)]
+        log = record_path(a.output, variant, seed, phase, epochs).with_suffix(".log").open("w")
+        env = {**os.environ, "OMP_NUM_THREADS": str(a.threads), "MKL_NUM_THREADS": str(a.threads)}
+        return subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+    def wait(self, deadline: float, on_tick) -> bool:  # noqa: ANN001
+        """Run everything pending; False if the deadline stopped unfinished runs."""
+        while self.pending or self.running:
+            while self.pending and len(self.running) < self.args.parallel:
+                entry = self.pending.pop(0)
+                self.running.append((entry, self.spawn(*entry)))
+            time.sleep(5)
+            on_tick()
+            for item in [item for item in self.running if item[1].poll() is not None]:
+                self.running.remove(item)
+                if item[1].returncode != 0:
+                    self.failed.append(item[0])
+            if time.time() > deadline:
+                for _, process in self.running:
+                    process.send_signal(signal.SIGTERM)
+                self.running, self.pending = [], []
+                return False
+        return True
+
+
+def mean_holdout(output: Path, variant: str, epochs: int) -> float | None:
+    """Mean held-aside mIoU of a variant's screen runs, None if none finished."""
+    values = [json.loads(p.read_text())["holdout"]["miou"]
+              for p in (output / "screen").glob(f"{variant}-e{epochs}-seed*.json")]  # fmt: skip
+    return statistics.mean(values) if values else None
+
+
+def select(output: Path, variants: list[str], epochs: int) -> dict[str, str]:
+    """The variant of each model with the best mean held-aside mIoU."""
+    best = {}
+    for model in ("simdeeplab", "difnet"):
+        scores = {v: mean_holdout(output, v, epochs) for v in variants if VARIANTS[v][0] == model}
+        scores = {v: s for v, s in scores.items() if s is not None}
+        if scores:
+            best[model] = max(scores, key=scores.get)
+    return best
+
+
+def pack(output: Path, archive: Path | None) -> None:
+    """Every record, log and log.jsonl under `output` (no weights) into `archive`, atomically."""
+    if archive is None:
+        return
+    partial = archive.with_suffix(".partial")
+    with tarfile.open(partial, "w:gz") as tar:
+        for path in sorted(output.rglob("*")):
+            if path.is_file() and path.suffix in (".json", ".log", ".jsonl") and "best" not in path.parts:
+                tar.add(path, arcname=str(path.relative_to(output)))
+    partial.replace(archive)
 
 
 def run_all(args: argparse.Namespace) -> None:
-    """Every (model, seed) run without a record, `args.parallel` child processes at a time."""
-    pending = [(model, seed) for seed in args.seeds for model in MODELS
-               if not record_path(args, model, seed).is_file()]  # fmt: skip
-    running: list[tuple[str, int, subprocess.Popen]] = []
-    failed = []
-    while pending or running:
-        while pending and len(running) < args.parallel:
-            model, seed = pending.pop(0)
-            running.append((model, seed, spawn(args, model, seed)))
-        time.sleep(5)
-        for entry in [e for e in running if e[2].poll() is not None]:
-            running.remove(entry)
-            if entry[2].returncode != 0:
-                failed.append(f"{entry[0]} seed {entry[1]}")
-    if failed:
-        sys.exit(f"training failed for {', '.join(failed)}; see {args.output}/seed<N>/<model>.log")
+    """Timing, the screen, selection, the verdict at equal steps and at equal time; then report."""
+    deadline = time.time() + 60 * args.minutes
+    args.output.mkdir(parents=True, exist_ok=True)
+    timing_path = args.output / "step_seconds.json"
+    if not timing_path.is_file():
+        timing = {variant: step_seconds(variant, args.device) for variant in args.variants}
+        timing_path.write_text(json.dumps({"device": args.device, "seconds": timing,
+                                           "provenance": provenance()}, indent=2) + "\n")  # fmt: skip
+    timing = json.loads(timing_path.read_text())["seconds"]
+    print("step seconds:", json.dumps(timing), flush=True)
+    last_pack = [0.0]
 
+    def tick() -> None:
+        if time.time() - last_pack[0] > 30:
+            pack(args.output, args.archive)
+            last_pack[0] = time.time()
 
-def mean_of(records: list[dict], key: str) -> float:
-    return statistics.mean(r["metrics"][key] for r in records)
-
-
-def markdown(records: list[dict]) -> str:
-    """Every run, then per-class IoU and the summary metrics of each model's mean, in %."""
-    lines = [
-        "| model | seed | mIoU | pixel acc. | train min | seed -> walk 1..5 mIoU | mean P_t[i,i], levels 0-4 "
-        "| mu | beta |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in records:
-        d = r.get("diagnostics")
-        cells = ["-"] * 4
-        if d:
-            cells = [
-                " / ".join(f"{100 * v:.1f}" for v in d["miou"].values()),
-                ", ".join(f"{v:.2f}" for v in d["mean_self_weight"]),
-                ", ".join(f"{v:.2f}" for v in d["mu"]),
-                ", ".join(f"{v:.2f}" for v in d["beta"]),
-            ]
-        lines.append(
-            f"| {r['model']} | {r['seed']} | {100 * r['metrics']['miou']:.1f} "
-            f"| {100 * r['metrics']['pixel_accuracy']:.1f} | {r['train_seconds'] / 60:.1f} | "
-            + " | ".join(cells)
-            + " |"
+    runs = Runs(args)
+    for variant in args.variants:
+        for seed in args.screen_seeds:
+            runs.add(variant, seed, "screen", args.screen_epochs)
+    finished = runs.wait(deadline, tick)
+    best = select(args.output, args.variants, args.screen_epochs)
+    print("selected:", best, "screen finished" if finished else "screen cut by the deadline", flush=True)
+    if finished and len(best) == 2:
+        epochs = args.verdict_epochs
+        equal_time = round(epochs * timing[best["difnet"]] / timing[best["simdeeplab"]])
+        (args.output / "selection.json").write_text(
+            json.dumps({"best": best, "equal_time_epochs": equal_time}, indent=2) + "\n"
         )
-    by_model = {name: [r for r in records if r["model"] == name] for name in MODELS.values()}
-    by_model = {name: runs for name, runs in by_model.items() if runs}
-    names = records[0]["class_names"]
-    lines += ["", "Means over seeds:", "", "| class | " + " | ".join(
-        f"{name} ({len(runs)} seeds)" for name, runs in by_model.items()) + " |",
-        "|---" * (len(by_model) + 1) + "|"]  # fmt: skip
-    for index, name in enumerate(names):
-        cells = []
-        for runs in by_model.values():
-            values = [r["metrics"]["per_class_iou"][index] for r in runs]
-            cells.append("-" if None in values else f"{100 * statistics.mean(values):.1f}")
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    for label, key in (("**mIoU**", "miou"), ("pixel accuracy", "pixel_accuracy"),
-                       ("mean class accuracy", "mean_class_accuracy")):  # fmt: skip
-        lines.append(
-            f"| {label} | "
-            + " | ".join(f"{100 * mean_of(runs, key):.1f}" for runs in by_model.values())
-            + " |"
-        )
-    config = records[0]["config"]
-    lines += [
-        "",
-        f"Recipe: {config['epochs']} epochs, batch {config['batch_size']}, crops "
-        f"{config['crop_size'][0]}x{config['crop_size'][1]} of 240x180 images, scale "
-        f"{config['scale_range'][0]}-{config['scale_range'][1]}, lr {config['lr']} for every "
-        f"parameter, poly 0.9, weight decay {config['weight_decay']}; "
-        f"{records[0]['initialisation']}; one thread per run. {describe_machine(machine_info())}",
-    ]
-    return "\n".join(lines) + "\n"
+        for seed in args.verdict_seeds:
+            runs.add(best["difnet"], seed, "verdict", epochs)
+            runs.add(best["simdeeplab"], seed, "verdict", epochs)
+        if equal_time > epochs:
+            for seed in args.verdict_seeds:
+                runs.add(best["simdeeplab"], seed, "verdict", equal_time)
+        runs.wait(deadline, tick)
+    pack(args.output, args.archive)
+    if runs.failed:
+        print("failed runs:", runs.failed, flush=True)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--model", choices=tuple(MODELS), help="train only this model with --seed, in this process"
-    )
-    parser.add_argument("--seed", type=int, default=0, help="the seed of a single --model run")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    parser.add_argument("--parallel", type=int, default=2, help="runs at a time, one thread each")
-    parser.add_argument("--epochs", type=int, default=8)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument(
-        "--lr",
-        type=float,
-        default=0.01,
-        help="one rate for every parameter, as the authors; from scratch 0.01 "
-        "rather than their 2.5e-3 for fine-tuning ImageNet weights",
-    )
-    parser.add_argument("--crop", type=int, nargs=2, default=[160, 160], metavar=("H", "W"))
-    parser.add_argument("--eval-every", type=int, default=4)
-    parser.add_argument("--data-root", type=Path, default=DEFAULT_DATA)
-    parser.add_argument("--output", type=Path, default=ROOT / "runs" / "camvid")
-    parser.add_argument("--results", type=Path, default=RESULTS, help="folder for camvid.json/.md")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name in ("run", "all", "report", "shrink"):
+        sub = commands.add_parser(name)
+        sub.add_argument("--data-root", type=Path, default=DEFAULT_DATA)
+        sub.add_argument("--output", type=Path, default=ROOT / "runs" / "camvid")
+        if name in ("run", "all"):
+            sub.add_argument("--device", default="cpu")
+            sub.add_argument("--crop", type=int, nargs=2, default=[160, 160], metavar=("H", "W"))
+            sub.add_argument("--max-steps", type=int, help="cut every epoch to this many steps (smoke runs)")
+        if name == "run":
+            sub.add_argument("--variant", choices=tuple(VARIANTS), required=True)
+            sub.add_argument("--seed", type=int, default=0)
+            sub.add_argument("--phase", choices=("screen", "verdict"), required=True)
+            sub.add_argument("--epochs", type=int, required=True)
+        if name == "all":
+            sub.add_argument("--parallel", type=int, default=2, help="runs at a time")
+            sub.add_argument("--threads", type=int, default=1, help="torch threads per run")
+            sub.add_argument("--minutes", type=float, default=600.0, help="stop unfinished runs after this")
+            sub.add_argument("--archive", type=Path, help="pack records and logs into this .tar.gz")
+            sub.add_argument("--variants", nargs="+", choices=tuple(VARIANTS), default=list(VARIANTS))
+            sub.add_argument("--screen-epochs", type=int, default=SCREEN_EPOCHS)
+            sub.add_argument("--verdict-epochs", type=int, default=VERDICT_EPOCHS)
+            sub.add_argument("--screen-seeds", type=int, nargs="+", default=list(SEEDS["screen"]))
+            sub.add_argument("--verdict-seeds", type=int, nargs="+", default=list(SEEDS["verdict"]))
+        if name == "report":
+            sub.add_argument("--results", type=Path, default=RESULTS)
+        if name == "shrink":
+            sub.add_argument("--to", type=Path, required=True)
     args = parser.parse_args()
-    if not (args.data_root / "train.txt").is_file():
-        sys.exit(f"CamVid not found at {args.data_root}: pass --data-root (the SegNet tutorial layout)")
-    if args.model:
-        run_dir(args, args.seed).mkdir(parents=True, exist_ok=True)
-        run_one(args, args.model, args.seed)
-        return
-    start = time.perf_counter()
-    run_all(args)
-    records = [json.loads(record_path(args, model, seed).read_text())
-               for seed in args.seeds for model in MODELS]  # fmt: skip
-    args.results.mkdir(parents=True, exist_ok=True)
-    summary = {
-        "machine": machine_info(),
-        "wall_seconds_of_this_invocation": round(time.perf_counter() - start, 1),
-        "means": {
-            name: {
-                key: mean_of([r for r in records if r["model"] == name], key)
-                for key in ("miou", "pixel_accuracy", "mean_class_accuracy")
-            }
-            for name in MODELS.values()
-        },  # fmt: skip
-        "runs": records,
-    }
-    (args.results / "camvid.json").write_text(json.dumps(summary, indent=2) + "\n")
-    (args.results / "camvid.md").write_text(markdown(records))
-    print(markdown(records))
+    if args.command == "shrink":
+        shrink(args.data_root, args.to)
+    elif args.command == "run":
+        run_one(args)
+    elif args.command == "all":
+        run_all(args)
+    else:
+        from benchmarks.camvid_report import report
+
+        report(args.output, args.results)
 
 
 if __name__ == "__main__":

@@ -106,6 +106,13 @@ def _query_splits(features: Tensor, independent: int) -> int:
     return max(1, -(-torch.get_num_threads() // independent))
 
 
+def walk_step(walked: Tensor, y: Tensor, seed: Tensor, mu: Tensor | float, beta: Tensor | float) -> Tensor:
+    """Eqs. 4-5 given `walked = P y`: `beta (mu P y + (1 - mu) s) + (1 - beta) y`, in `walked`'s
+    dtype; a step apart so walks on other transition matrices (e.g. label-built) share it."""
+    restarted = torch.lerp(seed.to(walked.dtype), walked, mu)  # Eq. 4
+    return torch.lerp(y.to(walked.dtype), restarted, beta)  # Eq. 5
+
+
 class RandomWalk(nn.Module):
     """One walk of the cascade: `y' = beta R + (1 - beta) y`, `R = mu P y + (1 - mu) s`.
 
@@ -132,9 +139,7 @@ class RandomWalk(nn.Module):
 
     def forward(self, features: Tensor, y: Tensor, seed: Tensor) -> Tensor:
         """Features `[B, N, d]`, current values `y` and seed `s` `[B, N, K]` -> next `y`."""
-        walked = propagate(features, y, walk=self.walk)
-        restarted = torch.lerp(seed.to(walked.dtype), walked, self.mu)  # Eq. 4
-        return torch.lerp(y.to(walked.dtype), restarted, self.beta)  # Eq. 5
+        return walk_step(propagate(features, y, walk=self.walk), y, seed, self.mu, self.beta)
 
     def extra_repr(self) -> str:
         return f"walk={self.walk!r}"

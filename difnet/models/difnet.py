@@ -21,6 +21,7 @@ from difnet.diffusion import (
 from difnet.models.base import SegmentationModel
 from difnet.models.checkpointing import recomputed
 from difnet.models.heads import (
+    HEAD_INITS,
     UNSATURATED_PSI_SCALE,
     ImportanceHead,
     Projection,
@@ -65,6 +66,14 @@ class DifNet(SegmentationModel):
     `pretrained_backbone` (a torchvision ResNet checkpoint path, or "imagenet") initialises
     both backbones; the loads' missing/unexpected keys are kept in `backbone_load_reports`.
     `in_channels` other than 3 (grey, RGB-NIR, ...) also sets Psi_0's, which sees the image.
+
+    Options beyond the paper (each off gives the authors' model): `head_init` "normal" starts
+    the score head at DeepLab's N(0, 0.01) instead of the authors' effective He init;
+    `shared_backbone=True` reads the similarity levels from the seed backbone (one ResNet, half
+    the compute, every layer trained by both branches); `normalize_importance=True` divides M by
+    its per-image mean over the grid, so M weights nodes relative to each other without scaling
+    the seed, and the gradient reaching the seed branch, down (y_5 is linear in s, so this only
+    fixes the scale of the logits, not their argmax).
     """
 
     name = "difnet"
@@ -80,18 +89,27 @@ class DifNet(SegmentationModel):
         psi_scale_init: float = UNSATURATED_PSI_SCALE,
         gradient_checkpointing: bool = False,
         in_channels: int = 3,
+        head_init: str = "he",
+        shared_backbone: bool = False,
+        normalize_importance: bool = False,
     ) -> None:
         super().__init__(depth=depth, num_classes=num_classes, in_channels=in_channels,
                          gradient_checkpointing=gradient_checkpointing, aspp=aspp, walk=walk,
-                         diffusion_stride=diffusion_stride)  # fmt: skip
+                         diffusion_stride=diffusion_stride, head_init=head_init,
+                         shared_backbone=shared_backbone,
+                         normalize_importance=normalize_importance)  # fmt: skip
         if (
             isinstance(psi_scale_init, bool)
             or not isinstance(psi_scale_init, int | float)
             or not (0 < psi_scale_init < float("inf"))
         ):
             raise ValueError(f"psi_scale_init must be a positive number (got {psi_scale_init!r})")
-        if not isinstance(aspp, bool):
-            raise TypeError(f"aspp must be True or False (got {aspp!r})")
+        for name, flag in (("aspp", aspp), ("shared_backbone", shared_backbone),
+                           ("normalize_importance", normalize_importance)):  # fmt: skip
+            if not isinstance(flag, bool):
+                raise TypeError(f"{name} must be True or False (got {flag!r})")
+        if head_init not in HEAD_INITS:
+            raise ValueError(f"head_init must be one of {HEAD_INITS} (got {head_init!r})")
         if walk not in WALK_METHODS:
             raise ValueError(f"walk must be one of {WALK_METHODS} (got {walk!r})")
         if diffusion_stride not in DIFFUSION_STRIDES:
@@ -99,28 +117,37 @@ class DifNet(SegmentationModel):
                 f"diffusion_stride must be one of {DIFFUSION_STRIDES} (got {diffusion_stride!r})"
             )
         self.diffusion_stride = diffusion_stride
+        self.normalize_importance = normalize_importance
         self.seed_backbone = self.new_backbone()
-        self.classifier = score_head(self.seed_backbone.out_channels[-1], num_classes, aspp)
+        self.classifier = score_head(self.seed_backbone.out_channels[-1], num_classes, aspp, head_init)
         self.importance = ImportanceHead(num_classes)
-        self.similarity_backbone = self.new_backbone()
-        level_channels = (in_channels, *self.similarity_backbone.out_channels)
+        self.similarity_backbone = None if shared_backbone else self.new_backbone()
+        level_channels = (in_channels, *self.seed_backbone.out_channels)
         self.projections = nn.ModuleList(Projection(c, scale_init=psi_scale_init) for c in level_channels)
         self.cascade = Cascade(NUM_LEVELS, walk)
         self.load_pretrained_backbone(pretrained_backbone)
 
     def backbones(self) -> dict[str, DilatedResNet]:
+        if self.similarity_backbone is None:
+            return {"seed": self.seed_backbone}
         return {"seed": self.seed_backbone, "similarity": self.similarity_backbone}
 
     def walk_parameters_module(self) -> nn.Module:
         return self.cascade
 
-    def forward(self, images: Tensor) -> Tensor:
-        """Images `[B, C, H, W]` (normalised floats) -> logits `[B, K, H, W]`."""
-        return self.forward_intermediates(images).logits
+    def forward(self, images: Tensor, *, intermediates: bool = False) -> Tensor | DifNetOutput:
+        """Images `[B, C, H, W]` (normalised floats) -> logits `[B, K, H, W]`, or with
+        `intermediates=True` the whole `DifNetOutput` (through `forward`, so that wrappers such
+        as DistributedDataParallel see it: training's auxiliary seed loss uses it)."""
+        out = self.forward_intermediates(images)
+        return out if intermediates else out.logits
 
     def forward_intermediates(self, images: Tensor) -> DifNetOutput:
         """The full computation: scores, importance, seed, every walk, and the walk weights."""
         self.check_images(images)
+        if self.similarity_backbone is None:  # one backbone pass feeds both branches
+            stages = self.seed_backbone(images)
+            return self.diffuse(self.classifier(stages[-1]), [images, *stages])
         return self.diffuse(self.seed_branch(images), self.similarity_branch(images))
 
     def seed_branch(self, images: Tensor) -> Tensor:
@@ -128,13 +155,17 @@ class DifNet(SegmentationModel):
         return self.classifier(self.seed_backbone(images)[-1])
 
     def similarity_branch(self, images: Tensor) -> list[Tensor]:
-        """The 5 levels the transition matrices come from: `images` and layer1..layer4's outputs."""
-        return [images, *self.similarity_backbone(images)]
+        """The 5 levels the transition matrices come from: `images` and layer1..layer4's outputs
+        (of the seed backbone with `shared_backbone`)."""
+        backbone = self.similarity_backbone or self.seed_backbone
+        return [images, *backbone(images)]
 
     def diffuse(self, scores: Tensor, levels: Sequence[Tensor]) -> DifNetOutput:
         """The diffusion stage on the branches' outputs: importance map, seed, Psi_t, the 5 walks,
         upsampling to the input size (a method apart so the branches can be timed or overlapped)."""
         importance = self.importance(scores)
+        if self.normalize_importance:
+            importance = importance / importance.mean(dim=(-2, -1), keepdim=True)
         seed = importance * scores
         features, grid = self._diffusion_features(levels)
         walks = self.cascade(features, flatten_nodes(upsample(seed, grid)))

@@ -10,32 +10,48 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 ASPP_DILATIONS: tuple[int, ...] = (6, 12, 18, 24)
+# how the score convolutions start: "he" is the authors' code as it trains (its ResNet init loop
+# redraws the head), "normal" is DeepLabV2's N(0, 0.01) with zero bias (docs/fidelity.md)
+HEAD_INITS: tuple[str, ...] = ("he", "normal")
+DEEPLAB_HEAD_STD = 0.01
 PROJECTION_CHANNELS = 64
 # Psi's BN scale at init such that f f^T starts as (BN-normalised inner product) / sqrt(64),
 # the softmax's scale in attention: unsaturated transitions from the first step (docs/fidelity.md)
 UNSATURATED_PSI_SCALE = PROJECTION_CHANNELS**-0.25
 
 
-def score_conv(in_channels: int, num_classes: int, dilation: int = 1) -> nn.Conv2d:
-    """3x3 convolution to class scores with bias, initialised as the authors' code trains it.
+def score_conv(in_channels: int, num_classes: int, dilation: int = 1, init: str = "he") -> nn.Conv2d:
+    """3x3 convolution to class scores with bias, initialised by `init` (one of `HEAD_INITS`).
 
-    DeepLabV2 draws these weights from N(0, 0.01), but in the authors' DifNet code the ResNet's
-    init loop runs afterwards and redraws them from N(0, sqrt(2 / (9 K))) (fan-out He init);
-    the bias keeps torch's default. docs/fidelity.md
+    "he": as the authors' DifNet code trains it: its ResNet init loop runs after the head's own
+    and redraws the weights from N(0, sqrt(2 / (9 K))) (fan-out He init), the bias keeps torch's
+    default. "normal": DeepLabV2's N(0, 0.01), bias 0. docs/fidelity.md
     """
     conv = nn.Conv2d(in_channels, num_classes, 3, padding=dilation, dilation=dilation)
-    nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+    if init == "he":
+        nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+    elif init == "normal":
+        nn.init.normal_(conv.weight, std=DEEPLAB_HEAD_STD)
+        nn.init.zeros_(conv.bias)
+    else:
+        raise ValueError(f"head_init must be one of {HEAD_INITS} (got {init!r})")
     return conv
 
 
 class ASPP(nn.Module):
     """DeepLabV2 atrous spatial pyramid pooling: the **sum** of dilated 3x3 score convolutions."""
 
-    def __init__(self, in_channels: int, num_classes: int, dilations: Sequence[int] = ASPP_DILATIONS) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        dilations: Sequence[int] = ASPP_DILATIONS,
+        init: str = "he",
+    ) -> None:
         super().__init__()
         if not dilations:
             raise ValueError("dilations must name at least one dilation rate")
-        self.branches = nn.ModuleList(score_conv(in_channels, num_classes, d) for d in dilations)
+        self.branches = nn.ModuleList(score_conv(in_channels, num_classes, d, init) for d in dilations)
 
     def forward(self, x: Tensor) -> Tensor:
         """Features `[B, C, h, w]` -> scores `[B, K, h, w]`."""
@@ -46,9 +62,11 @@ class ASPP(nn.Module):
         return scores
 
 
-def score_head(in_channels: int, num_classes: int, aspp: bool = True) -> nn.Module:
+def score_head(in_channels: int, num_classes: int, aspp: bool = True, init: str = "he") -> nn.Module:
     """The seed branch's classifier: ASPP, or (the paper's "noASPP") a single 3x3 convolution."""
-    return ASPP(in_channels, num_classes) if aspp else score_conv(in_channels, num_classes)
+    if aspp:
+        return ASPP(in_channels, num_classes, init=init)
+    return score_conv(in_channels, num_classes, init=init)
 
 
 def _importance_conv(in_channels: int, out_channels: int) -> nn.Conv2d:

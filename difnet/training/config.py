@@ -18,7 +18,7 @@ from difnet.devices import default_device, parse_device
 from difnet.diffusion import WALK_METHODS
 from difnet.models import MODELS, RESNET_DEPTHS
 from difnet.models.difnet import DIFFUSION_STRIDES
-from difnet.models.heads import UNSATURATED_PSI_SCALE
+from difnet.models.heads import HEAD_INITS, UNSATURATED_PSI_SCALE
 
 NONFINITE_POLICIES = ("stop", "skip")
 # what `--resume` may change in the stored recipe: how long, where and how the run goes on, never
@@ -50,6 +50,10 @@ class TrainConfig:
     walk: str = "fused"
     diffusion_stride: int = 8
     psi_scale_init: float = UNSATURATED_PSI_SCALE
+    head_init: str = "he"
+    shared_backbone: bool = False
+    normalize_importance: bool = False
+    aux_seed_weight: float = 0.0
     pretrained_backbone: str | None = None
     gradient_checkpointing: bool = False
     in_channels: int = 3
@@ -115,6 +119,11 @@ class TrainConfig:
             raise ValueError(
                 f"in_channels {self.in_channels}: only the 'folder' dataset reads images other than RGB"
             )
+        difnet_only = {"shared_backbone": self.shared_backbone, "normalize_importance": self.normalize_importance,
+                       "aux_seed_weight": self.aux_seed_weight}  # fmt: skip
+        used = [name for name, value in difnet_only.items() if value]
+        if self.model != "difnet" and used:
+            raise ValueError(f"{', '.join(used)}: DifNet options, but the model is {self.model!r}")
         if self.in_channels != 3 and self.mean is None:
             raise ValueError(
                 f"in_channels {self.in_channels} needs the data's normalisation: --mean and --std "
@@ -130,6 +139,7 @@ class TrainConfig:
             "dataset": (self.dataset, DATASETS),
             "on_nonfinite": (self.on_nonfinite, NONFINITE_POLICIES),
             "precision": (self.precision, PRECISIONS),
+            "head_init": (self.head_init, HEAD_INITS),
         }
         for name, (value, allowed) in choices.items():
             if value not in allowed:
@@ -153,7 +163,7 @@ class TrainConfig:
         for name in ("lr", "head_lr_mult", "walk_lr_mult", "psi_scale_init"):
             if not _finite(getattr(self, name), name) > 0:
                 raise ValueError(f"{name} must be positive (got {getattr(self, name)!r})")
-        for name in ("momentum", "weight_decay", "poly_power", "walk_weight_decay"):
+        for name in ("momentum", "weight_decay", "poly_power", "walk_weight_decay", "aux_seed_weight"):
             if getattr(self, name) is not None and not _finite(getattr(self, name), name) >= 0:
                 raise ValueError(f"{name} must be non-negative (got {getattr(self, name)!r})")
         low, high = (_finite(value, "scale_range") for value in self.scale_range)
@@ -167,11 +177,12 @@ class TrainConfig:
         arguments: dict[str, Any] = {
             "name": self.model, "depth": self.depth, "num_classes": num_classes,
             "in_channels": self.in_channels, "pretrained_backbone": self.pretrained_backbone,
-            "gradient_checkpointing": self.gradient_checkpointing,
+            "gradient_checkpointing": self.gradient_checkpointing, "head_init": self.head_init,
         }  # fmt: skip
         if self.model == "difnet":
             arguments.update(aspp=self.aspp, walk=self.walk, diffusion_stride=self.diffusion_stride,
-                             psi_scale_init=self.psi_scale_init)  # fmt: skip
+                             psi_scale_init=self.psi_scale_init, shared_backbone=self.shared_backbone,
+                             normalize_importance=self.normalize_importance)  # fmt: skip
         return arguments
 
     # --- datasets ------------------------------------------------------------------------------
@@ -265,6 +276,22 @@ class TrainConfig:
             default=d.psi_scale_init,
             help="initial BN scale of DifNet's Psi_t (1.0: the authors' code; "
             "default 64^-1/4: unsaturated transitions at init)",
+        )
+        model.add_argument(
+            "--head-init",
+            choices=HEAD_INITS,
+            default=d.head_init,
+            help="score head init: 'he' as the authors' code trains it, 'normal' DeepLab's N(0, 0.01)",
+        )
+        model.add_argument(
+            "--shared-backbone",
+            action="store_true",
+            help="DifNet: read the similarity levels from the seed backbone (one ResNet, not two)",
+        )
+        model.add_argument(
+            "--normalize-importance",
+            action="store_true",
+            help="DifNet: divide the importance map by its per-image mean (relative weights only)",
         )
         model.add_argument(
             "--gradient-checkpointing",
@@ -377,6 +404,13 @@ class TrainConfig:
             "--walk-weight-decay",
             type=float,
             help="weight decay of the walk weights (default: --weight-decay, as the authors)",
+        )
+        optim.add_argument(
+            "--aux-seed-weight",
+            type=float,
+            default=d.aux_seed_weight,
+            help="DifNet: weight of an auxiliary cross-entropy on the seed scores x (0: the paper's "
+            "single loss on y_5)",
         )
         optim.add_argument("--momentum", type=float, default=d.momentum, help="SGD momentum")
         optim.add_argument("--weight-decay", type=float, default=d.weight_decay, help="L2 weight decay")

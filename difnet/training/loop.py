@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 from difnet.data.palettes import IGNORE_INDEX
 from difnet.evaluation import evaluate
 from difnet.models import build_model
+from difnet.models.heads import upsample
 from difnet.models.serialization import load_state, read_checkpoint, save_pretrained, unwrap
 from difnet.training import distributed
 from difnet.training.checkpoint import remove_partial_saves, save_model
@@ -105,6 +106,10 @@ def gradient_norm(parameters: list[nn.Parameter]) -> Tensor:
     """The L2 norm of all gradients together (inf or NaN if any gradient is)."""
     norms = [p.grad.detach().norm() for p in parameters if p.grad is not None]
     return torch.stack(norms).norm() if norms else torch.zeros(())
+
+
+LATER_MODEL_OPTIONS = {"in_channels": 3, "head_init": "he", "shared_backbone": False,
+                       "normalize_importance": False}  # fmt: skip
 
 
 class Trainer:
@@ -194,8 +199,10 @@ class Trainer:
 
     def _resume(self, path: Path) -> None:
         payload = read_checkpoint(path)
-        saved = {"in_channels": 3, **payload["model_spec"]}  # in_channels came later
         expected = unwrap(self.model).config
+        # options added later take their default in checkpoints written before them
+        later = {key: value for key, value in LATER_MODEL_OPTIONS.items() if key in expected}
+        saved = {**later, **payload["model_spec"]}
         if saved != expected:
             raise ValueError(
                 f"checkpoint {path} holds a model {saved} but this run builds "
@@ -364,7 +371,7 @@ class Trainer:
             last = micro == config.accumulate - 1
             sync = contextlib.nullcontext() if last or not self.context.distributed else self.model.no_sync()
             with sync, torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
-                loss = pixel_loss(self.model(images), labels)
+                loss = self._loss(images, labels)
                 self.scaler.scale(loss / config.accumulate).backward()
             total += loss.detach()
         loss = distributed.mean_over_processes(total / config.accumulate, self.context)
@@ -377,6 +384,16 @@ class Trainer:
         self.scaler.update()
         self.step += 1
         return float(loss)
+
+    def _loss(self, images: Tensor, labels: Tensor) -> Tensor:
+        """Cross-entropy of the prediction, plus `aux_seed_weight` times that of DifNet's seed
+        scores upsampled to the labels (deep supervision of the seed branch)."""
+        weight = self.config.aux_seed_weight
+        if not weight:
+            return pixel_loss(self.model(images), labels)
+        out = self.model(images, intermediates=True)
+        seed_logits = upsample(out.scores, labels.shape[-2:])
+        return pixel_loss(out.logits, labels) + weight * pixel_loss(seed_logits, labels)
 
     def _nonfinite(self, index: int, loss: float) -> float:
         config = self.config

@@ -1,0 +1,235 @@
+"""Tables and learning curves of the CamVid verdict (`benchmarks.camvid`) from its run records.
+
+Writes `camvid_verdict.json` (every record, the selection, the gaps) and `camvid_verdict.md`, and
+`camvid_curves.png` (val mIoU every 2 epochs, one line per run) under the results folder.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from benchmarks.camvid import SMALL_CLASSES, VARIANTS  # noqa: E402
+
+
+def load_records(output: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(output.glob("*/*.json"))]
+
+
+def pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}"
+
+
+def mean_std(values: list[float]) -> str:
+    if not values:
+        return "-"
+    spread = f" ± {100 * statistics.stdev(values):.1f}" if len(values) > 1 else ""
+    return f"{100 * statistics.mean(values):.1f}{spread}"
+
+
+def small_miou(metrics: dict, names: list[str]) -> float:
+    values = [metrics["per_class_iou"][names.index(n)] for n in SMALL_CLASSES]
+    return statistics.mean(v or 0.0 for v in values)
+
+
+def describe(variant: str) -> str:
+    model, overrides = VARIANTS[variant]
+    name = "Sim-DeepLab-18" if model == "simdeeplab" else "DifNet-18"
+    return f"{name} ({', '.join(f'{k}={v}' for k, v in overrides.items())})"
+
+
+def screen_table(records: list[dict], names: list[str]) -> list[str]:
+    lines = [
+        "| variant | held-aside mIoU per seed | mean | small-class mIoU | val mIoU (init runs) "
+        "| seed -> walk 5 -> oracle (held-aside) | mu | steps | train s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    by_variant: dict[str, list[dict]] = {}
+    for r in records:
+        by_variant.setdefault(r["variant"], []).append(r)
+    for variant, runs in by_variant.items():
+        runs.sort(key=lambda r: r["seed"])
+        holdout = [r["holdout"]["miou"] for r in runs]
+        val = [r["val"]["miou"] for r in runs if "val" in r]
+        diag = [r["diagnostics"] for r in runs if r.get("diagnostics")]
+        stages = "-"
+        if diag:
+            stages = " -> ".join(pct(statistics.mean(d["miou"][s] for d in diag)) for s in ("seed", "walk 5", "oracle"))
+        mu = "-" if not diag else f"{min(min(d['mu']) for d in diag):.2f}-{max(max(d['mu']) for d in diag):.2f}"
+        lines.append(
+            f"| {variant} | {' / '.join(pct(v) for v in holdout)} | **{mean_std(holdout)}** "
+            f"| {mean_std([small_miou(r['holdout'], names) for r in runs])} | {mean_std(val)} | {stages} | {mu} "
+            f"| {runs[0]['steps']} | {' / '.join(str(round(r['train_seconds'])) for r in runs)} |"
+        )
+    return lines
+
+
+def verdict_groups(records: list[dict]) -> dict[str, list[dict]]:
+    groups: dict[str, list[dict]] = {}
+    for r in records:
+        groups.setdefault(f"{r['variant']} @ {r['epochs']} epochs", []).append(r)
+    return groups
+
+
+def report(output: Path, results: Path) -> None:
+    """Read every record under `output`, write the verdict's JSON, Markdown and curves to `results`."""
+    records = load_records(output)
+    if not records:
+        raise SystemExit(f"no run records under {output}: run `python -m benchmarks.camvid all` first")
+    names = _class_names(records)
+    screen = [r for r in records if r["phase"] == "screen"]
+    verdict = [r for r in records if r["phase"] == "verdict"]
+    selection_path = output / "selection.json"
+    selection = json.loads(selection_path.read_text()) if selection_path.is_file() else {}
+    timing_path = output / "step_seconds.json"
+    timing = json.loads(timing_path.read_text()) if timing_path.is_file() else {}
+    results.mkdir(parents=True, exist_ok=True)
+    lines = ["# CamVid verdict: Sim-DeepLab-18 against DifNet-18 from scratch", ""]
+    provenance = records[0]["provenance"]
+    lines += [
+        f"Code: commit {provenance['commit']} (tree differed from it: {provenance['dirty']}); torch "
+        f"{provenance['torch']}, {provenance.get('cuda_device', provenance['cpu'])}; every run's own "
+        "provenance is in camvid_verdict.json.",
+        "",
+    ]
+    if timing:
+        lines += ["## Step time, each variant alone (batch 8, 160x160, forward + backward + SGD)", "",
+                  "| variant | ms per step |", "|---|---|"]  # fmt: skip
+        lines += [f"| {v} | {1000 * s:.1f} |" for v, s in timing["seconds"].items()]
+        lines.append("")
+    lines += ["## Screen (train without 0001TP, scored on the 62 held-aside images of 0001TP)", ""]
+    lines += screen_table(screen, names) + [""]
+    if selection:
+        lines += [f"Selected on held-aside mIoU: {selection['best']}; equal-time budget for the baseline: "
+                  f"{selection['equal_time_epochs']} epochs.", ""]  # fmt: skip
+    gaps = {}
+    if verdict:
+        groups = verdict_groups(verdict)
+        lines += ["## Verdict (all of train, scored on val)", "",
+                  "| run | val mIoU per seed | mean ± sd | small-class mIoU | steps | train s |",
+                  "|---|---|---|---|---|---|"]  # fmt: skip
+        for label, runs in groups.items():
+            runs.sort(key=lambda r: r["seed"])
+            lines.append(
+                f"| {label} | {' / '.join(pct(r['val']['miou']) for r in runs)} | "
+                f"**{mean_std([r['val']['miou'] for r in runs])}** | "
+                f"{mean_std([small_miou(r['val'], names) for r in runs])} | {runs[0]['steps']} | "
+                f"{' / '.join(str(round(r['train_seconds'])) for r in runs)} |"
+            )
+        gaps = verdict_gaps(groups, selection, names)
+        lines += [""] + [f"- {line}" for line in gaps["lines"]] + [""]
+        lines += per_class_table(groups, names) + [""]
+        lines += diagnostics_table(groups, names) + [""]
+        curves(groups, results / "camvid_curves.png")
+        lines += ["Learning curves: camvid_curves.png (val mIoU every 2 epochs, each run).", ""]
+    (results / "camvid_verdict.md").write_text("\n".join(lines) + "\n")
+    summary = {"selection": selection, "timing": timing, "gaps": gaps, "runs": records}
+    (results / "camvid_verdict.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print("\n".join(lines))
+
+
+def _class_names(records: list[dict]) -> list[str]:
+    for r in records:
+        if r.get("diagnostics"):
+            return r["diagnostics"]["class_names"]
+    from difnet.data.camvid import CAMVID_CLASSES
+
+    return list(CAMVID_CLASSES)
+
+
+def verdict_gaps(groups: dict[str, list[dict]], selection: dict, names: list[str]) -> dict:
+    """DifNet minus the baseline at equal steps and at equal time, in mIoU and small-class mIoU."""
+    best = selection.get("best", {})
+    if len(best) != 2:
+        return {"lines": ["selection incomplete: no gaps"]}
+
+    def group(variant: str, epochs: int) -> list[dict]:
+        return groups.get(f"{variant} @ {epochs} epochs", [])
+
+    epochs = max(r["epochs"] for runs in groups.values() for r in runs if r["variant"] == best["difnet"])
+    difnet = group(best["difnet"], epochs)
+    baselines = {"equal steps": group(best["simdeeplab"], epochs),
+                 "equal time": group(best["simdeeplab"], max(selection["equal_time_epochs"], epochs))}  # fmt: skip
+    out: dict = {"lines": []}
+    for budget, baseline in baselines.items():
+        if not difnet or not baseline:
+            out["lines"].append(f"{budget}: runs missing")
+            continue
+        gap = statistics.mean(r["val"]["miou"] for r in difnet) - statistics.mean(r["val"]["miou"] for r in baseline)
+        small = statistics.mean(small_miou(r["val"], names) for r in difnet) - statistics.mean(
+            small_miou(r["val"], names) for r in baseline
+        )
+        out[budget] = {"miou_gap": gap, "small_class_gap": small, "difnet_seeds": len(difnet),
+                       "baseline_seeds": len(baseline)}  # fmt: skip
+        out["lines"].append(
+            f"{budget}: DifNet-18 minus Sim-DeepLab-18 = {100 * gap:+.1f} mIoU (means over {len(difnet)} and "
+            f"{len(baseline)} seeds; target >= +2.0 at equal steps, >= 0 at equal time); small classes "
+            f"{100 * small:+.1f} (target >= 0)"
+        )
+    return out
+
+
+def per_class_table(groups: dict[str, list[dict]], names: list[str]) -> list[str]:
+    labels = list(groups)
+    lines = ["Per-class val IoU, mean over seeds:", "", "| class | " + " | ".join(labels) + " |",
+             "|---" * (len(labels) + 1) + "|"]  # fmt: skip
+    for index, name in enumerate(names):
+        cells = [pct(statistics.mean(r["val"]["per_class_iou"][index] or 0.0 for r in groups[g])) for g in labels]
+        lines.append(f"| {name}{' (small)' if name in SMALL_CLASSES else ''} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def diagnostics_table(groups: dict[str, list[dict]], names: list[str]) -> list[str]:
+    lines = []
+    for label, runs in groups.items():
+        diag = [r["diagnostics"] for r in runs if r.get("diagnostics")]
+        if not diag:
+            continue
+        stages = list(diag[0]["miou"])
+        lines += [f"DifNet diagnostics on val, {label}, mean over {len(diag)} seeds (per-class IoU by stage):", "",
+                  "| class | " + " | ".join(stages) + " |", "|---" * (len(stages) + 1) + "|"]  # fmt: skip
+        for index, name in enumerate(names):
+            cells = [pct(statistics.mean(d["per_class_iou"][s][index] or 0.0 for d in diag)) for s in stages]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append("| **mIoU** | " + " | ".join(pct(statistics.mean(d["miou"][s] for d in diag)) for s in stages) + " |")
+        init = [r["init_in_class_mass"] for r in runs if "init_in_class_mass" in r]
+        init_small = [r["init_small_class_mass"] for r in runs if "init_small_class_mass" in r]
+
+        def levels(rows: list[list[float | None]]) -> str:
+            return ", ".join(f"{statistics.mean(v for v in column if v is not None):.2f}" for column in zip(*rows))
+
+        lines += [
+            "",
+            f"In-class transition mass, levels 0-4 (all labelled nodes): at init {levels(init)}; "
+            f"after training {levels([d['in_class_mass'] for d in diag])}.",
+            f"Nodes of small classes: at init {levels(init_small)}; after training "
+            f"{levels([d['small_class_mass'] for d in diag])}.",
+            f"mu after training: {levels([d['mu'] for d in diag])}; beta: {levels([d['beta'] for d in diag])}; "
+            f"importance map mean {statistics.mean(d['importance']['mean'] for d in diag):.3f}.",
+            "",
+        ]
+    return lines
+
+
+def curves(groups: dict[str, list[dict]], path: Path) -> None:
+    figure, axis = plt.subplots(figsize=(7, 4.5))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for colour, (label, runs) in zip(colours, groups.items()):
+        for index, r in enumerate(runs):
+            epochs = [p["epoch"] for p in r["curve"]]
+            axis.plot(epochs, [100 * p["miou"] for p in r["curve"]], color=colour, alpha=0.8,
+                      label=label if index == 0 else None)  # fmt: skip
+    axis.set_xlabel("epoch")
+    axis.set_ylabel("val mIoU (%)")
+    axis.set_title("CamVid val, from scratch (each line one seed)")
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
