@@ -86,7 +86,9 @@ def run_checks(n: int, seed: int) -> Iterator[Check]:
 
 def _setup(dtype: numpy.dtype, n: int, rng: numpy.random.Generator) -> Setup:
     k, d, mu = 5, 16, 0.9
-    P = transition_matrix((d**-0.25 * rng.standard_normal((2, n, d))).astype(dtype))
+    features = d**-0.25 * rng.standard_normal((2, n, d))
+    logits = features @ numpy.swapaxes(features, -1, -2)
+    P = scipy.special.softmax(logits, axis=-1).astype(dtype)  # not transition_matrix: only one check tests it
     s = rng.standard_normal((2, n, k)).astype(dtype)
     allowed = 1e3 * float(numpy.finfo(dtype).eps)  # relative to the size of the values
     return Setup(dtype, n, rng, P, s, mu, closed_form(P, s, mu), allowed)
