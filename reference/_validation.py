@@ -67,8 +67,9 @@ def broadcast_batch(**arrays_and_core_ndims: tuple[Any, int]) -> tuple[int, ...]
 def check_transition(xp: ModuleType, P: Any, name: str) -> None:
     """Require a row-stochastic `P`: non-negative entries, every row summing to one.
 
-    Rows may miss one by at most sqrt(eps) of P's own dtype (3.5e-4 in float32, 1.5e-8 in
-    float64), far above rounding in a softmax and far below any real normalisation mistake.
+    Rows may miss one by at most sqrt(eps) of the precision the values carry (3.5e-4 for
+    float32 values, even when stored as float64; 1.5e-8 for float64 values), far above rounding
+    in a softmax and far below any real normalisation mistake.
     """
     check_square(P, name)
     negative = P < 0
@@ -77,16 +78,30 @@ def check_transition(xp: ModuleType, P: Any, name: str) -> None:
         raise ValueError(
             f"{name} must be row-stochastic but has a negative entry {float(P[index]):.6g} at index {index}"
         )
-    tolerance = _row_sum_tolerance(P.dtype)
+    carried = carried_precision(xp, P)
+    tolerance = _row_sum_tolerance(carried)
     sums = P.sum(axis=-1, dtype=xp.float64)
     off = xp.abs(sums - 1.0) > tolerance
     if bool(off.any()):
         index = _first_index(xp, off)
+        total = float(sums[index])
         raise ValueError(
-            f"row {index[-1]} of {name}{_batch_label(index)} sums to {float(sums[index]):.8g}, "
-            f"but every row of a transition matrix must sum to one (within {tolerance:.1e}); "
-            f"normalise it, e.g. with transition_matrix(features)"
+            f"row {index[-1]} of {name}{_batch_label(index)} sums to {total!r} ({total - 1:+.2e} off one), "
+            f"but every row of a transition matrix must sum to one (within {tolerance:.1e} for "
+            f"{carried} values); normalise it, e.g. with transition_matrix(features)"
         )
+
+
+def carried_precision(xp: ModuleType, array: Any) -> str:
+    """float32 for wider floats whose every value is a float32 number, else the array's own dtype.
+
+    A float32 softmax cast to float64 still carries float32 precision, and is judged by it.
+    """
+    if array.dtype.kind != "f":
+        return "float64"
+    if array.dtype.itemsize > 4 and bool((array.astype(xp.float32).astype(array.dtype) == array).all()):
+        return "float32"
+    return array.dtype.name
 
 
 def check_affinity(xp: ModuleType, W: Any, name: str) -> None:
@@ -149,9 +164,7 @@ def check_positive(value: Any, name: str) -> float:
     return number
 
 
-def _row_sum_tolerance(dtype: Any) -> float:
-    if numpy.dtype(dtype).kind != "f":
-        return 0.0
+def _row_sum_tolerance(dtype: str) -> float:
     return math.sqrt(float(numpy.finfo(dtype).eps))
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -277,3 +278,13 @@ def test_mixed_precision_promotes_to_float64_and_float32_stays_float32():
 def test_importing_reference_does_not_import_cupy():
     code = "import sys, reference; assert 'cupy' not in sys.modules, 'cupy was imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_attainable_residual_docstring_states_what_the_code_computes():
+    doc = attainable_residual.__doc__
+    factor = float(re.search(r"(\d+) eps cond", doc).group(1))
+    at_zero, at_099 = (float(x) for x in re.findall(r"(\d\.\de-\d) at mu = ", doc))
+    eps = float(np.finfo(np.float32).eps)
+    assert attainable_residual(np.float32, 0.0) == factor * eps
+    assert f"{attainable_residual(np.float32, 0.0):.1e}" == f"{at_zero:.1e}"
+    assert f"{attainable_residual(np.float32, 0.99):.1e}" == f"{at_099:.1e}"

@@ -156,7 +156,8 @@ def test_closed_form_options_are_checked(kwargs, pattern):
 def test_rows_not_summing_to_one_are_named_with_their_sum(row, factor):
     bad = P.copy()
     bad[row] *= factor
-    expected = f"row {row} of P sums to {bad[row].sum():.8g}"
+    total = float(bad[row].sum(dtype=np.float64))
+    expected = f"row {row} of P sums to {total!r} ({total - 1:+.2e} off one)"
     for name in ("closed_form", "random_walk", "walk_error_bound"):
         with pytest.raises(ValueError, match=re.escape(expected)):
             WALKS[name](bad, S, 0.5)
@@ -167,7 +168,7 @@ def test_rows_not_summing_to_one_are_named_with_their_sum(row, factor):
 def test_row_in_a_batch_is_named_with_its_batch_index():
     bad = np.stack([P, P, P])
     bad[2, 1] *= 2
-    with pytest.raises(ValueError, match=r"row 1 of P\[2\] sums to 2,"):
+    with pytest.raises(ValueError, match=r"row 1 of P\[2\] sums to [0-9.]+ \(\+1\.00e\+00 off one\)"):
         closed_form(bad, S, 0.5)
 
 
@@ -177,8 +178,26 @@ def test_float32_rows_get_a_float32_tolerance():
     closed_form(P32, S.astype(np.float32), 0.5)
     P64 = P.copy()
     P64[0] *= 1 + 1e-5  # far beyond float64 rounding, refused
-    with pytest.raises(ValueError, match="row 0 of P sums to 1.00001"):
+    with pytest.raises(ValueError, match=r"row 0 of P sums to 1\.0000\d+ \(\+1\.00e-05 off one\)"):
         closed_form(P64, S, 0.5)
+
+
+def test_a_float32_softmax_cast_to_float64_is_judged_by_float32_precision():
+    rng = np.random.default_rng(3)
+    P32 = transition_matrix(rng.standard_normal((64, 8)).astype(np.float32))
+    off = np.abs(P32.sum(axis=-1, dtype=np.float64) - 1).max()
+    assert off > 1.5e-8  # beyond float64's sqrt(eps): once refused as "sums to 1"
+    closed_form(P32.astype(np.float64), rng.standard_normal((64, 2)), 0.5)
+
+
+def test_a_sum_off_by_little_is_printed_with_enough_digits():
+    P64 = P.copy()
+    P64[0] *= 1 + 3e-8
+    with pytest.raises(ValueError) as error:
+        closed_form(P64, S, 0.5)
+    total = float(P64[0].sum())
+    assert f"sums to {total!r} (+3.00e-08 off one)" in str(error.value)
+    assert float(str(error.value).split("sums to ")[1].split()[0]) != 1.0
 
 
 def test_negative_transition_entries_are_refused():
