@@ -23,7 +23,7 @@ import torch
 
 from benchmarks._measure import RESULTS_DIR, describe_machine, machine_info
 from difnet.demo import DemoConfig, demo_datasets
-from difnet.diagnostics import walk_diagnostics
+from difnet.diagnostics import diagnose
 from difnet.evaluation import evaluate
 from difnet.models import DifNet
 from difnet.training import train
@@ -62,7 +62,7 @@ def run(variant: str, seed: int, demo: DemoConfig) -> dict:
         "threads": torch.get_num_threads(), "config": config.to_dict(),
     }  # fmt: skip
     if isinstance(model, DifNet):
-        record["diagnostics"] = walk_diagnostics(model, val_set).to_dict()
+        record["diagnostics"] = diagnose(model, val_set).to_dict()
     return record
 
 

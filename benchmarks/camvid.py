@@ -190,7 +190,9 @@ def run_one(args: argparse.Namespace) -> dict:
         record[name] = evaluate(result.model, dataset, device=args.device, progress=False).metrics.to_dict()
     if isinstance(result.model, DifNet):
         split = "holdout" if args.phase == "screen" else "val"
-        record["diagnostics"] = diagnose(result.model, data["val"], SMALL_CLASSES, device=args.device).to_dict()
+        record["diagnostics"] = diagnose(
+            result.model, data["val"], SMALL_CLASSES, device=args.device
+        ).to_dict()
         record["diagnostics"]["split"] = split
     record["config"] = config.to_dict()
     record["provenance"] = provenance()
@@ -208,15 +210,15 @@ def record_path(output: Path, variant: str, seed: int, phase: str, epochs: int) 
 # --- timing ------------------------------------------------------------------------------------
 
 
-def step_seconds(variant: str, device: str, steps: int = 10, warmup: int = 3) -> float:
-    """Median seconds of one training step (forward, backward, SGD) of `variant` alone, batch 8 of
-    160x160 crops: what decides the equal-time budget."""
+def step_seconds(variant: str, device: str, crop: tuple[int, int], steps: int = 10, warmup: int = 3) -> float:
+    """Median seconds of one training step (forward, backward, SGD) of `variant` alone on a batch
+    of 8 random crops: what decides the equal-time budget."""
     config = recipe(variant, 0, "timing", 1, Path("unused"), device, DEFAULT_DATA)
     seed_everything(0)
     model = build_model(**config.model_arguments(11)).to(device).train()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    images = torch.randn(8, 3, 160, 160, device=device)
-    labels = torch.randint(0, 11, (8, 160, 160), device=device)
+    images = torch.randn(8, 3, *crop, device=device)
+    labels = torch.randint(0, 11, (8, *crop), device=device)
     times = []
     for index in range(warmup + steps):
         synchronize(device)
@@ -224,8 +226,10 @@ def step_seconds(variant: str, device: str, steps: int = 10, warmup: int = 3) ->
         optimizer.zero_grad(set_to_none=True)
         if config.aux_seed_weight:
             out = model(images, intermediates=True)
-            seed = F.interpolate(out.scores, size=(160, 160), mode="bilinear", align_corners=False)
-            loss = F.cross_entropy(out.logits, labels) + config.aux_seed_weight * F.cross_entropy(seed, labels)
+            seed = F.interpolate(out.scores, size=crop, mode="bilinear", align_corners=False)
+            loss = F.cross_entropy(out.logits, labels) + config.aux_seed_weight * F.cross_entropy(
+                seed, labels
+            )
         else:
             loss = F.cross_entropy(model(images), labels)
         loss.backward()
@@ -316,7 +320,8 @@ def run_all(args: argparse.Namespace) -> None:
     args.output.mkdir(parents=True, exist_ok=True)
     timing_path = args.output / "step_seconds.json"
     if not timing_path.is_file():
-        timing = {variant: step_seconds(variant, args.device) for variant in args.variants}
+        crop = tuple(args.crop)
+        timing = {v: step_seconds(v, args.device, crop, args.timing_steps) for v in args.variants}
         timing_path.write_text(json.dumps({"device": args.device, "seconds": timing,
                                            "provenance": provenance()}, indent=2) + "\n")  # fmt: skip
     timing = json.loads(timing_path.read_text())["seconds"]
@@ -354,7 +359,9 @@ def run_all(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     for name in ("run", "all", "report", "shrink"):
         sub = commands.add_parser(name)
@@ -375,6 +382,7 @@ def main() -> None:
             sub.add_argument("--minutes", type=float, default=600.0, help="stop unfinished runs after this")
             sub.add_argument("--archive", type=Path, help="pack records and logs into this .tar.gz")
             sub.add_argument("--variants", nargs="+", choices=tuple(VARIANTS), default=list(VARIANTS))
+            sub.add_argument("--timing-steps", type=int, default=10, help="timed steps per variant")
             sub.add_argument("--screen-epochs", type=int, default=SCREEN_EPOCHS)
             sub.add_argument("--verdict-epochs", type=int, default=VERDICT_EPOCHS)
             sub.add_argument("--screen-seeds", type=int, nargs="+", default=list(SEEDS["screen"]))

@@ -60,8 +60,14 @@ def screen_table(records: list[dict], names: list[str]) -> list[str]:
         diag = [r["diagnostics"] for r in runs if r.get("diagnostics")]
         stages = "-"
         if diag:
-            stages = " -> ".join(pct(statistics.mean(d["miou"][s] for d in diag)) for s in ("seed", "walk 5", "oracle"))
-        mu = "-" if not diag else f"{min(min(d['mu']) for d in diag):.2f}-{max(max(d['mu']) for d in diag):.2f}"
+            stages = " -> ".join(
+                pct(statistics.mean(d["miou"][s] for d in diag)) for s in ("seed", "walk 5", "oracle")
+            )
+        mu = (
+            "-"
+            if not diag
+            else f"{min(min(d['mu']) for d in diag):.2f}-{max(max(d['mu']) for d in diag):.2f}"
+        )
         lines.append(
             f"| {variant} | {' / '.join(pct(v) for v in holdout)} | **{mean_std(holdout)}** "
             f"| {mean_std([small_miou(r['holdout'], names) for r in runs])} | {mean_std(val)} | {stages} | {mu} "
@@ -99,7 +105,7 @@ def report(output: Path, results: Path) -> None:
         "",
     ]
     if timing:
-        lines += ["## Step time, each variant alone (batch 8, 160x160, forward + backward + SGD)", "",
+        lines += ["## Step time, each variant alone (a batch of 8 crops, forward + backward + SGD)", "",
                   "| variant | ms per step |", "|---|---|"]  # fmt: skip
         lines += [f"| {v} | {1000 * s:.1f} |" for v, s in timing["seconds"].items()]
         lines.append("")
@@ -161,7 +167,9 @@ def verdict_gaps(groups: dict[str, list[dict]], selection: dict, names: list[str
         if not difnet or not baseline:
             out["lines"].append(f"{budget}: runs missing")
             continue
-        gap = statistics.mean(r["val"]["miou"] for r in difnet) - statistics.mean(r["val"]["miou"] for r in baseline)
+        gap = statistics.mean(r["val"]["miou"] for r in difnet) - statistics.mean(
+            r["val"]["miou"] for r in baseline
+        )
         small = statistics.mean(small_miou(r["val"], names) for r in difnet) - statistics.mean(
             small_miou(r["val"], names) for r in baseline
         )
@@ -180,7 +188,9 @@ def per_class_table(groups: dict[str, list[dict]], names: list[str]) -> list[str
     lines = ["Per-class val IoU, mean over seeds:", "", "| class | " + " | ".join(labels) + " |",
              "|---" * (len(labels) + 1) + "|"]  # fmt: skip
     for index, name in enumerate(names):
-        cells = [pct(statistics.mean(r["val"]["per_class_iou"][index] or 0.0 for r in groups[g])) for g in labels]
+        cells = [
+            pct(statistics.mean(r["val"]["per_class_iou"][index] or 0.0 for r in groups[g])) for g in labels
+        ]
         lines.append(f"| {name}{' (small)' if name in SMALL_CLASSES else ''} | " + " | ".join(cells) + " |")
     return lines
 
@@ -197,12 +207,18 @@ def diagnostics_table(groups: dict[str, list[dict]], names: list[str]) -> list[s
         for index, name in enumerate(names):
             cells = [pct(statistics.mean(d["per_class_iou"][s][index] or 0.0 for d in diag)) for s in stages]
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
-        lines.append("| **mIoU** | " + " | ".join(pct(statistics.mean(d["miou"][s] for d in diag)) for s in stages) + " |")
+        lines.append(
+            "| **mIoU** | "
+            + " | ".join(pct(statistics.mean(d["miou"][s] for d in diag)) for s in stages)
+            + " |"
+        )
         init = [r["init_in_class_mass"] for r in runs if "init_in_class_mass" in r]
         init_small = [r["init_small_class_mass"] for r in runs if "init_small_class_mass" in r]
 
         def levels(rows: list[list[float | None]]) -> str:
-            return ", ".join(f"{statistics.mean(v for v in column if v is not None):.2f}" for column in zip(*rows))
+            return ", ".join(
+                f"{statistics.mean(v for v in column if v is not None):.2f}" for column in zip(*rows)
+            )
 
         lines += [
             "",

@@ -65,7 +65,9 @@ class DiffusionDiagnostics:
         lines.append("| **mIoU** | " + " | ".join(_percent(self.miou[s]) for s in stages) + " |")
         if self.small_classes:
             lines.append(
-                "| small-class mIoU | " + " | ".join(_percent(self.small_class_miou[s]) for s in stages) + " |"
+                "| small-class mIoU | "
+                + " | ".join(_percent(self.small_class_miou[s]) for s in stages)
+                + " |"
             )
         m = self.importance
         return "\n".join([
@@ -245,7 +247,9 @@ def diagnose(
         small_classes=list(small_classes),
         miou={stage: result.miou for stage, result in metrics.items()},
         per_class_iou={stage: result.per_class_iou for stage, result in metrics.items()},
-        small_class_miou={stage: _mean_over(result.per_class_iou, small) for stage, result in metrics.items()},
+        small_class_miou={
+            stage: _mean_over(result.per_class_iou, small) for stage, result in metrics.items()
+        },
         in_class_mass=mass,
         small_class_mass=small_mass,
         importance={"mean": float(m.mean()), "min": float(m.min()), "max": float(m.max())},

@@ -53,7 +53,9 @@ def test_the_oracle_on_a_one_hot_seed_from_the_labels_is_exact_at_the_grid():
     generator = torch.Generator().manual_seed(0)
     nodes = torch.randint(0, 4, (2, 50), generator=generator)
     nodes[0, :5] = V
-    seed = torch.nn.functional.one_hot(nodes.clamp(max=3), 4).float() * torch.rand(2, 50, 1, generator=generator)
+    seed = torch.nn.functional.one_hot(nodes.clamp(max=3), 4).float() * torch.rand(
+        2, 50, 1, generator=generator
+    )
     walks = oracle_walks(seed, nodes, mu=[0.9, 0.5, 0.3], beta=[0.5, 1.0, 0.7])
     assert len(walks) == 3
     labelled = nodes != V
