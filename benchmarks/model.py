@@ -7,11 +7,12 @@ through its own methods, in forward's order: seed branch (`seed_branch`: seed ba
 similarity branch (`similarity_branch`: similarity backbone), diffusion (`diffuse`: importance map,
 Psi_0..4, the 5 walks, upsampling to the input), and its whole forward; Sim-DeepLab-18/50/101 whole
 forward. Training: one step (forward, cross-entropy, backward, the paper's SGD) of DifNet-18 and
-Sim-DeepLab-18, batch 2, 321x321 (`--train-size`), train mode; its peak extra memory (gradients, momentum buffers,
-activations and temporaries over the model and batch already held) in a fresh subprocess, peak RSS
-on CPU and max_memory_allocated on CUDA. Concurrency: the two branches one after the other against
-concurrently: on CPU both as TorchScript traces (an eager torch.jit.fork runs its function inline,
-a traced one on the inter-op thread pool), on CUDA eager on one stream against two streams.
+Sim-DeepLab-18, batch 2, 321x321 (`--train-size`), train mode; its peak extra memory (gradients,
+momentum buffers, activations and temporaries over the model and batch already held): peak RSS in a
+fresh subprocess on CPU, max_memory_allocated in this process on CUDA. Concurrency: the two branches
+one after the other against concurrently: on CPU both as TorchScript traces (an eager torch.jit.fork
+runs its function inline, a traced one on the inter-op thread pool), on CUDA eager on one stream
+against two streams.
 Every time is the median of `--repeats` calls after `--warmup` calls. Prints the tables and writes
 model.{json,md} under benchmarks/results/.
 
@@ -263,10 +264,18 @@ def training(name: str, device: str, checkpointing: bool, plan: Plan, size: int)
     timings = plan.time({"step": training_step(name, device, size, checkpointing)}, device)
     row = case_row(device, size, label(name, TRAIN_DEPTH), timings)
     row["checkpointing"] = "yes" if checkpointing else "no"
-    mode = "checkpointing" if checkpointing else "plain"
-    memory = run_in_subprocess(["-m", "benchmarks.model", "--memory-worker", name, device, mode, str(size)])
-    row["peak_extra_mib"] = memory["peak_extra_bytes"] / 2**20
+    row["peak_extra_mib"] = peak_extra_bytes(name, device, checkpointing, size) / 2**20
     return row
+
+
+def peak_extra_bytes(name: str, device: str, checkpointing: bool, size: int) -> int:
+    """Peak extra memory of a step: in this process on CUDA, where max_memory_allocated counts only
+    live tensors, and in a fresh process on CPU, where peak RSS would include earlier cases."""
+    mode = "checkpointing" if checkpointing else "plain"
+    if torch.device(device).type == "cuda":
+        return memory_worker(name, device, mode, str(size))["peak_extra_bytes"]
+    argv = ["-m", "benchmarks.model", "--memory-worker", name, device, mode, str(size)]
+    return run_in_subprocess(argv)["peak_extra_bytes"]
 
 
 def checkpointing_verdicts(rows: list[dict[str, Any]]) -> str:
@@ -406,7 +415,7 @@ def main(argv: list[str] | None = None) -> None:
             concurrency_verdicts(concurrency),
             f"## {training_title}",
             "Peak extra memory: gradients, momentum buffers, activations and temporaries of one "
-            "step over the model and batch already held, in a fresh process (CPU: peak RSS; "
+            "step over the model and batch already held (CPU: peak RSS in a fresh process; "
             "CUDA: max_memory_allocated).",
             markdown_table(trained, TRAINING_COLUMNS),
             checkpointing_verdicts(trained),

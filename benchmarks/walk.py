@@ -217,6 +217,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--devices", nargs="+", default=None, help="default: cpu, and cuda when present")
     parser.add_argument("--budget", type=float, default=10.0, help="seconds of repeats per case (min 3)")
     parser.add_argument("--image-size", type=int, default=505, help="image side for the cascade share")
+    parser.add_argument("--sgemm-size", type=int, default=4096, help="side of the reference sgemm")
     parser.add_argument("--skip-cascade", action="store_true", help="only the walk cases")
     parser.add_argument("--output-dir", type=Path, default=RESULTS_DIR, help="where walk.{json,md} go")
     parser.add_argument(
@@ -231,8 +232,8 @@ def main(argv: list[str] | None = None) -> None:
     devices = args.devices or ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     info = machine_info()
     print(f"machine: {info}")
-    sgemm = {device: sgemm_gflops(device=device) for device in devices}
-    print(f"sgemm float32 4096^3 (best of >= 5): {sgemm}")
+    sgemm = {device: sgemm_gflops(args.sgemm_size, device) for device in devices}
+    print(f"sgemm float32 {args.sgemm_size}^3 (best of >= 5): {sgemm}")
     print(markdown_table([], WALK_COLUMNS))
     walk_rows = [
         row
@@ -259,7 +260,7 @@ def main(argv: list[str] | None = None) -> None:
             "# One walk P y: fused vs materialized",
             f"Measured {info['date']} on {info['cpu']} ({info['torch_threads']} torch threads), "
             f"torch {info['torch']}; load average before {info['load_average_1m_5m_15m']}, after "
-            f"{info['load_average_after']} (the CPU is shared). float32 sgemm 4096^3, best of 5+: "
+            f"{info['load_average_after']} (the CPU is shared). float32 sgemm {args.sgemm_size}^3, best of 5+: "
             + ", ".join(f"{d} {g:.1f} GFLOP/s" for d, g in sgemm.items()),
             markdown_table(walk_rows, WALK_COLUMNS),
             *(
