@@ -11,7 +11,6 @@ CPU (where SyncBatchNorm cannot run) they stay per-process, which the caller che
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 import torch
@@ -20,7 +19,6 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from difnet.models import build_model
-from difnet.training import distributed
 from difnet.training.config import TrainConfig
 from difnet.training.loop import pixel_loss
 from difnet.training.optim import build_optimizer
@@ -66,29 +64,28 @@ def main() -> None:
     parser.add_argument("directory", type=Path)
     args = parser.parse_args()
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False  # exact comparisons
-    if args.device == "cuda":
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    if not (args.backend == "nccl" and args.device == "cuda"):  # setup's own choice covers nccl on CUDA
-        dist.init_process_group(args.backend, init_method="env://")
-    context = distributed.setup(args.device)
-    images, labels = batch(context.world_size, args.size)
-    shard = slice(context.rank * IMAGES_PER_RANK, (context.rank + 1) * IMAGES_PER_RANK)
+    # every process on the same device (difnet's own setup gives each local rank a GPU of its own)
+    device = torch.device("cuda", 0) if args.device == "cuda" else torch.device("cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist.init_process_group(args.backend, init_method="env://")
+    rank, world_size = dist.get_rank(), dist.get_world_size()
+    images, labels = batch(world_size, args.size)
+    shard = slice(rank * IMAGES_PER_RANK, (rank + 1) * IMAGES_PER_RANK)
 
-    model = fresh_model(context.device)
-    if context.device.type == "cuda":
+    model = fresh_model(device)
+    if device.type == "cuda":
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    ddp = DistributedDataParallel(
-        model, device_ids=[context.device] if context.device.type == "cuda" else None
-    )
-    train_step(model, images[shard].to(context.device), labels[shard].to(context.device), ddp)
+    ddp = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+    train_step(model, images[shard].to(device), labels[shard].to(device), ddp)
     args.directory.mkdir(parents=True, exist_ok=True)
-    torch.save(running_statistics(model), args.directory / f"rank{context.rank}.pt")
+    torch.save(running_statistics(model), args.directory / f"rank{rank}.pt")
     dist.barrier()
     dist.destroy_process_group()
-    if context.rank == 0:  # the single-process references, outside any process group
+    if rank == 0:  # the single-process references, outside any process group
         for name, part in (("shard0", slice(0, IMAGES_PER_RANK)), ("whole", slice(None))):
-            reference = fresh_model(context.device)
-            train_step(reference, images[part].to(context.device), labels[part].to(context.device))
+            reference = fresh_model(device)
+            train_step(reference, images[part].to(device), labels[part].to(device))
             torch.save(running_statistics(reference), args.directory / f"{name}.pt")
 
 

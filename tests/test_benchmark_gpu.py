@@ -29,7 +29,7 @@ def test_dry_run_reports_every_section_run_or_skipped_with_a_reason(tmp_path):
     assert all(s["status"] in ("passed", "skipped") and s["result"] for s in sections.values())
     for name in ("syncbn", "walk", "model"):  # shrunk on the CPU, never skipped
         assert sections[name]["status"] == "passed", sections[name]
-    assert sections["syncbn"]["details"]["max_abs_gaps"]["rank0_vs_shard0_alone"] == 0.0
+    assert sections["syncbn"]["details"]["max_relative_gaps"]["rank0_vs_shard0_alone"] == 0.0
     assert "CUDA is not available" in sections["tests"]["result"]
     assert sections["camvid"]["status"] == ("passed" if gpu.DEFAULT_CAMVID.is_dir() else "skipped")
     page = (tmp_path / "gpu.md").read_text()
