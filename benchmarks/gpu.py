@@ -187,16 +187,32 @@ def largest_gap(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float
     return max(float((a[n] - b[n]).abs().max() / b[n].abs().max().clamp(min=1.0)) for n in a)
 
 
+def statistics_checks(gaps: dict[str, float], synchronised: bool) -> dict[str, bool]:
+    """What the running statistics must show. Synchronised: the ranks agree and match the whole
+    batch, not rank 0's shard alone. Per-process (CPU): rank 0 matches its shard and the ranks differ."""
+    if synchronised:
+        return {
+            "rank0_vs_rank1": gaps["rank0_vs_rank1"] <= SYNC_TOLERANCE,
+            "rank0_vs_whole_batch": gaps["rank0_vs_whole_batch"] <= SYNC_TOLERANCE,
+            "rank0_vs_shard0_alone (differ)": gaps["rank0_vs_shard0_alone"] >= UNSYNCED_GAP,
+        }
+    return {
+        "rank0_vs_shard0_alone": gaps["rank0_vs_shard0_alone"] <= SYNC_TOLERANCE,
+        "rank0_vs_rank1 (differ)": gaps["rank0_vs_rank1"] >= UNSYNCED_GAP,
+    }
+
+
 def syncbn(run: Run) -> tuple[str, dict[str, Any]]:
-    """NCCL + SyncBatchNorm: both ranks' running statistics agree, match the whole batch's and
-    differ from one shard's. On the CPU (dry run) SyncBatchNorm cannot run: the step runs over gloo
-    with per-process BatchNorm and each rank must match its own shard instead (the harness works)."""
+    """NCCL + SyncBatchNorm on one GPU: both ranks' running statistics agree, match the whole batch's
+    and differ from one shard's; over gloo on CUDA when NCCL refuses two ranks on one GPU. On the
+    CPU (dry run) SyncBatchNorm cannot run: the step runs over gloo with per-process BatchNorm and
+    rank 0 must match its own shard instead (the harness works)."""
     cuda_or_skip(run)
     directory = run.logs / "syncbn"
     backend, notes = ("gloo" if run.dry else "nccl"), []
     done = syncbn_step(run, backend, directory / backend)
     if done.returncode != 0 and "Duplicate GPU" in done.stderr + done.stdout:
-        notes.append("NCCL refuses two ranks on one GPU (Duplicate GPU detected); fell back to gloo on CUDA")
+        notes.append("NCCL refused two ranks on one GPU (Duplicate GPU detected); ran over gloo on CUDA")
         backend = "gloo"
         done = syncbn_step(run, backend, directory / backend)
     if done.returncode != 0:
@@ -210,19 +226,17 @@ def syncbn(run: Run) -> tuple[str, dict[str, Any]]:
         "shard0_vs_whole_batch": largest_gap(stats["shard0"], stats["whole"]),
     }
     details = {"backend": backend, "device": run.device, "max_relative_gaps": gaps, "notes": notes}
-    if run.dry:
-        expected = {"rank0_vs_shard0_alone": gaps["rank0_vs_shard0_alone"] <= SYNC_TOLERANCE,
-                    "rank0_vs_rank1 (unsynchronised)": gaps["rank0_vs_rank1"] >= UNSYNCED_GAP}  # fmt: skip
-        verdict = "per-process BatchNorm over gloo (SyncBatchNorm needs CUDA): each rank matches its shard"
-    else:
-        expected = {"rank0_vs_rank1": gaps["rank0_vs_rank1"] <= SYNC_TOLERANCE,
-                    "rank0_vs_whole_batch": gaps["rank0_vs_whole_batch"] <= SYNC_TOLERANCE,
-                    "rank0_vs_shard0_alone (differ)": gaps["rank0_vs_shard0_alone"] >= UNSYNCED_GAP}  # fmt: skip
-        verdict = f"SyncBatchNorm over {backend}: ranks agree and match the whole batch, not one shard"
-    broken = [check for check, holds in expected.items() if not holds]
     numbers = ", ".join(f"{k} {v:.2e}" for k, v in gaps.items())
+    broken = [
+        check for check, holds in statistics_checks(gaps, synchronised=not run.dry).items() if not holds
+    ]
     if broken:
         raise SectionFailed(f"running statistics: {', '.join(broken)} do not hold ({numbers})")
+    verdict = (
+        "per-process BatchNorm over gloo (SyncBatchNorm needs CUDA): rank 0 matches its shard"
+        if run.dry
+        else f"SyncBatchNorm over {backend}: ranks agree and match the whole batch, not one shard"
+    )
     return "; ".join([f"{verdict} ({numbers})", *notes]), details
 
 

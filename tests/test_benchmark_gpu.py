@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from benchmarks import gpu
 
@@ -61,6 +63,53 @@ def test_a_failing_section_is_reported_and_fails_the_run(tmp_path, monkeypatch):
     assert gpu.main(["--dry-run", "--sections", "walk", "--output", str(tmp_path)]) == 1
     section = json.loads((tmp_path / "gpu.json").read_text())["sections"][0]
     assert section == {**section, "status": "failed", "result": "RuntimeError: the kernel fell over"}
+
+
+def fake_statistics(directory: Path, **offsets: float) -> None:
+    """The four files a torchrun step leaves: one BatchNorm's running mean per run, shifted by `offsets`."""
+    directory.mkdir(parents=True)
+    for name in ("rank0", "rank1", "shard0", "whole"):
+        torch.save(
+            {"bn.running_mean": torch.full((4,), 2.0 + offsets.get(name, 0.0))}, directory / f"{name}.pt"
+        )
+
+
+def test_syncbn_falls_back_to_gloo_when_nccl_refuses_two_ranks_on_one_gpu(tmp_path, monkeypatch):
+    calls = []
+
+    def torchrun(run: gpu.Run, backend: str, directory: Path) -> subprocess.CompletedProcess:
+        calls.append(backend)
+        if backend == "nccl":
+            return subprocess.CompletedProcess(
+                [], 1, "", "ncclInvalidUsage\nDuplicate GPU detected : rank 1 and rank 0"
+            )
+        fake_statistics(directory, shard0=0.5)  # synchronised: the ranks agree and match the whole batch
+        return subprocess.CompletedProcess([], 0, "", "")
+
+    monkeypatch.setattr(gpu, "syncbn_step", torchrun)
+    monkeypatch.setattr(gpu, "cuda_or_skip", lambda run: None)
+    result, details = gpu.syncbn(gpu.Run(dry=False, logs=tmp_path, camvid_root=tmp_path, deadline=1e12))
+    assert calls == ["nccl", "gloo"] and details["backend"] == "gloo"
+    assert result.startswith("SyncBatchNorm over gloo") and "NCCL refused two ranks on one GPU" in result
+
+
+@pytest.mark.parametrize(
+    "offsets, broken",
+    [
+        ({"rank1": 0.5}, "rank0_vs_rank1"),  # the ranks disagree
+        ({"whole": 0.5, "shard0": 0.5}, "rank0_vs_whole_batch"),  # rank 0 saw only its shard
+        ({}, "rank0_vs_shard0_alone (differ)"),  # the shard alone gives the same: nothing to tell apart
+    ],
+)
+def test_unsynchronised_statistics_fail_the_syncbn_section(tmp_path, monkeypatch, offsets, broken):
+    def torchrun(run: gpu.Run, backend: str, directory: Path) -> subprocess.CompletedProcess:
+        fake_statistics(directory, **offsets)
+        return subprocess.CompletedProcess([], 0, "", "")
+
+    monkeypatch.setattr(gpu, "syncbn_step", torchrun)
+    monkeypatch.setattr(gpu, "cuda_or_skip", lambda run: None)
+    with pytest.raises(gpu.SectionFailed, match=re.escape(broken)):
+        gpu.syncbn(gpu.Run(dry=False, logs=tmp_path, camvid_root=tmp_path, deadline=1e12))
 
 
 def test_a_spent_budget_skips_the_sections_left(tmp_path):
