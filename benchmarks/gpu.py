@@ -16,9 +16,11 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import xml.etree.ElementTree as ElementTree
 from collections.abc import Callable
@@ -36,6 +38,7 @@ from benchmarks._measure import (
     project_environment,
     write_results,
 )
+from difnet.training.records import LOG_NAME, read_log
 
 DEFAULT_CAMVID = PROJECT_ROOT.parent / "shared" / "data" / "camvid"
 DEFAULT_BUDGET_S = 480.0
@@ -276,30 +279,37 @@ def model(run: Run) -> tuple[str, dict[str, Any]]:
     return f"whole forward {forward}; {result}", payload
 
 
+def train_camvid(run: Run, name: str, options: list[str]) -> tuple[float, list[dict[str, Any]]]:
+    """`difnet train` of `name`-18 on CamVid for one epoch: its wall time and log records. The run's
+    directory is temporary (its checkpoints are large); its log is kept as `camvid-<name>.jsonl`."""
+    with tempfile.TemporaryDirectory(prefix=f"camvid-{name}-") as output:
+        started = time.perf_counter()
+        run.checked_child(f"camvid-{name}", ["-m", "difnet.cli", "train", "--model", name, "--depth", "18",
+                                             "--dataset", "camvid", "--data-root", str(run.camvid_root),
+                                             "--epochs", "1", "--scale-range", "0.75", "1.25",
+                                             "--device", run.device, "--no-progress", "--overwrite",
+                                             "--output-dir", output, *options])  # fmt: skip
+        seconds = time.perf_counter() - started
+        shutil.copyfile(Path(output) / LOG_NAME, run.logs / f"camvid-{name}.jsonl")
+        return seconds, read_log(output)
+
+
 def camvid(run: Run) -> tuple[str, dict[str, Any]]:
     """One epoch of DifNet-18 and Sim-DeepLab-18 on CamVid train at full resolution (480x360), then
     val mIoU; a dry run trains one step on 60x45 images and skips validation."""
     cuda_or_skip(run)
     if not (run.camvid_root / "train.txt").is_file():
         raise SectionSkipped(f"CamVid not found at {run.camvid_root} (pass --camvid-root)")
-    size = ["--image-size", "45", "60", "--crop-size", "45", "60", "--max-steps-per-epoch", "1",
-            "--batch-size", "2", "--workers", "0", "--val-split", "none"] if run.dry else \
+    options = ["--image-size", "45", "60", "--crop-size", "45", "60", "--max-steps-per-epoch", "1",
+               "--batch-size", "2", "--workers", "0", "--val-split", "none"] if run.dry else \
         ["--crop-size", "360", "480", "--batch-size", "8", "--workers", "8"]  # fmt: skip
     details, results = {}, []
     for name in ("difnet", "simdeeplab"):
-        output = run.logs / "camvid" / name
-        started = time.perf_counter()
-        run.checked_child(f"camvid-{name}", ["-m", "difnet.cli", "train", "--model", name, "--depth", "18",
-                                             "--dataset", "camvid", "--data-root", str(run.camvid_root),
-                                             "--epochs", "1", "--scale-range", "0.75", "1.25",
-                                             "--device", run.device, "--no-progress", "--overwrite",
-                                             "--output-dir", str(output), *size])  # fmt: skip
-        seconds = time.perf_counter() - started
-        records = [json.loads(line) for line in (output / "log.jsonl").read_text().splitlines() if line]
+        seconds, records = train_camvid(run, name, options)
         trained = [r for r in records if r["event"] == "train"]
         val = [r for r in records if r["event"] == "val"]
         if not trained or not (val or run.dry):
-            raise SectionFailed(f"{name}: no training or validation record in {output / 'log.jsonl'}")
+            raise SectionFailed(f"{name}: no training or validation record in camvid-{name}.jsonl")
         details[name] = {
             "seconds": seconds,
             "last_train_record": trained[-1],
@@ -335,7 +345,7 @@ def run_section(name: str, run: Run) -> Section:
         section.result = str(skipped)
     except Exception as failed:  # noqa: BLE001 -- one broken section must not lose the others' report
         section.status, section.result = "failed", f"{type(failed).__name__}: {failed}"
-    section.seconds = time.perf_counter() - started
+    section.seconds = round(time.perf_counter() - started, 1)
     return section
 
 
@@ -346,7 +356,7 @@ def report(sections: list[Section], info: dict[str, Any], args: argparse.Namespa
     mode = "dry run (CPU, tiny sizes)" if args.dry_run else f"budget {args.budget:.0f} s"
     parts = [
         "# GPU checks (`python -m benchmarks.gpu`)",
-        f"GPU: {gpu}. torch {info['torch']}, CPU {info['cpu']}, {info['date']}; {mode}.",
+        f"GPU: {gpu}. torch {info['torch']} (CUDA {torch.version.cuda}), CPU {info['cpu']}, {info['date']}; {mode}.",
         markdown_table([asdict(s) for s in sections], SUMMARY_COLUMNS),
         f"Logs of every section: `{logs.name}/` next to this file.",
     ]
