@@ -92,20 +92,22 @@ def _proc_status_bytes(field: str) -> int:
     raise KeyError(f"{field} not in /proc/self/status")
 
 
+def project_environment() -> dict[str, str]:
+    """This process's environment with the project first on PYTHONPATH, for child interpreters."""
+    path = os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "PYTHONPATH": path}
+
+
 def run_in_subprocess(argv: Sequence[str], timeout_s: float = 600.0) -> dict[str, Any]:
     """Run `python <argv>` in a fresh interpreter from the project root; parse the JSON object
     it prints on its last stdout line. Raises with the child's stderr if it fails."""
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")])),
-    }
     result = subprocess.run(
         [sys.executable, *argv],
         capture_output=True,
         text=True,
         timeout=timeout_s,
         cwd=PROJECT_ROOT,
-        env=env,
+        env=project_environment(),
     )
     if result.returncode != 0:
         raise RuntimeError(f"{' '.join(argv)} failed ({result.returncode}):\n{result.stderr[-4000:]}")

@@ -7,11 +7,12 @@ through its own methods, in forward's order: seed branch (`seed_branch`: seed ba
 similarity branch (`similarity_branch`: similarity backbone), diffusion (`diffuse`: importance map,
 Psi_0..4, the 5 walks, upsampling to the input), and its whole forward; Sim-DeepLab-18/50/101 whole
 forward. Training: one step (forward, cross-entropy, backward, the paper's SGD) of DifNet-18 and
-Sim-DeepLab-18, batch 2, 321x321, train mode; its peak extra memory (gradients, momentum buffers,
-activations and temporaries over the model and batch already held) in a fresh subprocess, peak RSS
-on CPU and max_memory_allocated on CUDA. Concurrency: the two branches one after the other against
-concurrently: on CPU both as TorchScript traces (an eager torch.jit.fork runs its function inline,
-a traced one on the inter-op thread pool), on CUDA eager on one stream against two streams.
+Sim-DeepLab-18, batch 2, 321x321 (`--train-size`), train mode; its peak extra memory (gradients,
+momentum buffers, activations and temporaries over the model and batch already held): peak RSS in a
+fresh subprocess on CPU, max_memory_allocated in this process on CUDA. Concurrency: the two branches
+one after the other against concurrently: on CPU both as TorchScript traces (an eager torch.jit.fork
+runs its function inline, a traced one on the inter-op thread pool), on CUDA eager on one stream
+against two streams.
 Every time is the median of `--repeats` calls after `--warmup` calls. Prints the tables and writes
 model.{json,md} under benchmarks/results/.
 
@@ -250,23 +251,31 @@ def training_step(name: str, device: str, size: int, checkpointing: bool) -> Cal
     return step
 
 
-def memory_worker(name: str, device: str, checkpointing: str) -> dict[str, int]:
+def memory_worker(name: str, device: str, checkpointing: str, size: str) -> dict[str, int]:
     """Run in a fresh process: a tiny untimed step, then the peak extra bytes of a real one."""
     checkpointing = checkpointing == "checkpointing"
     training_step(name, device, MEMORY_WARMUP_SIZE, checkpointing)()
-    step = training_step(name, device, TRAIN_SIZE, checkpointing)
+    step = training_step(name, device, int(size), checkpointing)
     return {"peak_extra_bytes": measure_peak_extra_memory(step, device)}
 
 
-def training(name: str, device: str, checkpointing: bool, plan: Plan) -> dict[str, Any]:
+def training(name: str, device: str, checkpointing: bool, plan: Plan, size: int) -> dict[str, Any]:
     """Median time of a training step of `name`-18, and its peak memory from a fresh process."""
-    timings = plan.time({"step": training_step(name, device, TRAIN_SIZE, checkpointing)}, device)
-    row = case_row(device, TRAIN_SIZE, label(name, TRAIN_DEPTH), timings)
+    timings = plan.time({"step": training_step(name, device, size, checkpointing)}, device)
+    row = case_row(device, size, label(name, TRAIN_DEPTH), timings)
     row["checkpointing"] = "yes" if checkpointing else "no"
-    mode = "checkpointing" if checkpointing else "plain"
-    memory = run_in_subprocess(["-m", "benchmarks.model", "--memory-worker", name, device, mode])
-    row["peak_extra_mib"] = memory["peak_extra_bytes"] / 2**20
+    row["peak_extra_mib"] = peak_extra_bytes(name, device, checkpointing, size) / 2**20
     return row
+
+
+def peak_extra_bytes(name: str, device: str, checkpointing: bool, size: int) -> int:
+    """Peak extra memory of a step: in this process on CUDA, where max_memory_allocated counts only
+    live tensors, and in a fresh process on CPU, where peak RSS would include earlier cases."""
+    mode = "checkpointing" if checkpointing else "plain"
+    if torch.device(device).type == "cuda":
+        return memory_worker(name, device, mode, str(size))["peak_extra_bytes"]
+    argv = ["-m", "benchmarks.model", "--memory-worker", name, device, mode, str(size)]
+    return run_in_subprocess(argv)["peak_extra_bytes"]
 
 
 def checkpointing_verdicts(rows: list[dict[str, Any]]) -> str:
@@ -332,10 +341,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--quick", action="store_true", help="smoke test: depth 18, 321x321, 1 warm-up, 2 repeats"
     )
+    parser.add_argument("--train-size", type=int, default=TRAIN_SIZE, help="image side of the training step")
     parser.add_argument("--devices", nargs="+", default=None, help="default: cpu, and cuda when present")
     parser.add_argument("--output-dir", type=Path, default=RESULTS_DIR, help="where model.{json,md} go")
     parser.add_argument(
-        "--memory-worker", nargs=3, metavar=("MODEL", "DEVICE", "MODE"), help=argparse.SUPPRESS
+        "--memory-worker", nargs=4, metavar=("MODEL", "DEVICE", "MODE", "SIZE"), help=argparse.SUPPRESS
     )
     args = parser.parse_args(argv)
     if args.quick:
@@ -381,7 +391,7 @@ def main(argv: list[str] | None = None) -> None:
     concurrency_title = "DifNet's two branches: one after the other vs concurrently (medians)"
     concurrency = measure_section(concurrency_title, CONCURRENCY_COLUMNS, concurrency_cases)
     training_cases = [
-        partial(training, name, device, checkpointing, plan)
+        partial(training, name, device, checkpointing, plan, args.train_size)
         for device in devices
         for name in LABELS
         for checkpointing in (False, True)
@@ -405,7 +415,7 @@ def main(argv: list[str] | None = None) -> None:
             concurrency_verdicts(concurrency),
             f"## {training_title}",
             "Peak extra memory: gradients, momentum buffers, activations and temporaries of one "
-            "step over the model and batch already held, in a fresh process (CPU: peak RSS; "
+            "step over the model and batch already held (CPU: peak RSS in a fresh process; "
             "CUDA: max_memory_allocated).",
             markdown_table(trained, TRAINING_COLUMNS),
             checkpointing_verdicts(trained),

@@ -4,7 +4,7 @@
 Walk cases: batch 1, features f [N, 64] (scaled by 64^-1/4, so logits have unit variance),
 values y [N, 21] (VOC's classes), N = 41^2, 64^2, 96^2, 128^2, float32. Per case: median wall
 time (in this process), peak extra memory of one call (peak RSS in a fresh subprocess on CPU,
-max_memory_allocated on CUDA), and useful GFLOP/s (2N^2(d+K) forward, 6N^2(d+K) forward+backward)
+max_memory_allocated in this process on CUDA), and useful GFLOP/s (2N^2(d+K) forward, 6N^2(d+K) forward+backward)
 against a float32 sgemm measured in the same run. The cascade share times Psi_0..4, the
 importance head and the 5 walks inside an eval forward of DifNet-18 at 505x505 (forward hooks).
 Prints the tables and writes walk.{json,md} under benchmarks/results/.
@@ -106,6 +106,15 @@ def memory_worker(n: int, walk: str, mode: str, device: str) -> dict[str, int]:
     return {"peak_extra_bytes": measure_peak_extra_memory(case, device)}
 
 
+def peak_extra_bytes(n: int, walk: str, mode: str, device: str) -> int:
+    """Peak extra memory of one call: in this process on CUDA, where max_memory_allocated counts only
+    live tensors, and in a fresh process on CPU, where peak RSS would include earlier cases."""
+    if torch.device(device).type == "cuda":
+        return memory_worker(n, walk, mode, device)["peak_extra_bytes"]
+    argv = ["-m", "benchmarks.walk", "--memory-worker", str(n), walk, mode, device]
+    return run_in_subprocess(argv)["peak_extra_bytes"]
+
+
 def measure_walks(sizes: tuple[int, ...], device: str, sgemm: float, budget_s: float) -> list[dict[str, Any]]:
     """One row per (N, pass, walk) on `device`."""
     rows = []
@@ -114,9 +123,7 @@ def measure_walks(sizes: tuple[int, ...], device: str, sgemm: float, budget_s: f
             medians = {}
             for walk in WALK_METHODS:
                 timing = time_calls(walk_case(n, walk, mode, device), device=device, budget_s=budget_s)
-                memory = run_in_subprocess(
-                    ["-m", "benchmarks.walk", "--memory-worker", str(n), walk, mode, device]
-                )["peak_extra_bytes"]
+                memory = peak_extra_bytes(n, walk, mode, device)
                 medians[walk] = timing["median_s"]
                 gflops = useful_flops(n, mode) / timing["median_s"] / 1e9
                 rows.append(
@@ -210,6 +217,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--devices", nargs="+", default=None, help="default: cpu, and cuda when present")
     parser.add_argument("--budget", type=float, default=10.0, help="seconds of repeats per case (min 3)")
     parser.add_argument("--image-size", type=int, default=505, help="image side for the cascade share")
+    parser.add_argument("--sgemm-size", type=int, default=4096, help="side of the reference sgemm")
     parser.add_argument("--skip-cascade", action="store_true", help="only the walk cases")
     parser.add_argument("--output-dir", type=Path, default=RESULTS_DIR, help="where walk.{json,md} go")
     parser.add_argument(
@@ -224,8 +232,8 @@ def main(argv: list[str] | None = None) -> None:
     devices = args.devices or ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     info = machine_info()
     print(f"machine: {info}")
-    sgemm = {device: sgemm_gflops(device=device) for device in devices}
-    print(f"sgemm float32 4096^3 (best of >= 5): {sgemm}")
+    sgemm = {device: sgemm_gflops(args.sgemm_size, device) for device in devices}
+    print(f"sgemm float32 {args.sgemm_size}^3 (best of >= 5): {sgemm}")
     print(markdown_table([], WALK_COLUMNS))
     walk_rows = [
         row
@@ -252,7 +260,7 @@ def main(argv: list[str] | None = None) -> None:
             "# One walk P y: fused vs materialized",
             f"Measured {info['date']} on {info['cpu']} ({info['torch_threads']} torch threads), "
             f"torch {info['torch']}; load average before {info['load_average_1m_5m_15m']}, after "
-            f"{info['load_average_after']} (the CPU is shared). float32 sgemm 4096^3, best of 5+: "
+            f"{info['load_average_after']} (the CPU is shared). float32 sgemm {args.sgemm_size}^3, best of 5+: "
             + ", ".join(f"{d} {g:.1f} GFLOP/s" for d, g in sgemm.items()),
             markdown_table(walk_rows, WALK_COLUMNS),
             *(
