@@ -315,17 +315,10 @@ def pack(output: Path, archive: Path | None) -> None:
 
 
 def run_all(args: argparse.Namespace) -> None:
-    """Timing, the screen, selection, the verdict at equal steps and at equal time; then report."""
+    """The screen; with phase "verdict" also timing, selection, the verdict at equal steps and at
+    equal time. Runs go seed by seed, so an interrupted experiment holds whole seeds."""
     deadline = time.time() + 60 * args.minutes
     args.output.mkdir(parents=True, exist_ok=True)
-    timing_path = args.output / "step_seconds.json"
-    if not timing_path.is_file():
-        crop = tuple(args.crop)
-        timing = {v: step_seconds(v, args.device, crop, args.timing_steps) for v in args.variants}
-        timing_path.write_text(json.dumps({"device": args.device, "seconds": timing,
-                                           "provenance": provenance()}, indent=2) + "\n")  # fmt: skip
-    timing = json.loads(timing_path.read_text())["seconds"]
-    print("step seconds:", json.dumps(timing), flush=True)
     last_pack = [0.0]
 
     def tick() -> None:
@@ -334,13 +327,14 @@ def run_all(args: argparse.Namespace) -> None:
             last_pack[0] = time.time()
 
     runs = Runs(args)
-    for variant in args.variants:
-        for seed in args.screen_seeds:
+    for seed in args.screen_seeds:
+        for variant in args.variants:
             runs.add(variant, seed, "screen", args.screen_epochs)
     finished = runs.wait(deadline, tick)
     best = select(args.output, args.variants, args.screen_epochs)
     print("selected:", best, "screen finished" if finished else "screen cut by the deadline", flush=True)
-    if finished and len(best) == 2:
+    if "verdict" in args.phases and finished and len(best) == 2:
+        timing = measured_step_seconds(args, [best["simdeeplab"], best["difnet"]])
         epochs = args.verdict_epochs
         equal_time = round(epochs * timing[best["difnet"]] / timing[best["simdeeplab"]])
         (args.output / "selection.json").write_text(
@@ -349,13 +343,25 @@ def run_all(args: argparse.Namespace) -> None:
         for seed in args.verdict_seeds:
             runs.add(best["difnet"], seed, "verdict", epochs)
             runs.add(best["simdeeplab"], seed, "verdict", epochs)
-        if equal_time > epochs:
-            for seed in args.verdict_seeds:
+            if equal_time > epochs:
                 runs.add(best["simdeeplab"], seed, "verdict", equal_time)
         runs.wait(deadline, tick)
     pack(args.output, args.archive)
     if runs.failed:
         print("failed runs:", runs.failed, flush=True)
+
+
+def measured_step_seconds(args: argparse.Namespace, variants: list[str]) -> dict[str, float]:
+    """Step seconds of `variants`, measured alone once and kept in step_seconds.json."""
+    path = args.output / "step_seconds.json"
+    stored = json.loads(path.read_text())["seconds"] if path.is_file() else {}
+    for variant in variants:
+        if variant not in stored:
+            stored[variant] = step_seconds(variant, args.device, tuple(args.crop), args.timing_steps)
+    payload = {"device": args.device, "threads": args.threads, "seconds": stored, "provenance": provenance()}
+    path.write_text(json.dumps(payload, indent=2) + "\n")
+    print("step seconds:", json.dumps(stored), flush=True)
+    return stored
 
 
 def main() -> None:
@@ -382,6 +388,9 @@ def main() -> None:
             sub.add_argument("--minutes", type=float, default=600.0, help="stop unfinished runs after this")
             sub.add_argument("--archive", type=Path, help="pack records and logs into this .tar.gz")
             sub.add_argument("--variants", nargs="+", choices=tuple(VARIANTS), default=list(VARIANTS))
+            sub.add_argument(
+                "--phases", nargs="+", choices=("screen", "verdict"), default=["screen", "verdict"]
+            )
             sub.add_argument("--timing-steps", type=int, default=10, help="timed steps per variant")
             sub.add_argument("--screen-epochs", type=int, default=SCREEN_EPOCHS)
             sub.add_argument("--verdict-epochs", type=int, default=VERDICT_EPOCHS)
