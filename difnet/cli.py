@@ -223,6 +223,14 @@ def add_evaluate_parser(subparsers: argparse._SubParsersAction) -> None:
         "--output", type=Path, metavar="JSON", help="also write the metrics to this JSON file"
     )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
+    parser.add_argument(
+        "--diagnose",
+        nargs="*",
+        metavar="CLASS",
+        help="DifNet: also score the seed, every walk and a label oracle per class, and the "
+        "in-class transition mass per level (difnet.diagnostics); CLASS names are shown apart "
+        "as small classes",
+    )
     parser.set_defaults(run=run_evaluate)
 
 
@@ -246,9 +254,16 @@ def run_evaluate(args: argparse.Namespace) -> None:
     dataset = config.build_dataset(args.split or config.val_split or "val", config.eval_transform())
     result = evaluate(model, dataset, **inference_options(args))
     print(result.format_table())
+    payload = result.to_dict()
+    if args.diagnose is not None:
+        from difnet.diagnostics import diagnose
+
+        diagnostics = diagnose(model, dataset, args.diagnose, device=args.device)
+        print("\nDiffusion diagnostics (whole images at the dataset's size):\n" + diagnostics.format())
+        payload["diagnostics"] = diagnostics.to_dict()
     if args.output is not None:
         args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+        args.output.write_text(json.dumps(payload, indent=2) + "\n")
         print(f"metrics written to {args.output}")
 
 

@@ -191,3 +191,14 @@ def test_evaluate_prints_the_table_and_writes_json(capsys, tmp_path, checkpoint)
     assert 0 <= metrics["metrics"]["miou"] <= 1
     model, _ = load_model(checkpoint)
     assert model.num_classes == NUM_CLASSES
+
+
+def test_evaluate_diagnose_prints_the_stages_and_stores_them(capsys, tmp_path, checkpoint):
+    output = tmp_path / "metrics.json"
+    status, out, _err = run(capsys, "evaluate", "--checkpoint", str(checkpoint), "--split", "test",
+                         "--device", "cpu", "--diagnose", "orange disk", "--output", str(output))  # fmt: skip
+    assert status == 0, _err
+    assert "oracle" in out and "In-class transition mass" in out
+    diagnostics = json.loads(output.read_text())["diagnostics"]
+    assert diagnostics["small_classes"] == ["orange disk"]
+    assert diagnostics["per_class_iou"]["walk 5"] == json.loads(output.read_text())["metrics"]["per_class_iou"]
