@@ -166,7 +166,7 @@ def test_difnet_exports_to_onnx_and_runs_to_eager_logits(tmp_path, size, capsys)
     from difnet.cli import main
 
     height, width = size
-    assert main(["export", str(tmp_path / "model"), "--output", str(tmp_path / "m.onnx"),
+    assert main(["export", "--checkpoint", str(tmp_path / "model"), "--output", str(tmp_path / "m.onnx"),
                  "--height", str(height), "--width", str(width)]) == 0  # fmt: skip
     report = capsys.readouterr().out
     difference = float(report.split("max |logit difference| ")[1].split()[0])
