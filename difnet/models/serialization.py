@@ -35,8 +35,9 @@ FORMAT_VERSION = 1
 REQUIRED_ENTRIES = ("model_spec", "model")
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
-# config entries that change how a model computes or what it predicts, not which weights it has
-NOT_ARCHITECTURE = ("num_classes", "walk", "gradient_checkpointing")
+# config entries that change how a model is initialised, computes or what it predicts, not which
+# weights it has
+NOT_ARCHITECTURE = ("num_classes", "walk", "gradient_checkpointing", "head_init")
 
 
 def save_pretrained(
@@ -117,8 +118,8 @@ def initialize_from(model: SegmentationModel, source: str | Path) -> FineTuneRep
     differing = sorted(
         (
             key
-            for key in set(config) | set(own)
-            if key not in NOT_ARCHITECTURE and config.get(key) != own.get(key)
+            for key in set(config) | set(own)  # an entry older files lack had today's default
+            if key not in NOT_ARCHITECTURE and config.get(key, own.get(key)) != own.get(key)
         ),
         key=lambda key: (key not in ("name", "depth"), key),
     )
