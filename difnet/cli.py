@@ -18,6 +18,7 @@ import torch
 
 from difnet import __version__
 from difnet.devices import default_device
+from difnet.models.preprocessing import Preprocessing
 from difnet.training.loop import NonFiniteLossError
 
 TRAINING_FAILED = 1
@@ -126,28 +127,64 @@ def inference_options(args: argparse.Namespace) -> dict:
             "window": window, "max_size": args.max_size}  # fmt: skip
 
 
+def add_image_size_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--image-size",
+        type=int,
+        nargs=2,
+        metavar=("H", "W"),
+        help="resize images to HxW for the model (default: the size it was trained at, saved with it)",
+    )
+
+
 def load_checkpoint_model(path: Path) -> tuple[torch.nn.Module, dict]:
     """The model and metadata of a checkpoint or a save_pretrained folder."""
-    from difnet.models.serialization import load_model_with_metadata
+    from difnet.models import load_model_with_metadata
 
     return load_model_with_metadata(path)
 
 
-def saved_normalization(metadata: dict) -> dict | None:
-    """How the saved model's training normalised images: a save_pretrained folder's
-    `normalization`, or a checkpoint recipe's mean and std (None: ImageNet's)."""
-    if "normalization" in metadata:
-        return metadata["normalization"]
-    recipe = metadata.get("config", {})
-    return {"mean": recipe["mean"], "std": recipe["std"]} if recipe.get("mean") else None
+def load_inference_model(path: Path) -> tuple[torch.nn.Module, dict]:
+    """`load_checkpoint_model`, or for a `.onnx` file the file run by onnxruntime."""
+    if path.suffix.lower() == ".onnx":
+        from difnet.export import OnnxSegmenter
+
+        return OnnxSegmenter(path), {}
+    return load_checkpoint_model(path)
 
 
-def checkpoint_palette(metadata: dict, num_classes: int) -> list[tuple[int, int, int]]:
-    """The palette stored in a checkpoint, or a generic one for its number of classes."""
+def inference_preprocessing(
+    model: torch.nn.Module, image_size: Sequence[int] | None
+) -> tuple[Preprocessing, str]:
+    """The `Preprocessing` a command applies to `model`'s inputs and the phrase saying where it came
+    from: saved with the model, its size overridden by `--image-size`, or fixed by an ONNX file."""
+    saved, fixed = model.preprocessing, getattr(model, "input_size", None)
+    if image_size is not None and fixed is not None and tuple(image_size) != fixed:
+        raise ValueError(
+            f"--image-size {image_size[0]} {image_size[1]}: the ONNX file takes only {fixed[0]}x{fixed[1]} "
+            "inputs (export another size with difnet export --height/--width)"
+        )
+    if image_size is not None:
+        return saved.with_image_size(
+            image_size
+        ), "size given on the command line, normalisation saved with the model"
+    if fixed is not None:
+        return saved.with_image_size(fixed), "the ONNX file's fixed input size and saved normalisation"
+    return saved, "saved with the model"
+
+
+def announce_preprocessing(
+    command: str, preprocessing: Preprocessing, origin: str, protocol: str = ""
+) -> None:
+    """The one line every command prints about how it prepares images."""
+    print(f"{command}: {preprocessing.describe()} ({origin}){protocol}", flush=True)
+
+
+def model_palette(model: torch.nn.Module) -> list[tuple[int, int, int]]:
+    """The palette saved with a model, or a generic one for its number of classes."""
     from difnet.data.palettes import generic_palette
 
-    palette = metadata.get("palette")
-    return [tuple(c) for c in palette] if palette else generic_palette(num_classes)
+    return model.palette or generic_palette(model.num_classes)
 
 
 # --- train -------------------------------------------------------------------------------------
@@ -218,6 +255,14 @@ def add_evaluate_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--dataset", help="dataset name (default: the checkpoint's)")
     parser.add_argument("--data-root", type=Path, help="dataset root (default: the checkpoint's)")
     parser.add_argument("--split", help="split to evaluate (default: the checkpoint's validation split)")
+    add_image_size_argument(parser)
+    parser.add_argument(
+        "--native-size",
+        action="store_true",
+        help="score at the labels' own size, the prediction resized back to it (mmseg's protocol, "
+        "the one papers report); default: images and labels resized to the model's size, as "
+        "training's validation scored them",
+    )
     add_inference_arguments(parser)
     parser.add_argument(
         "--output", type=Path, metavar="JSON", help="also write the metrics to this JSON file"
@@ -235,24 +280,39 @@ def add_evaluate_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_evaluate(args: argparse.Namespace) -> None:
+    from difnet.data.base import check_resize
     from difnet.evaluation import evaluate
     from difnet.predict import output_paths_free
     from difnet.training import TrainConfig
 
     if args.output is not None:
         output_paths_free([args.output], overwrite=args.overwrite)
-    model, metadata = load_checkpoint_model(args.checkpoint)
+    model, metadata = load_inference_model(args.checkpoint)
     if "config" not in metadata and args.dataset is None:
         raise ValueError(f"{args.checkpoint} holds no training recipe to take the dataset from; "
                          "pass --dataset and --data-root")  # fmt: skip
-    settings = {**metadata.get("config", {}), "num_classes": model.num_classes}
+    preprocessing, origin = inference_preprocessing(model, args.image_size)
+    settings = {**metadata.get("config", {}), "num_classes": model.num_classes,
+                "mean": list(preprocessing.mean), "std": list(preprocessing.std)}  # fmt: skip
     if args.dataset is not None:
         settings["dataset"] = args.dataset
     if args.data_root is not None:
         settings["data_root"] = str(args.data_root)
+    if settings.get("dataset") != "synthetic":
+        settings["image_size"] = None  # read at the files' size; the protocol resizes below
     config = TrainConfig.from_dict(settings)
     dataset = config.build_dataset(args.split or config.val_split or "val", config.eval_transform())
-    result = evaluate(model, dataset, **inference_options(args))
+    size = preprocessing.image_size
+    if size is None:
+        protocol = ""
+    elif args.native_size:
+        protocol = "; scored at the labels' own size, predictions resized back (--native-size)"
+    else:
+        dataset.resize = check_resize(size)
+        protocol = "; labels resized likewise, as training's validation scored them"
+    announce_preprocessing("evaluate", preprocessing, origin, protocol)
+    input_size = size if args.native_size else None
+    result = evaluate(model, dataset, input_size=input_size, **inference_options(args))
     print(result.format_table())
     payload = result.to_dict()
     if args.diagnose is not None:
@@ -310,6 +370,7 @@ def add_predict_parser(subparsers: argparse._SubParsersAction) -> None:
         help="also write <name>_overlay.png, the mask blended over the image",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    add_image_size_argument(parser)
     add_inference_arguments(parser)
     parser.set_defaults(run=run_predict)
 
@@ -318,15 +379,19 @@ def run_predict(args: argparse.Namespace) -> None:
     from difnet.predict import find_images, predict_files
 
     images = find_images(args.input)
-    model, metadata = load_checkpoint_model(args.checkpoint)
+    model, _ = load_inference_model(args.checkpoint)
+    preprocessing, origin = inference_preprocessing(model, args.image_size)
+    back = "" if preprocessing.image_size is None else "; masks resized back to each image's size"
+    announce_preprocessing("predict", preprocessing, origin, back)
     written = predict_files(
         model,
         images,
         args.output,
-        checkpoint_palette(metadata, model.num_classes),
+        model_palette(model),
         overlay=args.overlay,
         overwrite=args.overwrite,
-        normalization=saved_normalization(metadata),
+        normalization=preprocessing.normalization(),
+        input_size=preprocessing.image_size,
         **inference_options(args),
     )
     print(f"wrote {len(written)} file(s) to {args.output}")
@@ -367,6 +432,7 @@ def add_visualize_parser(subparsers: argparse._SubParsersAction) -> None:
         help="image pixels whose transition rows Fig. 3 shows",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace existing figures")
+    add_image_size_argument(parser)
     add_device_argument(parser)
     parser.set_defaults(run=run_visualize)
 
@@ -383,18 +449,22 @@ def run_visualize(args: argparse.Namespace) -> None:
     from difnet.visualize import format_walk_parameters, write_mechanism_figures
 
     image = read_image(args.image)
-    model, metadata = load_checkpoint_model(args.checkpoint)
+    model, _ = load_checkpoint_model(args.checkpoint)
     label = read_label(args.label, model.num_classes) if args.label else None
+    preprocessing, origin = inference_preprocessing(model, args.image_size)
+    announce_preprocessing("visualize", preprocessing, origin, "; --pixels lie on the resized image"
+                           if preprocessing.image_size else "")  # fmt: skip
     paths = write_mechanism_figures(
         model,
         image,
         args.output,
         label=label,
-        palette=checkpoint_palette(metadata, model.num_classes),
-        class_names=metadata.get("class_names"),
+        palette=model_palette(model),
+        class_names=model.class_names,
         pixels=args.pixels,
         overwrite=args.overwrite,
         device=args.device,
+        preprocessing=preprocessing,
     )
     print(format_walk_parameters(model.walk_parameters()))
     for path in paths.values():
@@ -447,13 +517,19 @@ def run_demo(args: argparse.Namespace) -> None:
 EXPORT_EPILOG = """\
 examples:
   # DifNet for 321x321 inputs (any batch), checked against PyTorch in onnxruntime
-  difnet export runs/voc/best --output difnet.onnx --height 321 --width 321
+  difnet export --checkpoint runs/voc/best --output difnet.onnx --height 321 --width 321
 
   # Sim-DeepLab for any batch, height and width
-  difnet export runs/baseline/best.pt --output simdeeplab.onnx --dynamic
+  difnet export --checkpoint runs/baseline/best.pt --output simdeeplab.onnx --dynamic
 
-DifNet's height and width are fixed at export (its Psi pooling windows depend on them); the
-file refuses other sizes. Needs pip install 'difnet[onnx]'.
+  # run the file without PyTorch weights: predict resizes to its input size and back
+  difnet predict --checkpoint difnet.onnx --input street.jpg --output masks
+
+DifNet's height and width are fixed at export (its Psi pooling windows depend on them; by
+default the size the model was trained at); the file refuses other sizes. The weights are
+inside the file (one self-contained file) up to protobuf's 2 GB limit, and its
+metadata_props hold the difnet version, input size, mean/std, class names and palette.
+Needs pip install 'difnet[onnx]'.
 """
 
 
@@ -465,15 +541,16 @@ def add_export_parser(subparsers: argparse._SubParsersAction) -> None:
         epilog=EXPORT_EPILOG,
         formatter_class=HelpFormatter,
     )
-    parser.add_argument(
-        "model",
-        type=Path,
-        metavar="MODEL",
-        help="a checkpoint written by `difnet train` or a save_pretrained folder",
-    )
+    add_checkpoint_argument(parser)
     parser.add_argument("--output", type=Path, required=True, metavar="FILE", help="the .onnx file to write")
-    parser.add_argument("--height", type=int, default=321, help="input height (fixed unless --dynamic)")
-    parser.add_argument("--width", type=int, default=321, help="input width (fixed unless --dynamic)")
+    parser.add_argument(
+        "--height",
+        type=int,
+        help="input height, fixed unless --dynamic (default: the trained size, else 321)",
+    )
+    parser.add_argument(
+        "--width", type=int, help="input width, fixed unless --dynamic (default: the trained size, else 321)"
+    )
     parser.add_argument(
         "--dynamic",
         action="store_true",
@@ -488,10 +565,16 @@ def run_export(args: argparse.Namespace) -> None:
     from difnet.predict import output_paths_free
 
     output_paths_free([args.output], overwrite=args.overwrite)
-    model, _ = load_checkpoint_model(args.model)
+    model, _ = load_checkpoint_model(args.checkpoint)
+    announce_preprocessing("export", model.preprocessing, "saved with the model; written into the file")
     result = export_onnx(model, args.output, height=args.height, width=args.width, dynamic_size=args.dynamic)
     size = "any height and width" if result.height is None else f"{result.height}x{result.width} inputs"
     print(f"wrote {result.path}: {type(model).__name__}-{model.depth}, any batch, {size}")
+    if result.external_data is None:
+        print("one self-contained file: weights, input size, mean/std, class names and palette inside")
+    else:
+        print(f"the weights exceed protobuf's 2 GB limit: they went to {result.external_data}, "
+              "which must stay beside the .onnx file")  # fmt: skip
     if result.max_abs_difference is not None:
         print(
             f"onnxruntime vs PyTorch: max |logit difference| {result.max_abs_difference:.2e} "
@@ -522,12 +605,16 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(title="commands", dest="command", required=True, metavar="COMMAND")
     for add_parser in PARSERS:
         add_parser(subparsers)
+    for command in subparsers.choices.values():
+        command.set_defaults(command_parser=command)  # its usage for errors argparse leaves to the top
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the `difnet` command line; returns the exit status."""
-    args = build_parser().parse_args(argv)
+    args, unknown = build_parser().parse_known_args(argv)
+    if unknown:
+        args.command_parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         args.run(args)
     except BOUNDARY_ERRORS as error:

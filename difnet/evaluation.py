@@ -73,17 +73,24 @@ def predict_probabilities(
     *,
     window: SlidingWindow | None = None,
     max_size: int | None = None,
+    input_size: Sequence[int] | None = None,
 ) -> Tensor:
     """Class probabilities `[B, K, H, W]` of `images` `[B, C, H, W]`, averaged over the image
     resized by each of `scales` (bilinear) and, with `flip`, its mirror image.
 
     Averaging probabilities rather than logits keeps one overconfident scale from dominating.
-    `window` predicts each view by sliding windows; `max_size` first shrinks an image whose
-    longer side exceeds it (the probabilities are resized back to the input's size).
+    `window` predicts each view by sliding windows; `input_size` `(h, w)` first resizes the
+    images to it (the size the model was trained at), `max_size` shrinks an image whose longer
+    side exceeds it; either way the probabilities are resized back to the input's size.
     """
     scales = check_scales(scales)
     check_finite(images)
     size = images.shape[-2:]
+    if input_size is not None and tuple(size) != tuple(input_size):
+        resized = upsample(images, input_size)
+        return upsample(
+            predict_probabilities(model, resized, scales, flip, window=window, max_size=max_size), size
+        )
     if max_size is not None and max(size) > max_size:
         shrink = max_size / max(size)
         shrunk = upsample(images, [max(1, round(s * shrink)) for s in size])
@@ -177,11 +184,13 @@ def evaluate(
     progress: bool = True,
     window: SlidingWindow | None = None,
     max_size: int | None = None,
+    input_size: Sequence[int] | None = None,
 ) -> EvaluationResult:
     """mIoU, per-class IoU and accuracies of `model` on every whole image of `dataset`.
 
     The dataset must yield `(image [3, H, W], label [H, W])` with 255 = ignore and carry
-    `num_classes` and `class_names`. Under torch.distributed each process evaluates its share
+    `num_classes` and `class_names`. Scores are taken at the labels' size; `input_size` runs
+    the model on images resized to it, the probabilities resized back (mmseg's protocol). Under torch.distributed each process evaluates its share
     and the confusion matrices are summed, so every process returns the whole split's metrics.
     """
     scales = check_scales(scales)
@@ -202,7 +211,7 @@ def evaluate(
         loader, desc="evaluate", unit="image", disable=not progress or rank != 0, leave=False
     ):
         probabilities = predict_probabilities(
-            model, image.to(device), scales, flip, window=window, max_size=max_size
+            model, image.to(device), scales, flip, window=window, max_size=max_size, input_size=input_size
         )
         confusion.update(probabilities.argmax(1).cpu(), label)
     confusion.all_reduce()

@@ -4,32 +4,45 @@ The batch is always dynamic. DifNet's height and width are fixed at export: Psi'
 windows depend on the input size and are written into the graph as constants, so the file
 refuses other sizes (onnxruntime names the expected dimensions) rather than answering wrongly.
 Sim-DeepLab can also be exported with dynamic height and width (`dynamic_size=True`).
-Needs the `[onnx]` extra (onnx, onnxscript; onnxruntime to verify the file).
+
+The file is self-contained (weights inside) whenever they fit protobuf's 2 GB limit, and carries
+in its `metadata_props` what a deployment needs to prepare images and read the output: the
+difnet version, the model config, the input size, the training's resize policy and mean/std, the
+class names and the palette. `OnnxSegmenter` runs such a file in onnxruntime with that metadata.
+Needs the `[onnx]` extra (onnx, onnxscript; onnxruntime to verify and run the file).
 """
 
 from __future__ import annotations
 
+import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
+from torch import Tensor, nn
 
-from difnet.models import DifNet, SegmentationModel
+from difnet import __version__
+from difnet.models import DifNet, Preprocessing, SegmentationModel
 from difnet.models.validation import MIN_IMAGE_SIZE
 
 EXAMPLE_BATCH = 2  # a batch of 1 would let the exporter specialise the batch dimension to 1
+PROTOBUF_LIMIT = 2**31 - 2**20  # bytes an ONNX file can hold with its weights inside (2 GB, less the graph)
+DEFAULT_SIZE = (321, 321)
 
 
 @dataclass(frozen=True)
 class ExportResult:
     """Where the file went, its input size (None where dynamic) and, when onnxruntime is
     installed, the largest absolute difference of its logits from eager PyTorch's and the
-    largest absolute logit (float32 rounding grows with it)."""
+    largest absolute logit (float32 rounding grows with it). `external_data` names the weights
+    file that must travel with `path` when the weights exceed 2 GB (None: one self-contained file)."""
 
     path: Path
     height: int | None
     width: int | None
+    external_data: Path | None = None  # the weights file beside `path` when over 2 GB, else None
     max_abs_difference: float | None = None
     max_abs_logit: float | None = None
 
@@ -38,14 +51,21 @@ def export_onnx(
     model: SegmentationModel,
     output: str | Path,
     *,
-    height: int = 321,
-    width: int = 321,
+    height: int | None = None,
+    width: int | None = None,
     dynamic_size: bool = False,
     verify: bool = True,
 ) -> ExportResult:
     """Export `model` (put in eval mode) to the ONNX file `output` for inputs
     `[batch, in_channels, height, width]`, input "images", output "logits"; with `verify`,
-    run the file in onnxruntime on random images and compare with eager PyTorch."""
+    run the file in onnxruntime on random images and compare with eager PyTorch.
+
+    `height` and `width` default to the size the model was trained at
+    (`model.preprocessing.image_size`), else 321x321.
+    """
+    trained = model.preprocessing.image_size or DEFAULT_SIZE
+    height = trained[0] if height is None else height
+    width = trained[1] if width is None else width
     for name, value in (("height", height), ("width", width)):
         if isinstance(value, bool) or not isinstance(value, int) or value < MIN_IMAGE_SIZE:
             raise ValueError(f"{name} must be an integer >= {MIN_IMAGE_SIZE} (got {value!r})")
@@ -70,13 +90,74 @@ def export_onnx(
         }
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # the exporter's notes on optional torchvision ops
-        torch.onnx.export(
-            model, (images,), str(output), dynamo=True, input_names=["images"],
+        program = torch.onnx.export(
+            model, (images,), None, dynamo=True, input_names=["images"],
             output_names=["logits"], dynamic_shapes={"images": dims}, verbose=False,
         )  # fmt: skip
     size = (None, None) if dynamic_size else (height, width)
+    program.model.metadata_props.update(onnx_metadata(model, *size))
+    external = weight_bytes(model) > PROTOBUF_LIMIT
+    program.save(str(output), external_data=external)
     checked = _verify(model, output, height, width) if verify and _has("onnxruntime") else ()
-    return ExportResult(output, *size, *checked)
+    data = output.with_name(output.name + ".data") if external else None
+    return ExportResult(output, *size, data, *checked)
+
+
+def weight_bytes(model: nn.Module) -> int:
+    """The bytes of the model's parameters and buffers, as the ONNX file stores them."""
+    return sum(t.numel() * t.element_size() for t in model.state_dict().values())
+
+
+def onnx_metadata(model: SegmentationModel, height: int | None, width: int | None) -> dict[str, str]:
+    """The `metadata_props` of an exported file: plain strings, JSON where structured."""
+    preprocessing = model.preprocessing
+    palette = [list(colour) for colour in model.palette] if model.palette is not None else None
+    return {
+        "difnet_version": __version__,
+        "model": json.dumps(model.config),
+        "input_size": "dynamic" if height is None else f"{height}x{width}",
+        "image_size": json.dumps(preprocessing.to_dict()["image_size"]),
+        "mean": json.dumps(list(preprocessing.mean)),
+        "std": json.dumps(list(preprocessing.std)),
+        "class_names": json.dumps(model.class_names),
+        "palette": json.dumps(palette),
+    }
+
+
+class OnnxSegmenter(nn.Module):
+    """An exported difnet ONNX file run by onnxruntime, with the metadata it carries:
+    `images [B, C, H, W] -> logits [B, K, H, W]` like the PyTorch model, plus `num_classes`,
+    `in_channels`, `class_names`, `palette`, `preprocessing` and `input_size` (the fixed
+    `(h, w)` of a DifNet file, None where dynamic)."""
+
+    def __init__(self, path: str | Path) -> None:
+        super().__init__()
+        _require("onnxruntime")
+        import onnxruntime
+
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"ONNX file {self.path} does not exist")
+        self.session = onnxruntime.InferenceSession(str(self.path), providers=["CPUExecutionProvider"])
+        props = self.session.get_modelmeta().custom_metadata_map
+        if "difnet_version" not in props:
+            raise ValueError(f"{self.path} is not an ONNX file written by difnet export (no difnet metadata)")
+        config: dict[str, Any] = json.loads(props["model"])
+        self.num_classes, self.in_channels = config["num_classes"], config.get("in_channels", 3)
+        self.class_names = json.loads(props["class_names"])
+        palette = json.loads(props["palette"])
+        self.palette = [tuple(colour) for colour in palette] if palette is not None else None
+        size = json.loads(props["image_size"])
+        self.preprocessing = Preprocessing(
+            size and tuple(size), json.loads(props["mean"]), json.loads(props["std"])
+        )
+        fixed = props["input_size"]
+        self.input_size = None if fixed == "dynamic" else tuple(int(v) for v in fixed.split("x"))
+
+    def forward(self, images: Tensor) -> Tensor:
+        """Logits of `images` from onnxruntime, on the images' device."""
+        (logits,) = self.session.run(["logits"], {"images": images.detach().float().cpu().numpy()})
+        return torch.from_numpy(logits).to(images.device)
 
 
 def _verify(model: SegmentationModel, path: Path, height: int, width: int) -> tuple[float, float]:

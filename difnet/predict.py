@@ -52,12 +52,16 @@ def predict_labels(
     window: SlidingWindow | None = None,
     max_size: int | None = None,
     normalization: Mapping[str, Sequence[float]] | None = None,
+    input_size: Sequence[int] | None = None,
 ) -> np.ndarray:
     """The predicted class of every pixel of a `uint8 [H, W, C]` image, as `uint8 [H, W]`
-    (`window`, `max_size`: see `difnet.evaluation.predict_probabilities`; `normalization`:
-    `{"mean": [...], "std": [...]}` per channel as in training, ImageNet's by default)."""
+    (`window`, `max_size`, `input_size`: see `difnet.evaluation.predict_probabilities`;
+    `normalization`: `{"mean": [...], "std": [...]}` per channel as in training, ImageNet's by
+    default; a loaded model's `preprocessing` gives both as training used them)."""
     batch = normalize(image, **(normalization or {}))[None].to(device)
-    probabilities = predict_probabilities(model, batch, scales, flip, window=window, max_size=max_size)
+    probabilities = predict_probabilities(
+        model, batch, scales, flip, window=window, max_size=max_size, input_size=input_size
+    )
     return probabilities[0].argmax(0).to(torch.uint8).cpu().numpy()
 
 
@@ -108,6 +112,7 @@ def predict_files(
     window: SlidingWindow | None = None,
     max_size: int | None = None,
     normalization: Mapping[str, Sequence[float]] | None = None,
+    input_size: Sequence[int] | None = None,
 ) -> list[Path]:
     """Predict each image file and write `<stem>.png` palette masks (and `<stem>_overlay.png`
     when `overlay`) into `output_dir`; returns the written paths.
@@ -127,7 +132,8 @@ def predict_files(
         image = read_image(source, getattr(model, "in_channels", 3))
         try:
             labels = predict_labels(model, image, scales=scales, flip=flip, device=device,
-                                    window=window, max_size=max_size, normalization=normalization)  # fmt: skip
+                                    window=window, max_size=max_size, normalization=normalization,
+                                    input_size=input_size)  # fmt: skip
         except ValueError as error:
             raise ValueError(f"cannot predict {source}: {error}") from error
         palette_image(labels, palette).save(mask_path)

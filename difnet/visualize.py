@@ -7,7 +7,7 @@ drawn over the whole image with `extent`, so every panel lines up with the input
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,10 +22,11 @@ from scipy.ndimage import label as connected_components
 from torch import Tensor
 
 from difnet.data import IGNORE_INDEX, colorize, generic_palette
-from difnet.data.transforms import normalize
+from difnet.data.transforms import normalize, resize_bilinear, resize_nearest
 from difnet.devices import resolve_device
 from difnet.models import DifNet, DifNetOutput
 from difnet.models.heads import upsample
+from difnet.models.preprocessing import Preprocessing
 from difnet.predict import output_paths_free
 
 Palette = Sequence[tuple[int, int, int]]
@@ -105,15 +106,16 @@ def inspect(
     *,
     label: np.ndarray | None = None,
     device: str = "cpu",
+    normalization: Mapping[str, Sequence[float]] | None = None,
 ) -> Mechanism:
     """Run DifNet on one `uint8 [H, W, 3]` image and take the transition rows of `pixels`
     (`(y, x)` in image coordinates; by default one per large region of `label`, or of the
-    prediction when no label is given)."""
+    prediction when no label is given), normalised by `normalization` (ImageNet's by default)."""
     if not isinstance(model, DifNet):
         raise TypeError(f"the mechanism figures need a DifNet model (got {type(model).__name__})")
     device = resolve_device(device)
     model.eval().to(device)
-    batch = normalize(image)[None].to(device)
+    batch = normalize(image, **(normalization or {}))[None].to(device)
     model.check_images(batch)
     levels = model.similarity_branch(batch)  # once, for the outputs and the transition rows
     output = model.diffuse(model.seed_branch(batch), levels)
@@ -296,18 +298,27 @@ def write_mechanism_figures(
     pixels: Sequence[Pixel] | None = None,
     overwrite: bool = False,
     device: str = "cpu",
+    preprocessing: Preprocessing | None = None,
 ) -> dict[str, Path]:
     """Draw Figs. 2-4 and Table 3 for one image into `output_dir`; returns `{name: PNG path}`.
 
     `label` is the ground truth `[H, W]` (255 = ignore); `pixels` the `(y, x)` pixels of Fig. 3.
-    Existing files are refused unless `overwrite`.
+    The image (and label) are first prepared as `preprocessing` says (default: the model's own):
+    resized to its `image_size`, where `pixels` then lie, and normalised. Existing files are
+    refused unless `overwrite`.
     """
     if label is not None and label.shape != image.shape[:2]:
         raise ValueError(f"label shape {label.shape} does not match the image size {image.shape[:2]}")
+    preprocessing = preprocessing or model.preprocessing
+    if preprocessing.image_size is not None:
+        image = resize_bilinear(image, preprocessing.image_size)
+        label = resize_nearest(label, preprocessing.image_size) if label is not None else None
     output_dir = Path(output_dir)
     paths = {name: output_dir / f"{name}.png" for name in FIGURE_NAMES}
     output_paths_free(paths.values(), overwrite=overwrite)
-    mechanism = inspect(model, image, pixels, label=label, device=device)
+    mechanism = inspect(
+        model, image, pixels, label=label, device=device, normalization=preprocessing.normalization()
+    )
     palette = palette or generic_palette(model.num_classes)
     figures = {
         "fig2_maps": maps_figure(mechanism, palette, label=label, class_names=class_names),

@@ -5,6 +5,7 @@ documented exception with a message naming the offending value; the doc and the 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import io
 import os
 import re
@@ -33,8 +34,9 @@ from difnet.data import (
 )
 from difnet.diffusion import Cascade, propagate
 from difnet.evaluation import evaluate, predict_probabilities
+from difnet.export import OnnxSegmenter
 from difnet.metrics import ConfusionMatrix
-from difnet.models import DifNet, SimDeepLab, build_model, dilated_resnet
+from difnet.models import DifNet, Preprocessing, SimDeepLab, build_model, dilated_resnet
 from difnet.predict import predict_labels
 from difnet.training import TrainConfig, train
 from difnet.training.checkpoint import FORMAT, load_model, save_model
@@ -46,6 +48,9 @@ P = transition_matrix(RNG.standard_normal((4, 3)))
 S = RNG.standard_normal((4, 2))
 IMAGE = random_image(RNG, (20, 24))
 MASK = np.zeros((20, 24), dtype=np.uint8)
+NEEDS_ONNX = pytest.mark.skipif(
+    any(importlib.util.find_spec(m) is None for m in ("onnx", "onnxruntime")), reason="no [onnx] extra"
+)
 NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
 QUICK_RUN = {"model": "simdeeplab", "depth": 18, "dataset": "synthetic", "num_classes": 3,
              "device": "cpu", "val_split": None, "progress": False, "workers": 0}  # fmt: skip
@@ -98,6 +103,27 @@ class Env:
         state.update({"fc.weight": torch.zeros(1000, 512), "fc.bias": torch.zeros(1000)})
         torch.save(state, self.root / "resnet18.pth")
         return self.root / "resnet18.pth"
+
+    def onnx_file(self, name: str, **metadata: str) -> Path:
+        """An ONNX file of one Identity node `images [N, 3, 32, 40] -> logits`, with `metadata`."""
+        import onnx
+        from onnx import TensorProto, helper
+
+        shape = ["N", 3, 32, 40]
+        graph = helper.make_graph([helper.make_node("Identity", ["images"], ["logits"])], "g",
+                                  [helper.make_tensor_value_info("images", TensorProto.FLOAT, shape)],
+                                  [helper.make_tensor_value_info("logits", TensorProto.FLOAT, shape)])  # fmt: skip
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        helper.set_model_props(model, metadata)
+        onnx.save(model, self.root / name)
+        return self.root / name
+
+    @cached_property
+    def difnet_onnx(self) -> Path:
+        """`onnx_file` with the metadata `difnet export` writes, for a DifNet fixed at 32x40."""
+        return self.onnx_file("fixed.onnx", difnet_version="0", input_size="32x40", image_size="null",
+                              mean="[0.5, 0.5, 0.5]", std="[0.2, 0.2, 0.2]", class_names="null",
+                              palette="null", model='{"name": "difnet", "num_classes": 3}')  # fmt: skip
 
     @cached_property
     def pickled_code(self) -> Path:
@@ -362,6 +388,22 @@ CASES = [
                      r"checkpoint \(3, 512, 3, 3\) vs model \(5, 512, 3, 3\)"),
     Case("checkpoint-no-spec", lambda e: load_model(e.variant("nospec.pt", model_spec=None)),
          ValueError, r"nospec\.pt lacks the entries \['model_spec'\]"),
+    Case("checkpoint-fine-tune-keys",
+         lambda e: load_model(e.variant("partial.pt", model={
+             k: v for k, v in e.simdeeplab.state_dict().items() if k != "backbone.conv1.weight"}),
+             num_classes=5),
+         ValueError, r"partial\.pt does not hold this architecture: missing \['backbone\.conv1\.weight'\]"),
+    Case("preprocessing-image-size", lambda e: Preprocessing(image_size=(0, 5)), ValueError,
+         r"image_size must be \(height, width\) of positive ints \(got \(0, 5\)\)"),
+    Case("preprocessing-mean-std", lambda e: Preprocessing(mean=(0.5,), std=(0.2, 0.2)), ValueError,
+         r"mean and std need one value per channel each \(got \(0\.5,\) and \(0\.2, 0\.2\)\)"),
+    Case("preprocessing-unknown-entry", lambda e: Preprocessing.from_dict({"size": 3}), ValueError,
+         r"unknown preprocessing entries: size"),
+    Case("onnx-missing", lambda e: OnnxSegmenter(e.root / "no.onnx"), FileNotFoundError,
+         r"ONNX file .*no\.onnx does not exist", (NEEDS_ONNX,)),
+    Case("onnx-not-difnet", lambda e: OnnxSegmenter(e.onnx_file("plain.onnx")), ValueError,
+         r"plain\.onnx is not an ONNX file written by difnet export \(no difnet metadata\)",
+         (NEEDS_ONNX,)),
     Case("checkpoint-newer-format", lambda e: load_model(e.variant("v9.pt", format_version=9)),
          ValueError, r"v9\.pt has format version 9, newer than this difnet reads \(1\)"),
     # training configuration and runs ------------------------------------------------------------
@@ -389,12 +431,25 @@ CASES = [
          lambda e: quick_train(e, resume=str(e.variant("deeper.pt", model_spec={
              "name": "simdeeplab", "depth": 34, "num_classes": 3}))),
          ValueError, r"deeper\.pt holds a model .*'depth': 34.* but this run builds .*'depth': 18"),
+    Case("train-init-from-other-architecture",
+         lambda e: quick_train(e, model="difnet", init_from=str(e.checkpoint)), ValueError,
+         r"cannot initialise from .*best\.pt: it holds another architecture \(name 'simdeeplab' "
+         r"there, 'difnet' here"),
     Case("train-resume-other-classes",
          lambda e: quick_train(e, num_classes=4, resume=str(e.checkpoint)), ValueError,
          r"best\.pt holds a model .*'num_classes': 3.* but this run builds .*'num_classes': 4"),
     # command line ------------------------------------------------------------------------------
     Case("cli-depth-choice", lambda e: cli("train", "--depth", "19"), SystemExit,
          r"exit status 2: difnet train: error: argument --depth: invalid choice: '?19'?"),
+    Case("cli-unknown-option",
+         lambda e: cli("export", "--checkpoint", "x", "--output", "y.onnx", "--frobnicate"), SystemExit,
+         r"exit status 2: difnet export: error: unrecognized arguments: --frobnicate"),
+    Case("cli-onnx-image-size",
+         lambda e: cli("predict", "--checkpoint", str(e.difnet_onnx), "--input",
+                       str(save_image(e.root / "photo.png", IMAGE)), "--output", str(e.root / "masks"),
+                       "--image-size", "16", "16"),
+         SystemExit, r"exit status 2: difnet: error: --image-size 16 16: the ONNX file takes only "
+                     r"32x40 inputs", (NEEDS_ONNX,)),
     Case("cli-crop-size", lambda e: cli_train(e, "--crop-size", "1", "2", "3"), SystemExit,
          r"exit status 2: difnet: error: --crop-size takes one or two values \(got 3\)"),
     Case("cli-resume-inference-checkpoint",

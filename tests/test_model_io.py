@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 import difnet
-from difnet.models import DifNet, SimDeepLab
+from difnet.models import DifNet, Preprocessing, SimDeepLab
 from difnet.models.heads import adaptive_max_pool_by_gather
 from difnet.models.pretrained import adapt_first_conv
 from difnet.models.serialization import CONFIG_NAME, WEIGHTS_NAME
@@ -44,9 +44,13 @@ def test_save_pretrained_round_trip_offline_gives_the_same_logits(tmp_path, monk
     saved = json.loads((folder / CONFIG_NAME).read_text())
     assert saved["model"] == model.config and saved["model"]["name"] == cls.name
     assert saved["class_names"] == ["sky", "road", "car"] and saved["difnet_version"] == difnet.__version__
-    assert saved["normalization"]["mean"] == [0.485, 0.456, 0.406]
+    assert saved["preprocessing"] == {"image_size": None, "mean": [0.485, 0.456, 0.406],
+                                      "std": [0.229, 0.224, 0.225]}  # fmt: skip
     for loaded in (cls.from_pretrained(folder), difnet.load_model(folder)):
         assert type(loaded) is cls and not loaded.training
+        assert loaded.class_names == ["sky", "road", "car"]
+        assert loaded.palette == [(0, 0, 0), (1, 2, 3), (4, 5, 6)]
+        assert loaded.preprocessing == Preprocessing()
         with torch.no_grad():
             torch.testing.assert_close(loaded(images()), model(images()), rtol=0, atol=0)
 
@@ -162,7 +166,7 @@ def test_difnet_exports_to_onnx_and_runs_to_eager_logits(tmp_path, size, capsys)
     from difnet.cli import main
 
     height, width = size
-    assert main(["export", str(tmp_path / "model"), "--output", str(tmp_path / "m.onnx"),
+    assert main(["export", "--checkpoint", str(tmp_path / "model"), "--output", str(tmp_path / "m.onnx"),
                  "--height", str(height), "--width", str(width)]) == 0  # fmt: skip
     report = capsys.readouterr().out
     difference = float(report.split("max |logit difference| ")[1].split()[0])

@@ -26,7 +26,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from difnet.data.palettes import IGNORE_INDEX, Colour
-from difnet.data.transforms import EvalTransform, resize_bilinear
+from difnet.data.transforms import EvalTransform, resize_bilinear, resize_nearest
 
 Transform = Callable[[np.ndarray, np.ndarray], tuple[Tensor, Tensor]]
 
@@ -89,9 +89,7 @@ class SegmentationDataset(Dataset[tuple[Tensor, Tensor]]):
             raise IndexError(f"index {index} is out of range for a dataset of {size} items")
         image, label = self.load(index % size)
         if self.resize is not None and image.shape[:2] != self.resize:
-            height, width = self.resize
-            image = resize_bilinear(image, (height, width))
-            label = np.asarray(Image.fromarray(label).resize((width, height), Image.Resampling.NEAREST))
+            image, label = resize_bilinear(image, self.resize), resize_nearest(label, self.resize)
         return self.transform(image, label)
 
 

@@ -108,6 +108,11 @@ def resize_bilinear(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.stack([np.asarray(band) for band in bands], axis=-1)
 
 
+def resize_nearest(label: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """An integer `[H, W]` label map resized to `size` (h, w) by PIL's nearest neighbour."""
+    return np.asarray(Image.fromarray(label).resize(size[::-1], Image.Resampling.NEAREST))
+
+
 def label_tensor(label: np.ndarray) -> Tensor:
     """An integer `[H, W]` array as the int64 tensor the loss and metrics take."""
     return torch.from_numpy(np.array(label, dtype=np.int64))

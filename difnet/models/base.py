@@ -9,7 +9,9 @@ from typing import Any, ClassVar
 
 from torch import Tensor, nn
 
+from difnet.models.finetune import FineTuneReport
 from difnet.models.parameters import split_backbone_head
+from difnet.models.preprocessing import Preprocessing
 from difnet.models.pretrained import LoadReport, PretrainedSource, load_pretrained_backbones
 from difnet.models.resnet import DilatedResNet, check_depth, dilated_resnet
 from difnet.models.validation import check_images, check_num_classes, check_positive_int
@@ -21,6 +23,12 @@ class SegmentationModel(nn.Module):
     A subclass passes its architecture arguments to `__init__` (they become `config`, from
     which `build_model(**config)` rebuilds it), builds its modules with `new_backbone`, names
     its ResNets in `backbones`, then calls `load_pretrained_backbone`.
+
+    What a trained model carries beside its weights (set by `difnet.load_model`, saved by
+    `save_pretrained`): `class_names` and `palette` (None when unknown) and `preprocessing`, the
+    resize policy and normalisation its training used (`Preprocessing`; ImageNet's mean and std,
+    no resize, for a new model). `fine_tune_report` lists the layers re-initialised when it was
+    loaded for another number of classes (`from_pretrained(..., num_classes=K)`).
     """
 
     name: ClassVar[str]  # the registry name: "difnet" or "simdeeplab"
@@ -43,6 +51,10 @@ class SegmentationModel(nn.Module):
         self._architecture = {"depth": depth, "num_classes": num_classes,
                               "in_channels": in_channels, **architecture}  # fmt: skip
         self.backbone_load_reports: dict[str, LoadReport] = {}
+        self.class_names: list[str] | None = None
+        self.palette: list[tuple[int, int, int]] | None = None
+        self.preprocessing = Preprocessing()
+        self.fine_tune_report: FineTuneReport | None = None
 
     @property
     def config(self) -> dict[str, Any]:
@@ -85,18 +97,21 @@ class SegmentationModel(nn.Module):
 
     def save_pretrained(self, directory: str | Path, **metadata: Any) -> Path:
         """Write `config.json` + `model.safetensors` to `directory`; `metadata`: `class_names`,
-        `palette`, `normalization` (see `difnet.models.serialization.save_pretrained`)."""
+        `palette`, `preprocessing` (default: the model's own; see
+        `difnet.models.serialization.save_pretrained`)."""
         from difnet.models.serialization import save_pretrained
 
         return save_pretrained(self, directory, **metadata)
 
     @classmethod
-    def from_pretrained(cls, source: str | Path) -> SegmentationModel:
+    def from_pretrained(cls, source: str | Path, num_classes: int | None = None) -> SegmentationModel:
         """The model saved in a `save_pretrained` folder, a `.pt` checkpoint or a Hub repo id;
-        refused if it is not a `cls` (use `difnet.load_model` for any kind)."""
+        refused if it is not a `cls` (use `difnet.load_model` for any kind). With `num_classes`
+        other than the saved one (fine-tuning), every weight whose shape fits is loaded and the
+        class-dependent layers are re-initialised (listed in `fine_tune_report`)."""
         from difnet.models.serialization import load_model
 
-        model = load_model(source)
+        model = load_model(source, num_classes=num_classes)
         if not isinstance(model, cls):
             raise TypeError(f"{source} holds a {type(model).__name__}, not a {cls.__name__}")
         return model

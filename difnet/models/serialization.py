@@ -2,10 +2,12 @@
 
 Two forms, both read by `load_model`:
 * a `save_pretrained` folder, as HF transformers, timm and smp write them: `config.json` (the
-  constructor arguments, class names, palette, input normalisation, difnet version) and
+  constructor arguments, class names, palette, preprocessing, difnet version) and
   `model.safetensors`; `from_pretrained` also takes a Hub repo id (`pip install difnet[hub]`);
 * a `.pt` checkpoint written by `difnet train`, loaded with `weights_only=True`: plain data and
   tensors only, a file holding pickled code is refused.
+Both hold the same metadata (`model_metadata`): class names, palette and the `Preprocessing`
+(resize policy, mean/std) that every tool applies to the model's inputs.
 Neither form makes loading fetch ImageNet backbone weights: the config holds the architecture,
 not how it was initialised.
 """
@@ -22,9 +24,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from difnet.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from difnet.models.base import SegmentationModel
 from difnet.models.factory import build_model
+from difnet.models.finetune import FineTuneReport, load_for_fine_tuning
+from difnet.models.preprocessing import Preprocessing
 from difnet.models.pretrained import shape_mismatches
 
 FORMAT = "difnet-checkpoint"
@@ -32,7 +35,9 @@ FORMAT_VERSION = 1
 REQUIRED_ENTRIES = ("model_spec", "model")
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
-DEFAULT_NORMALIZATION = {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
+# config entries that change how a model is initialised, computes or what it predicts, not which
+# weights it has
+NOT_ARCHITECTURE = ("num_classes", "walk", "gradient_checkpointing", "head_init")
 
 
 def save_pretrained(
@@ -41,12 +46,12 @@ def save_pretrained(
     *,
     class_names: Sequence[str] | None = None,
     palette: Sequence[Sequence[int]] | None = None,
-    normalization: Mapping[str, Sequence[float]] | None = None,
+    preprocessing: Preprocessing | None = None,
 ) -> Path:
     """Write `model` to `directory` as `config.json` + `model.safetensors`; returns the folder.
 
-    `normalization` (`{"mean": [...], "std": [...]}`, one value per input channel) is how
-    images were scaled in training; ImageNet's by default.
+    `class_names`, `palette` and `preprocessing` (how training resized and normalised images)
+    default to the model's own attributes, so a loaded model saves again with its metadata.
     """
     from safetensors.torch import save_file
 
@@ -55,15 +60,8 @@ def save_pretrained(
     model = unwrap(model)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    config = {
-        "model": model.config,
-        "class_names": list(class_names) if class_names is not None else None,
-        "palette": [list(colour) for colour in palette] if palette is not None else None,
-        "normalization": {
-            key: list(values) for key, values in (normalization or DEFAULT_NORMALIZATION).items()
-        },
-        "difnet_version": __version__,
-    }
+    config = {"model": model.config, **model_metadata(model, class_names, palette, preprocessing),
+              "difnet_version": __version__}  # fmt: skip
     state = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
     _replace_atomically(directory / WEIGHTS_NAME, lambda path: save_file(state, str(path)))
     _replace_atomically(
@@ -72,20 +70,82 @@ def save_pretrained(
     return directory
 
 
-def load_model(source: str | Path) -> SegmentationModel:
+def model_metadata(
+    model: SegmentationModel,
+    class_names: Sequence[str] | None = None,
+    palette: Sequence[Sequence[int]] | None = None,
+    preprocessing: Preprocessing | None = None,
+) -> dict[str, Any]:
+    """The plain entries saved beside the weights in both forms: `class_names`, `palette` and
+    `preprocessing`, each the given value or else the model's attribute."""
+    class_names = class_names if class_names is not None else getattr(model, "class_names", None)
+    palette = palette if palette is not None else getattr(model, "palette", None)
+    preprocessing = preprocessing or getattr(model, "preprocessing", None) or Preprocessing()
+    return {
+        "class_names": list(class_names) if class_names is not None else None,
+        "palette": [[int(v) for v in colour] for colour in palette] if palette is not None else None,
+        "preprocessing": preprocessing.to_dict(),
+    }
+
+
+def load_model(source: str | Path, num_classes: int | None = None) -> SegmentationModel:
     """The model (in eval mode, on the CPU) of a `difnet train` checkpoint (`.pt`), a
-    `save_pretrained` folder, or a Hub repo id such as `"user/difnet-voc"`."""
-    return load_model_with_metadata(source)[0]
+    `save_pretrained` folder, or a Hub repo id such as `"user/difnet-voc"`, with its
+    `class_names`, `palette` and `preprocessing` set from what was saved.
+
+    `num_classes` other than the saved count loads it for fine-tuning: every weight whose shape
+    fits, the class-dependent layers re-initialised and listed in `model.fine_tune_report`.
+    """
+    return load_model_with_metadata(source, num_classes)[0]
 
 
-def load_model_with_metadata(source: str | Path) -> tuple[SegmentationModel, dict[str, Any]]:
-    """`load_model` and what was saved beside the weights (class names, palette, ...)."""
-    path = Path(source)
-    if path.is_dir():
-        return _load_folder(path)
-    if path.exists() or path.suffix in (".pt", ".pth") or not _looks_like_repo_id(str(source)):
-        return _load_checkpoint(path)
-    return _load_folder(download_from_hub(str(source)))
+def load_model_with_metadata(
+    source: str | Path, num_classes: int | None = None
+) -> tuple[SegmentationModel, dict[str, Any]]:
+    """`load_model` and every entry saved beside the weights: a checkpoint's training recipe
+    (`"config"`), epoch and history, a folder's `difnet_version`, and the class names, palette
+    and preprocessing also set on the model."""
+    return _assemble(*_read_source(source), num_classes)
+
+
+def initialize_from(model: SegmentationModel, source: str | Path) -> FineTuneReport:
+    """Load the weights of trained model `source` (checkpoint, folder or Hub repo id) into
+    `model`, a new model of the same architecture for any number of classes: the start of a
+    fine-tuning run (`difnet train --init-from`). Its class-dependent layers are re-initialised
+    when the class counts differ; the report is also kept in `model.fine_tune_report`."""
+    config, state, _, origin = _read_source(source)
+    own = unwrap(model).config
+    differing = sorted(
+        (
+            key
+            for key in set(config) | set(own)  # an entry older files lack had today's default
+            if key not in NOT_ARCHITECTURE and config.get(key, own.get(key)) != own.get(key)
+        ),
+        key=lambda key: (key not in ("name", "depth"), key),
+    )
+    if differing:
+        changes = "; ".join(f"{key} {config.get(key)!r} there, {own.get(key)!r} here" for key in differing)
+        raise ValueError(
+            f"cannot initialise from {source}: it holds another architecture ({changes}); "
+            "build the same model (only the number of classes may differ)"
+        )
+    report = load_for_fine_tuning(unwrap(model), state, str(origin), config["num_classes"])
+    unwrap(model).fine_tune_report = report
+    return report
+
+
+def saved_preprocessing(metadata: Mapping[str, Any]) -> Preprocessing:
+    """The `Preprocessing` saved beside a model; for files written before it was, the
+    normalisation of a folder or the recipe of a checkpoint (CamVid's `image_size` resized)."""
+    if metadata.get("preprocessing") is not None:
+        return Preprocessing.from_dict(metadata["preprocessing"])
+    if metadata.get("normalization") is not None:
+        return Preprocessing(**metadata["normalization"])
+    recipe = metadata.get("config") or {}
+    size = recipe.get("image_size") if recipe.get("dataset") == "camvid" else None
+    if recipe.get("mean"):
+        return Preprocessing(size and tuple(size), recipe["mean"], recipe["std"])
+    return Preprocessing(size and tuple(size))
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -182,7 +242,18 @@ def push_to_hub(model: SegmentationModel, repo_id: str, *, private: bool = False
 # --- helpers ------------------------------------------------------------------------------------
 
 
-def _load_folder(directory: Path) -> tuple[SegmentationModel, dict[str, Any]]:
+def _read_source(source: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, Any], Path]:
+    """Config, weights, other entries and file of a checkpoint, folder or Hub repo id."""
+    path = Path(source)
+    if path.is_dir():
+        return _read_folder(path)
+    if path.exists() or path.suffix in (".pt", ".pth") or not _looks_like_repo_id(str(source)):
+        return _read_checkpoint(path)
+    return _read_folder(download_from_hub(str(source)))
+
+
+def _read_folder(directory: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, Any], Path]:
+    """A save_pretrained folder's model config, weights, other entries and weights path."""
     from safetensors.torch import load_file
 
     config_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
@@ -197,16 +268,38 @@ def _load_folder(directory: Path) -> tuple[SegmentationModel, dict[str, Any]]:
         config = saved["model"]
     except (json.JSONDecodeError, KeyError, TypeError) as error:
         raise ValueError(f"{config_path} is not a difnet config (no 'model' entry): {error}") from error
-    model = build_from_config(config)
-    load_state(model, load_file(str(weights_path)), weights_path)
-    return model.eval(), {key: value for key, value in saved.items() if key != "model"}
+    metadata = {key: value for key, value in saved.items() if key != "model"}
+    return config, load_file(str(weights_path)), metadata, weights_path
 
 
-def _load_checkpoint(path: Path) -> tuple[SegmentationModel, dict[str, Any]]:
+def _read_checkpoint(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, Any], Path]:
+    """A `.pt` checkpoint's model config, weights, other entries and path."""
     payload = read_checkpoint(path)
-    model = build_from_config(payload["model_spec"])
-    load_state(model, payload["model"], path)
-    return model.eval(), {key: value for key, value in payload.items() if key != "model"}
+    metadata = {key: value for key, value in payload.items() if key != "model"}
+    return payload["model_spec"], payload["model"], metadata, path
+
+
+def _assemble(
+    config: Mapping[str, Any],
+    state: Mapping[str, torch.Tensor],
+    metadata: dict[str, Any],
+    origin: Path,
+    num_classes: int | None,
+) -> tuple[SegmentationModel, dict[str, Any]]:
+    """The model of a saved config and weights, with its metadata set (see `load_model`)."""
+    saved_classes = config["num_classes"]
+    preprocessing = saved_preprocessing(metadata)
+    if num_classes is None or num_classes == saved_classes:
+        model = build_from_config(config)
+        load_state(model, state, origin)
+        model.class_names, model.palette = metadata.get("class_names"), metadata.get("palette")
+    else:
+        model = build_from_config({**config, "num_classes": num_classes})
+        model.fine_tune_report = load_for_fine_tuning(model, state, str(origin), saved_classes)
+    if model.palette is not None:
+        model.palette = [tuple(colour) for colour in model.palette]
+    model.preprocessing = preprocessing
+    return model.eval(), {**metadata, "preprocessing": preprocessing.to_dict()}
 
 
 def _looks_like_repo_id(text: str) -> bool:

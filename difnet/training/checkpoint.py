@@ -24,6 +24,7 @@ from difnet.models.serialization import (
     FORMAT,
     FORMAT_VERSION,
     load_model_with_metadata,
+    model_metadata,
     read_checkpoint,
     unwrap,
 )
@@ -99,8 +100,9 @@ def save_model(
     palette: list[tuple[int, int, int]] | None = None,
     **metadata: Any,
 ) -> Path:
-    """Write `model` with what inference needs (architecture, classes, palette, recipe) and any
-    extra plain `metadata` (optimiser state, epoch, RNG states, ...), atomically."""
+    """Write `model` with what inference needs (architecture, classes, palette, preprocessing:
+    given, or else the model's attributes; the recipe) and any extra plain `metadata`
+    (optimiser state, epoch, RNG states, ...), atomically."""
     model = unwrap(model)
     payload = {
         "format": FORMAT,
@@ -109,8 +111,7 @@ def save_model(
         "model": model.state_dict(),
         "config": config.to_dict(),
         "dataset": config.dataset,
-        "class_names": list(class_names) if class_names is not None else None,
-        "palette": [list(c) for c in palette] if palette is not None else None,
+        **model_metadata(model, class_names, palette),
         **metadata,
     }
     return atomic_save(payload, path)

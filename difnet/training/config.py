@@ -19,6 +19,7 @@ from difnet.diffusion import WALK_METHODS
 from difnet.models import MODELS, RESNET_DEPTHS
 from difnet.models.difnet import DIFFUSION_STRIDES
 from difnet.models.heads import HEAD_INITS, UNSATURATED_PSI_SCALE
+from difnet.models.preprocessing import Preprocessing
 
 NONFINITE_POLICIES = ("stop", "skip")
 # what `--resume` may change in the stored recipe: how long, where and how the run goes on, never
@@ -28,6 +29,7 @@ RESUME_CHANGEABLE = (
     "log_every", "progress", "on_nonfinite", "save_every", "gradient_checkpointing",
 )  # fmt: skip
 PRECISIONS = ("fp32", "bf16", "fp16")
+RESIZED_DATASETS = ("camvid",)  # the datasets that --image-size resizes on load
 SYNTHETIC_DEFAULT_CLASSES = 5
 SYNTHETIC_DEFAULT_SIZE = 64
 
@@ -55,6 +57,7 @@ class TrainConfig:
     normalize_importance: bool = False
     aux_seed_weight: float = 0.0
     pretrained_backbone: str | None = None
+    init_from: str | None = None
     gradient_checkpointing: bool = False
     in_channels: int = 3
     mean: tuple[float, ...] | None = None
@@ -197,7 +200,7 @@ class TrainConfig:
             }
         if self.dataset == "folder":
             return {"num_classes": self.num_classes, "channels": self.in_channels}
-        if self.dataset == "camvid" and self.image_size is not None:
+        if self.dataset in RESIZED_DATASETS and self.image_size is not None:
             return {"resize": self.image_size}
         return {}
 
@@ -206,6 +209,12 @@ class TrainConfig:
         if self.mean is None:
             return {"mean": IMAGENET_MEAN, "std": IMAGENET_STD}
         return {"mean": self.mean, "std": self.std}
+
+    def preprocessing(self) -> Preprocessing:
+        """How this run prepares images, saved with the model: its normalisation, and
+        `image_size` where the dataset resizes every image to it (CamVid)."""
+        resized = self.image_size if self.dataset in RESIZED_DATASETS else None
+        return Preprocessing(resized, **self.normalization())
 
     def train_transform(self) -> TrainTransform:
         """The paper's augmentation with this config's crop, scale range, flip and normalisation."""
@@ -333,6 +342,13 @@ class TrainConfig:
             "--pretrained-backbone",
             metavar="PATH_OR_imagenet",
             help="torchvision ResNet checkpoint for the backbones, or 'imagenet'",
+        )
+        model.add_argument(
+            "--init-from",
+            metavar="CHECKPOINT_OR_FOLDER",
+            help="start from a trained model's weights (a .pt, a save_pretrained folder or a Hub "
+            "repo id) of the same architecture, for any number of classes: its class-dependent "
+            "layers are re-initialised; unlike --resume, a new run with its own recipe",
         )
         data = parser.add_argument_group("data")
         data.add_argument("--dataset", choices=DATASETS, default=d.dataset, help="dataset to train on")

@@ -34,7 +34,13 @@ from difnet.data.palettes import IGNORE_INDEX
 from difnet.evaluation import evaluate
 from difnet.models import build_model
 from difnet.models.heads import upsample
-from difnet.models.serialization import load_state, read_checkpoint, save_pretrained, unwrap
+from difnet.models.serialization import (
+    initialize_from,
+    load_state,
+    read_checkpoint,
+    save_pretrained,
+    unwrap,
+)
 from difnet.training import distributed
 from difnet.training.checkpoint import remove_partial_saves, save_model
 from difnet.training.config import TrainConfig
@@ -138,6 +144,10 @@ class Trainer:
 
         seed_everything(config.seed)
         model = build_model(**config.model_arguments(self.num_classes))
+        model.class_names, model.palette = list(self.train_set.class_names), list(self.train_set.palette)
+        model.preprocessing = config.preprocessing()
+        if config.init_from is not None:
+            initialize_from(model, config.init_from)
         model.freeze_backbones(config.freeze_backbone).set_norm_eval(config.norm_eval)
         if context.distributed and self.device.type == "cuda":
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -230,8 +240,6 @@ class Trainer:
             self.output_dir / name,
             self.model,
             self.config,
-            class_names=list(self.train_set.class_names),
-            palette=list(self.train_set.palette),
             epoch=self.epoch,
             step=self.step,
             steps_into_epoch=steps_into_epoch,
@@ -279,10 +287,7 @@ class Trainer:
                     self._save(LAST, with_optimizer=True)
                     if record.get("is_best") or self.val_set is None:
                         self._save(BEST, with_optimizer=False)
-                        save_pretrained(self.model, self.output_dir / BEST_FOLDER,
-                                        class_names=list(self.train_set.class_names),
-                                        palette=list(self.train_set.palette),
-                                        normalization=self.config.normalization())  # fmt: skip
+                        save_pretrained(self.model, self.output_dir / BEST_FOLDER)
         finally:
             if self.log is not None:
                 self.log.close()
