@@ -16,7 +16,10 @@ Two phases, every run resumable and recorded with the commit that produced it:
     python -m benchmarks.camvid report                              # results/camvid_verdict.*
     python -m benchmarks.camvid shrink --to .camvid240             # a 240x180 copy to ship
 
-A run whose record exists is not repeated; one killed mid-way resumes from its `last.pt`.
+A run whose record exists is not repeated; one killed mid-way resumes from its `last.pt`. Records
+go to `benchmarks/results/camvid/<phase>/`, where they are committed, so a later session (or a
+GPU) carries on with the runs still missing; the run folders beside them hold weights and are
+git-ignored. Every record names the commit, and whether the tree differed from it.
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ from difnet.training.loop import seed_everything
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "camvid"
 RESULTS = ROOT / "benchmarks" / "results"
+RUNS = RESULTS / "camvid"  # records are kept (committed); run folders with weights are ignored
 HALF_RESOLUTION = (180, 240)
 HOLDOUT_SEQUENCE = "0001TP"  # a whole video sequence of train: no near-duplicate frames leak
 SMALL_CLASSES = ("Pole", "SignSymbol", "Fence", "Pedestrian", "Bicyclist")
@@ -372,7 +376,7 @@ def main() -> None:
     for name in ("run", "all", "report", "shrink"):
         sub = commands.add_parser(name)
         sub.add_argument("--data-root", type=Path, default=DEFAULT_DATA)
-        sub.add_argument("--output", type=Path, default=ROOT / "runs" / "camvid")
+        sub.add_argument("--output", type=Path, default=RUNS, help="run folders and their records")
         if name in ("run", "all"):
             sub.add_argument("--device", default="cpu")
             sub.add_argument("--crop", type=int, nargs=2, default=[160, 160], metavar=("H", "W"))
