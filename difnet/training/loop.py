@@ -2,8 +2,9 @@
 after each epoch, atomic checkpoints, exact resumption and a guard against non-finite steps.
 
 Reproducibility: every random generator (torch, NumPy, Python, DataLoader workers) is seeded
-from `(seed, epoch, rank)` at the start of each epoch, and the data order is a permutation
-drawn from `(seed, epoch)`. A run resumed from the checkpoint of epoch `e` therefore repeats
+from `(seed, epoch, rank)` at the start of each epoch, the data order is a permutation drawn
+from `(seed, epoch)`, and each sample is augmented from its own seed `(seed, epoch, index)`, so
+the batches do not depend on the number of workers. A run resumed from the checkpoint of epoch `e` therefore repeats
 epochs `e+1, ...` exactly as the uninterrupted run would (bit for bit on CPU; on CUDA as far as
 its kernels are deterministic). A checkpoint written mid-epoch (`save_every`) records how many
 steps of the epoch it holds; the resumed run re-seeds the epoch and draws (and discards) the
@@ -40,6 +41,7 @@ from difnet.training.checkpoint import remove_partial_saves, save_model
 from difnet.training.config import TrainConfig
 from difnet.training.optim import build_optimizer, set_learning_rate
 from difnet.training.records import LOG_NAME, RunLog, keep_steps
+from difnet.training.sample_seeds import SampleSeeded
 
 LAST, BEST = "last.pt", "best.pt"
 BEST_FOLDER = "best"  # the best model again as a save_pretrained folder, for sharing
@@ -154,8 +156,9 @@ class Trainer:
 
         self.sampler = EpochSampler(len(self.train_set), config.seed, context.rank, context.world_size)
         self.loader_generator = torch.Generator()
+        self.seeded_train_set = SampleSeeded(self.train_set, config.seed)
         self.loader = DataLoader(
-            self.train_set,
+            self.seeded_train_set,
             batch_size=config.batch_size,
             sampler=self.sampler,
             num_workers=config.workers,
@@ -317,6 +320,7 @@ class Trainer:
         config, rank = self.config, self.context.rank
         seed_everything(epoch_seed(config.seed, self.epoch, rank))
         self.sampler.set_epoch(self.epoch)
+        self.seeded_train_set.epoch = self.epoch
         self.loader_generator.manual_seed(epoch_seed(config.seed, self.epoch, rank))
         self.model.train()
         start, self.steps_into_epoch = self.steps_into_epoch, 0
