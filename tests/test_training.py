@@ -106,6 +106,30 @@ def test_a_mid_epoch_checkpoint_resumes_from_the_same_sample(tmp_path, monkeypat
     assert events[0] == events[1]
 
 
+def test_the_first_loss_logged_after_a_mid_epoch_resume_is_the_mean_of_its_steps(tmp_path, monkeypatch):
+    config = tiny_config(tmp_path, epochs=1, max_steps_per_epoch=4, batch_size=2, save_every=2, log_every=4)
+    original = Trainer._step
+
+    def crash_at_step_three(trainer: Trainer, batches, index: int) -> float:
+        if trainer.step == 2:  # last.pt holds the first 2 steps of the 4-step logging window
+            raise KeyboardInterrupt
+        return original(trainer, batches, index)
+
+    monkeypatch.setattr(Trainer, "_step", crash_at_step_three)
+    with pytest.raises(KeyboardInterrupt):
+        train(config)
+    losses = []
+
+    def recording(trainer: Trainer, batches, index: int) -> float:
+        losses.append(original(trainer, batches, index))
+        return losses[-1]
+
+    monkeypatch.setattr(Trainer, "_step", recording)
+    train(replace(config, resume=str(tmp_path / "run" / "last.pt")))
+    logged = [(r["step"], r["loss"]) for r in read_log(config.output_dir) if r["event"] == "train"]
+    assert len(losses) == 2 and logged == [(4, pytest.approx(sum(losses) / 2, rel=1e-6))]
+
+
 def first_batches(tmp_path, monkeypatch, name: str, **overrides) -> list[torch.Tensor]:
     """The images of the first batch of each epoch of a tiny run."""
     seen, original = [], Trainer._step

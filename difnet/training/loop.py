@@ -335,27 +335,29 @@ class Trainer:
         batches = iter(self.loader)
         for _ in range(start * config.accumulate):  # the batches the checkpoint already trained on
             next(batches)
-        window_loss, window_images, window_start = 0.0, 0, time.perf_counter()
+        # a window runs from one log record to the next; after a mid-epoch resume, the first holds
+        # only the steps this run trained
+        window_loss, window_steps, window_images, window_start = 0.0, 0, 0, time.perf_counter()
         for index in range(start, self.steps_per_epoch):
             lr = set_learning_rate(self.optimizer, config, self.step, self.total_steps)
             loss = self._step(batches, index)
             window_loss += loss
+            window_steps += 1
             window_images += config.batch_size * config.accumulate * self.context.world_size
             speed = window_images / (time.perf_counter() - window_start)
             bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", img_s=f"{speed:.1f}")
             bar.update()
-            steps_in_window = (index % config.log_every) + 1
-            if steps_in_window == config.log_every or index == self.steps_per_epoch - 1:
+            if (index + 1) % config.log_every == 0 or index == self.steps_per_epoch - 1:
                 if self.log is not None:
                     self.log.write(
                         "train",
                         self.step,
                         epoch=self.epoch + 1,
                         lr=lr,
-                        loss=window_loss / steps_in_window,
+                        loss=window_loss / window_steps,
                         images_per_second=speed,
                     )
-                window_loss, window_images, window_start = 0.0, 0, time.perf_counter()
+                window_loss, window_steps, window_images, window_start = 0.0, 0, 0, time.perf_counter()
             last_of_epoch = index == self.steps_per_epoch - 1
             if config.save_every and self.step % config.save_every == 0 and not last_of_epoch:
                 if self.context.is_main:
