@@ -128,7 +128,7 @@ def inference_options(args: argparse.Namespace) -> dict:
 
 def load_checkpoint_model(path: Path) -> tuple[torch.nn.Module, dict]:
     """The model and metadata of a checkpoint or a save_pretrained folder."""
-    from difnet.models.serialization import load_model_with_metadata
+    from difnet.models.loading import load_model_with_metadata
 
     return load_model_with_metadata(path)
 

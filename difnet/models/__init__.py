@@ -3,10 +3,11 @@
 from difnet.models.base import SegmentationModel
 from difnet.models.difnet import DifNet, DifNetOutput
 from difnet.models.factory import MODELS, build_model, format_parameter_counts, parameter_counts
+from difnet.models.loading import load_model
 from difnet.models.parameters import count_parameters
 from difnet.models.pretrained import LoadReport
 from difnet.models.resnet import RESNET_DEPTHS, DilatedResNet, dilated_resnet
-from difnet.models.serialization import load_model, push_to_hub, save_pretrained
+from difnet.models.serialization import push_to_hub, save_pretrained
 from difnet.models.simdeeplab import SimDeepLab
 
 __all__ = [

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from difnet.models.parameters import split_backbone_head
 from difnet.models.pretrained import LoadReport, PretrainedSource, load_pretrained_backbones
 from difnet.models.resnet import DilatedResNet, check_depth, dilated_resnet
+from difnet.models.serialization import SavedModel, load_state, push_to_hub, read_saved, save_pretrained
 from difnet.models.validation import check_images, check_num_classes, check_positive_int
 
 
@@ -86,25 +87,39 @@ class SegmentationModel(nn.Module):
     def save_pretrained(self, directory: str | Path, **metadata: Any) -> Path:
         """Write `config.json` + `model.safetensors` to `directory`; `metadata`: `class_names`,
         `palette`, `normalization` (see `difnet.models.serialization.save_pretrained`)."""
-        from difnet.models.serialization import save_pretrained
-
         return save_pretrained(self, directory, **metadata)
 
     @classmethod
     def from_pretrained(cls, source: str | Path) -> SegmentationModel:
         """The model saved in a `save_pretrained` folder, a `.pt` checkpoint or a Hub repo id;
         refused if it is not a `cls` (use `difnet.load_model` for any kind)."""
-        from difnet.models.serialization import load_model
+        saved = read_saved(source)
+        found = SegmentationModel._class_named(saved.config.get("name"))
+        if found is None or not issubclass(found, cls):
+            held = found.__name__ if found else f"model named {saved.config.get('name')!r}"
+            raise TypeError(f"{source} holds a {held}, not a {cls.__name__}")
+        return found.from_saved(saved)
 
-        model = load_model(source)
-        if not isinstance(model, cls):
-            raise TypeError(f"{source} holds a {type(model).__name__}, not a {cls.__name__}")
-        return model
+    @classmethod
+    def from_saved(cls, saved: SavedModel) -> SegmentationModel:
+        """This class built from a saved config, with the saved weights (in eval mode)."""
+        model = cls(**{key: value for key, value in saved.config.items() if key != "name"})
+        load_state(model, saved.state, saved.weights)
+        return model.eval()
+
+    @staticmethod
+    def _class_named(name: object) -> type[SegmentationModel] | None:
+        """The model class whose own `name` attribute is `name`, among those defined, if any."""
+        classes: list[type[SegmentationModel]] = [SegmentationModel]
+        while classes:
+            candidate = classes.pop()
+            if candidate.__dict__.get("name") == name:
+                return candidate
+            classes.extend(candidate.__subclasses__())
+        return None
 
     def push_to_hub(self, repo_id: str, *, private: bool = False, **metadata: Any) -> str:
         """Upload the model to Hub repo `repo_id` (needs `pip install difnet[hub]`)."""
-        from difnet.models.serialization import push_to_hub
-
         return push_to_hub(self, repo_id, private=private, **metadata)
 
     # --- fine-tuning -------------------------------------------------------------------------

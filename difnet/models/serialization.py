@@ -1,6 +1,8 @@
-"""Saving and loading trained models without the training package.
+"""Saving trained models, and reading saved ones back, without the training package and without
+knowing the model classes (`SegmentationModel.from_pretrained` builds its own class from what
+`read_saved` returns; `difnet.models.loading.load_model` picks the class the config names).
 
-Two forms, both read by `load_model`:
+Two forms, both read by `read_saved`:
 * a `save_pretrained` folder, as HF transformers, timm and smp write them: `config.json` (the
   constructor arguments, class names, palette, input normalisation, difnet version) and
   `model.safetensors`; `from_pretrained` also takes a Hub repo id (`pip install difnet[hub]`);
@@ -16,6 +18,7 @@ import json
 import os
 import pickle
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +26,8 @@ import torch
 from torch import nn
 
 from difnet.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from difnet.models.base import SegmentationModel
-from difnet.models.factory import build_model
 from difnet.models.pretrained import shape_mismatches
+from difnet.version import __version__
 
 FORMAT = "difnet-checkpoint"
 FORMAT_VERSION = 1
@@ -35,8 +37,20 @@ WEIGHTS_NAME = "model.safetensors"
 DEFAULT_NORMALIZATION = {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
 
 
+@dataclass(frozen=True)
+class SavedModel:
+    """A saved model before it is built: its architecture `config` (`{"name": ..., **arguments}`),
+    its weights `state`, the `metadata` saved beside them (class names, palette, ...) and the file
+    the weights came from (for error messages)."""
+
+    config: dict[str, Any]
+    state: Mapping[str, torch.Tensor]
+    metadata: dict[str, Any]
+    weights: Path
+
+
 def save_pretrained(
-    model: SegmentationModel,
+    model: nn.Module,
     directory: str | Path,
     *,
     class_names: Sequence[str] | None = None,
@@ -49,8 +63,6 @@ def save_pretrained(
     images were scaled in training; ImageNet's by default.
     """
     from safetensors.torch import save_file
-
-    from difnet import __version__
 
     model = unwrap(model)
     directory = Path(directory)
@@ -72,20 +84,15 @@ def save_pretrained(
     return directory
 
 
-def load_model(source: str | Path) -> SegmentationModel:
-    """The model (in eval mode, on the CPU) of a `difnet train` checkpoint (`.pt`), a
-    `save_pretrained` folder, or a Hub repo id such as `"user/difnet-voc"`."""
-    return load_model_with_metadata(source)[0]
-
-
-def load_model_with_metadata(source: str | Path) -> tuple[SegmentationModel, dict[str, Any]]:
-    """`load_model` and what was saved beside the weights (class names, palette, ...)."""
+def read_saved(source: str | Path) -> SavedModel:
+    """The saved model (on the CPU) in a `difnet train` checkpoint (`.pt`), a `save_pretrained`
+    folder, or a Hub repo id such as `"user/difnet-voc"`."""
     path = Path(source)
     if path.is_dir():
-        return _load_folder(path)
+        return _read_folder(path)
     if path.exists() or path.suffix in (".pt", ".pth") or not _looks_like_repo_id(str(source)):
-        return _load_checkpoint(path)
-    return _load_folder(download_from_hub(str(source)))
+        return _read_checkpoint(path)
+    return _read_folder(download_from_hub(str(source)))
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -123,12 +130,6 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     return payload
 
 
-def build_from_config(config: Mapping[str, Any]) -> SegmentationModel:
-    """A freshly initialised model of a saved `model.config` (`{"name": ..., **arguments}`)."""
-    config = dict(config)
-    return build_model(config.pop("name"), config.pop("depth"), config.pop("num_classes"), **config)
-
-
 def unwrap(model: nn.Module) -> nn.Module:
     """The module inside a DistributedDataParallel (or torch.compile) wrapper."""
     while hasattr(model, "module") or hasattr(model, "_orig_mod"):
@@ -164,7 +165,7 @@ def download_from_hub(repo_id: str, revision: str | None = None) -> Path:
     return Path(snapshot_download(repo_id, revision=revision, allow_patterns=[CONFIG_NAME, WEIGHTS_NAME]))
 
 
-def push_to_hub(model: SegmentationModel, repo_id: str, *, private: bool = False, **metadata: Any) -> str:
+def push_to_hub(model: nn.Module, repo_id: str, *, private: bool = False, **metadata: Any) -> str:
     """Upload `model` (`save_pretrained` with `metadata`) to Hub repo `repo_id`; returns its URL."""
     import tempfile
 
@@ -182,7 +183,7 @@ def push_to_hub(model: SegmentationModel, repo_id: str, *, private: bool = False
 # --- helpers ------------------------------------------------------------------------------------
 
 
-def _load_folder(directory: Path) -> tuple[SegmentationModel, dict[str, Any]]:
+def _read_folder(directory: Path) -> SavedModel:
     from safetensors.torch import load_file
 
     config_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
@@ -197,16 +198,14 @@ def _load_folder(directory: Path) -> tuple[SegmentationModel, dict[str, Any]]:
         config = saved["model"]
     except (json.JSONDecodeError, KeyError, TypeError) as error:
         raise ValueError(f"{config_path} is not a difnet config (no 'model' entry): {error}") from error
-    model = build_from_config(config)
-    load_state(model, load_file(str(weights_path)), weights_path)
-    return model.eval(), {key: value for key, value in saved.items() if key != "model"}
+    metadata = {key: value for key, value in saved.items() if key != "model"}
+    return SavedModel(dict(config), load_file(str(weights_path)), metadata, weights_path)
 
 
-def _load_checkpoint(path: Path) -> tuple[SegmentationModel, dict[str, Any]]:
+def _read_checkpoint(path: Path) -> SavedModel:
     payload = read_checkpoint(path)
-    model = build_from_config(payload["model_spec"])
-    load_state(model, payload["model"], path)
-    return model.eval(), {key: value for key, value in payload.items() if key != "model"}
+    metadata = {key: value for key, value in payload.items() if key != "model"}
+    return SavedModel(dict(payload["model_spec"]), payload["model"], metadata, path)
 
 
 def _looks_like_repo_id(text: str) -> bool:
