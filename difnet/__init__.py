@@ -1,7 +1,5 @@
 """DifNet: semantic segmentation by diffusion networks (Jiang et al., NeurIPS 2018)."""
 
-__version__ = "0.1.0"
-
 from difnet import diffusion
 from difnet.models import (
     DifNet,
@@ -12,6 +10,7 @@ from difnet.models import (
     count_parameters,
     load_model,
 )
+from difnet.version import __version__
 
 __all__ = [
     "DifNet",

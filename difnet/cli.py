@@ -139,7 +139,7 @@ def add_image_size_argument(parser: argparse.ArgumentParser) -> None:
 
 def load_checkpoint_model(path: Path) -> tuple[torch.nn.Module, dict]:
     """The model and metadata of a checkpoint or a save_pretrained folder."""
-    from difnet.models import load_model_with_metadata
+    from difnet.models.loading import load_model_with_metadata
 
     return load_model_with_metadata(path)
 

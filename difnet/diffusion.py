@@ -9,7 +9,9 @@ Maps `[B, C, h, w]` become node tensors with `flatten_nodes` and back with `unfl
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from functools import reduce
 from typing import Literal
 
 import torch
@@ -31,20 +33,32 @@ def unflatten_nodes(nodes: Tensor, size: tuple[int, int]) -> Tensor:
 
 
 def transition_matrix(features: Tensor) -> Tensor:
-    """Explicit `P = softmax(f f^T)` `[B, N, N]` of features `[B, N, d]`; for inspection only."""
-    return torch.softmax(features @ features.transpose(1, 2), dim=-1)
+    """Explicit `P = softmax(f f^T)` `[B, N, N]` of features `[B, N, d]`; for inspection only.
+    In at least float32 with autocast off, as `propagate` computes `P y`."""
+    with full_precision(features) as (features,):
+        return torch.softmax(features @ features.transpose(1, 2), dim=-1)
 
 
 def transition_rows(features: Tensor, nodes: Tensor) -> Tensor:
-    """Rows `P[:, nodes]` `[B, n, N]` of `P = softmax(f f^T)` for flat node indices `[n]`."""
-    return torch.softmax(features[:, nodes] @ features.transpose(1, 2), dim=-1)
+    """Rows `P[:, nodes]` `[B, n, N]` of `P = softmax(f f^T)` for flat node indices `[n]`, in at
+    least float32 with autocast off."""
+    with full_precision(features) as (features,):
+        return torch.softmax(features[:, nodes] @ features.transpose(1, 2), dim=-1)
+
+
+@contextmanager
+def full_precision(*tensors: Tensor) -> Iterator[tuple[Tensor, ...]]:
+    """`tensors` in their common dtype promoted to at least float32, with autocast off inside: the
+    logits `f f^T` are unscaled inner products, too large for bfloat16's 8-bit mantissa."""
+    dtype = reduce(torch.promote_types, (t.dtype for t in tensors), torch.float32)
+    with torch.autocast(tensors[0].device.type, enabled=False):
+        yield tuple(t.to(dtype) for t in tensors)
 
 
 def propagate(features: Tensor, values: Tensor, *, walk: WalkMethod = "fused") -> Tensor:
     """One transition `P y` with `P = softmax(f f^T)`: features `[B, N, d]`, values `[B, N, K]`.
 
-    Runs in at least float32 with autocast off: the logits are unscaled inner products, too
-    large for bfloat16's 8-bit mantissa. Returns `[B, N, K]`.
+    Runs in at least float32 with autocast off (`full_precision`). Returns `[B, N, K]`.
     """
     if walk not in WALK_METHODS:
         raise ValueError(f"walk must be one of {WALK_METHODS} (got {walk!r})")
@@ -53,9 +67,7 @@ def propagate(features: Tensor, values: Tensor, *, walk: WalkMethod = "fused") -
             "features [B, N, d] and values [B, N, K] must share B and N "
             f"(got {tuple(features.shape)} and {tuple(values.shape)})"
         )
-    dtype = torch.promote_types(torch.promote_types(features.dtype, values.dtype), torch.float32)
-    with torch.autocast(features.device.type, enabled=False):
-        features, values = features.to(dtype), values.to(dtype)
+    with full_precision(features, values) as (features, values):
         if walk == "materialized":
             return transition_matrix(features) @ values
         return _fused_propagate(features, values)

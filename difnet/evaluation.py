@@ -49,6 +49,11 @@ class SlidingWindow:
                 isinstance(v, bool) or not isinstance(v, int) or v < minimum for v in pair
             ):
                 raise ValueError(f"{name} must be two integers >= {minimum} (got {pair!r})")
+        if any(step > side for step, side in zip(self.stride, self.size, strict=True)):
+            raise ValueError(
+                f"stride {tuple(self.stride)} is longer than the window {tuple(self.size)}: it would leave "
+                "pixels no window covers; use a stride at most the window's size"
+            )
 
     def boxes(self, height: int, width: int) -> list[tuple[int, int, int, int]]:
         """`(top, bottom, left, right)` of every window over a `height` x `width` image."""

@@ -112,6 +112,16 @@ def test_walk_runs_in_float32_under_bfloat16_autocast():
     torch.testing.assert_close(out, expected)
 
 
+def test_transition_matrix_and_rows_run_in_float32_under_bfloat16_autocast():
+    features, _ = walk_inputs(1, 30, 64, 3, scale=1.0)
+    nodes = torch.tensor([0, 11])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        matrix, rows = transition_matrix(features), transition_rows(features, nodes)
+    assert matrix.dtype == rows.dtype == torch.float32
+    torch.testing.assert_close(matrix, transition_matrix(features), rtol=0, atol=1e-6)
+    torch.testing.assert_close(rows, transition_rows(features, nodes), rtol=0, atol=1e-6)
+
+
 def test_unknown_walk_method_is_refused():
     features, values = walk_inputs(1, 4, 8, 2)
     with pytest.raises(ValueError, match="walk must be one of"):

@@ -476,6 +476,11 @@ CASES = [
          lambda e: cli("evaluate", "--checkpoint", str(e.checkpoint), "--output",
                        str(e.file("metrics.json", b"{}"))),
          SystemExit, r"exit status 2: difnet: error: refusing to overwrite .*metrics\.json"),
+    Case("cli-slide-stride-over-window",
+         lambda e: cli("evaluate", "--checkpoint", str(e.checkpoint), "--mode", "slide", "--window", "50",
+                       "50", "--stride", "80", "80"),
+         SystemExit, r"exit status 2: difnet: error: stride \(80, 80\) is longer than the window "
+                     r"\(50, 50\).*pixels no window covers"),
 ]  # fmt: skip
 
 

@@ -125,6 +125,15 @@ def test_sliding_windows_cover_the_image_as_mmseg_places_them():
         SlidingWindow((8, 40), (4, 4))
 
 
+def test_a_stride_longer_than_the_window_is_refused():
+    """Such a stride leaves pixels no window covers (they averaged 0/0 = NaN and read as class 0)."""
+    from difnet.evaluation import SlidingWindow
+
+    with pytest.raises(ValueError, match=r"stride \(50, 80\) is longer than the window \(50, 50\)"):
+        SlidingWindow((50, 50), (50, 80))
+    assert SlidingWindow((50, 50), (50, 50)).boxes(60, 60)  # a stride equal to the window tiles it
+
+
 def test_slide_and_max_size_inference_average_windows_and_keep_the_size():
     import torch
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from difnet.data import SyntheticShapes
+from difnet.data import SyntheticShapes, TrainTransform
 from difnet.models import DifNet
 from difnet.training import TrainConfig, load_model, read_checkpoint, train
 from difnet.training.loop import EpochSampler, Trainer
@@ -104,6 +104,67 @@ def test_a_mid_epoch_checkpoint_resumes_from_the_same_sample(tmp_path, monkeypat
         for result in (tmp_path / "whole", tmp_path / "stopped")
     ]
     assert events[0] == events[1]
+
+
+def test_the_first_loss_logged_after_a_mid_epoch_resume_is_the_mean_of_its_steps(tmp_path, monkeypatch):
+    config = tiny_config(tmp_path, epochs=1, max_steps_per_epoch=4, batch_size=2, save_every=2, log_every=4)
+    original = Trainer._step
+
+    def crash_at_step_three(trainer: Trainer, batches, index: int) -> float:
+        if trainer.step == 2:  # last.pt holds the first 2 steps of the 4-step logging window
+            raise KeyboardInterrupt
+        return original(trainer, batches, index)
+
+    monkeypatch.setattr(Trainer, "_step", crash_at_step_three)
+    with pytest.raises(KeyboardInterrupt):
+        train(config)
+    losses = []
+
+    def recording(trainer: Trainer, batches, index: int) -> float:
+        losses.append(original(trainer, batches, index))
+        return losses[-1]
+
+    monkeypatch.setattr(Trainer, "_step", recording)
+    train(replace(config, resume=str(tmp_path / "run" / "last.pt")))
+    logged = [(r["step"], r["loss"]) for r in read_log(config.output_dir) if r["event"] == "train"]
+    assert len(losses) == 2 and logged == [(4, pytest.approx(sum(losses) / 2, rel=1e-6))]
+
+
+def first_batches(tmp_path, monkeypatch, name: str, **overrides) -> list[torch.Tensor]:
+    """The images of the first batch of each epoch of a tiny run."""
+    seen, original = [], Trainer._step
+
+    def recording(trainer: Trainer, batches, index: int) -> float:
+        images, labels = next(batches)
+        seen.append(images)
+        return original(trainer, iter([(images, labels)]), index)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Trainer, "_step", recording)
+        train(tiny_config(tmp_path, name, epochs=2, max_steps_per_epoch=1, batch_size=2, **overrides))
+    return seen
+
+
+def test_the_augmentations_do_not_depend_on_the_number_of_workers(tmp_path, monkeypatch):
+    """`--workers` may change on resume, so a sample's augmentation must not depend on it."""
+    in_process = first_batches(tmp_path, monkeypatch, "in-process", workers=0)
+    in_a_worker = first_batches(tmp_path, monkeypatch, "in-a-worker", workers=1)
+    assert len(in_process) == len(in_a_worker) == 2
+    for epoch, (expected, actual) in enumerate(zip(in_process, in_a_worker, strict=True)):
+        assert torch.equal(actual, expected), f"epoch {epoch + 1}"
+
+
+def test_a_sample_seed_draws_the_same_augmentation_and_leaves_the_callers_random_streams_alone():
+    from difnet.training.sample_seeds import SampleSeeded
+
+    scenes = SampleSeeded(SyntheticShapes(3, size=32, num_classes=3, transform=TrainTransform(24)), seed=7)
+    torch.manual_seed(0)
+    first, expected_next = scenes[1][0], torch.rand(())
+    torch.manual_seed(0)
+    scenes[2]
+    assert torch.equal(scenes[1][0], first) and torch.equal(torch.rand(()), expected_next)
+    scenes.epoch = 1
+    assert not torch.equal(scenes[1][0], first)  # a new epoch, a new augmentation
 
 
 def run_cli(*args: str) -> int:

@@ -8,6 +8,7 @@ import copy
 
 import pytest
 import torch
+from torch import nn
 from torch_threads import single_thread
 
 from difnet.models import DifNet, SimDeepLab
@@ -44,6 +45,19 @@ def test_gradient_checkpointing_gives_the_same_gradients_and_moves_bn_statistics
     for name, buffer in plain_state.items():  # running statistics and batch counts
         assert torch.equal(recomputed_state[name], buffer), name
     assert all(int(v) == 1 for k, v in recomputed_state.items() if k.endswith("num_batches_tracked"))
+
+
+def test_gradient_checkpointing_moves_sync_batch_norm_statistics_once():
+    """Under torchrun the model is converted to SyncBatchNorm (which runs as plain BN on CPU without a
+    process group); the recompute must still leave every BN layer's statistics alone."""
+    torch.manual_seed(0)
+    model = nn.SyncBatchNorm.convert_sync_batchnorm(
+        DifNet(depth=18, num_classes=3, gradient_checkpointing=True)
+    )
+    with single_thread():
+        one_training_step(model, torch.randn(2, 3, 48, 40))
+    counts = {k: int(v) for k, v in model.state_dict().items() if k.endswith("num_batches_tracked")}
+    assert counts and all(count == 1 for count in counts.values()), counts
 
 
 def test_gradient_checkpointing_leaves_inference_alone():

@@ -4,17 +4,12 @@ from difnet.models.base import SegmentationModel
 from difnet.models.difnet import DifNet, DifNetOutput
 from difnet.models.factory import MODELS, build_model, format_parameter_counts, parameter_counts
 from difnet.models.finetune import FineTuneReport
+from difnet.models.loading import load_model, load_model_with_metadata
 from difnet.models.parameters import count_parameters
 from difnet.models.preprocessing import Preprocessing
 from difnet.models.pretrained import LoadReport
 from difnet.models.resnet import RESNET_DEPTHS, DilatedResNet, dilated_resnet
-from difnet.models.serialization import (
-    initialize_from,
-    load_model,
-    load_model_with_metadata,
-    push_to_hub,
-    save_pretrained,
-)
+from difnet.models.serialization import initialize_from, push_to_hub, save_pretrained
 from difnet.models.simdeeplab import SimDeepLab
 
 __all__ = [

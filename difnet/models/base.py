@@ -9,11 +9,19 @@ from typing import Any, ClassVar
 
 from torch import Tensor, nn
 
-from difnet.models.finetune import FineTuneReport
+from difnet.models.finetune import FineTuneReport, load_for_fine_tuning
 from difnet.models.parameters import split_backbone_head
 from difnet.models.preprocessing import Preprocessing
 from difnet.models.pretrained import LoadReport, PretrainedSource, load_pretrained_backbones
 from difnet.models.resnet import DilatedResNet, check_depth, dilated_resnet
+from difnet.models.serialization import (
+    SavedModel,
+    load_state,
+    push_to_hub,
+    read_saved,
+    save_pretrained,
+    saved_preprocessing,
+)
 from difnet.models.validation import check_images, check_num_classes, check_positive_int
 
 
@@ -99,8 +107,6 @@ class SegmentationModel(nn.Module):
         """Write `config.json` + `model.safetensors` to `directory`; `metadata`: `class_names`,
         `palette`, `preprocessing` (default: the model's own; see
         `difnet.models.serialization.save_pretrained`)."""
-        from difnet.models.serialization import save_pretrained
-
         return save_pretrained(self, directory, **metadata)
 
     @classmethod
@@ -109,17 +115,46 @@ class SegmentationModel(nn.Module):
         refused if it is not a `cls` (use `difnet.load_model` for any kind). With `num_classes`
         other than the saved one (fine-tuning), every weight whose shape fits is loaded and the
         class-dependent layers are re-initialised (listed in `fine_tune_report`)."""
-        from difnet.models.serialization import load_model
+        saved = read_saved(source)
+        found = SegmentationModel._class_named(saved.config.get("name"))
+        if found is None or not issubclass(found, cls):
+            held = found.__name__ if found else f"model named {saved.config.get('name')!r}"
+            raise TypeError(f"{source} holds a {held}, not a {cls.__name__}")
+        return found.from_saved(saved, num_classes)
 
-        model = load_model(source, num_classes=num_classes)
-        if not isinstance(model, cls):
-            raise TypeError(f"{source} holds a {type(model).__name__}, not a {cls.__name__}")
-        return model
+    @classmethod
+    def from_saved(cls, saved: SavedModel, num_classes: int | None = None) -> SegmentationModel:
+        """This class built from a saved config, with the saved weights, class names, palette and
+        preprocessing (in eval mode); for another `num_classes`, loaded for fine-tuning."""
+        arguments = {key: value for key, value in saved.config.items() if key != "name"}
+        saved_classes = arguments["num_classes"]
+        if num_classes is None or num_classes == saved_classes:
+            model = cls(**arguments)
+            load_state(model, saved.state, saved.weights)
+            model.class_names = saved.metadata.get("class_names")
+            palette = saved.metadata.get("palette")
+            model.palette = [tuple(colour) for colour in palette] if palette is not None else None
+        else:
+            model = cls(**{**arguments, "num_classes": num_classes})
+            model.fine_tune_report = load_for_fine_tuning(
+                model, saved.state, str(saved.weights), saved_classes
+            )
+        model.preprocessing = saved_preprocessing(saved.metadata)
+        return model.eval()
+
+    @staticmethod
+    def _class_named(name: object) -> type[SegmentationModel] | None:
+        """The model class whose own `name` attribute is `name`, among those defined, if any."""
+        classes: list[type[SegmentationModel]] = [SegmentationModel]
+        while classes:
+            candidate = classes.pop()
+            if candidate.__dict__.get("name") == name:
+                return candidate
+            classes.extend(candidate.__subclasses__())
+        return None
 
     def push_to_hub(self, repo_id: str, *, private: bool = False, **metadata: Any) -> str:
         """Upload the model to Hub repo `repo_id` (needs `pip install difnet[hub]`)."""
-        from difnet.models.serialization import push_to_hub
-
         return push_to_hub(self, repo_id, private=private, **metadata)
 
     # --- fine-tuning -------------------------------------------------------------------------

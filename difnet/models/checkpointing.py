@@ -7,15 +7,17 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.checkpoint import checkpoint
 
 
-def batch_norms(module: nn.Module) -> list[nn.BatchNorm2d]:
-    """The BN layers inside `module`."""
-    return [m for m in module.modules() if isinstance(m, nn.BatchNorm2d)]
+def batch_norms(module: nn.Module) -> list[_BatchNorm]:
+    """The BN layers inside `module`, of every kind (plain BN and the SyncBatchNorm that distributed
+    training converts them to, which is not a subclass of `nn.BatchNorm2d`)."""
+    return [m for m in module.modules() if isinstance(m, _BatchNorm)]
 
 
-def recomputed(function: Callable[[Tensor], Tensor], x: Tensor, norms: Sequence[nn.BatchNorm2d]) -> Tensor:
+def recomputed(function: Callable[[Tensor], Tensor], x: Tensor, norms: Sequence[_BatchNorm]) -> Tensor:
     """`function(x)` under activation checkpointing. The recomputation in backward sees the same
     batch, so it normalises identically, but must not move the running statistics of `norms`
     (the BN layers inside `function`) a second time."""
@@ -33,7 +35,7 @@ def recomputed(function: Callable[[Tensor], Tensor], x: Tensor, norms: Sequence[
 
 
 @contextmanager
-def _running_stats_frozen(norms: Sequence[nn.BatchNorm2d]) -> Iterator[None]:
+def _running_stats_frozen(norms: Sequence[_BatchNorm]) -> Iterator[None]:
     """BN layers run as in training (same saved tensors, which checkpointing compares) but with
     momentum 0, so their running statistics stay as they are, and their batch counts restored."""
     norms = [norm for norm in norms if norm.track_running_stats]

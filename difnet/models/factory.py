@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
+from difnet.models.base import SegmentationModel
 from difnet.models.difnet import DifNet
 from difnet.models.parameters import count_parameters
 from difnet.models.resnet import RESNET_DEPTHS
 from difnet.models.simdeeplab import SimDeepLab
 
-MODELS: dict[str, Callable[..., nn.Module]] = {"difnet": DifNet, "simdeeplab": SimDeepLab}
+MODELS: dict[str, type[SegmentationModel]] = {"difnet": DifNet, "simdeeplab": SimDeepLab}
 
 
 def build_model(name: str, depth: int, num_classes: int, **kwargs: Any) -> nn.Module:
@@ -22,10 +23,15 @@ def build_model(name: str, depth: int, num_classes: int, **kwargs: Any) -> nn.Mo
     Extra keyword arguments go to the model's constructor (e.g. `aspp`, `walk`,
     `diffusion_stride`, `pretrained_backbone`).
     """
+    return model_class(name)(depth=depth, num_classes=num_classes, **kwargs)
+
+
+def model_class(name: str) -> type[SegmentationModel]:
+    """The model class registered as `name` (case-insensitive)."""
     key = name.lower() if isinstance(name, str) else name
     if key not in MODELS:
         raise ValueError(f"model name must be one of {tuple(MODELS)} (got {name!r})")
-    return MODELS[key](depth=depth, num_classes=num_classes, **kwargs)
+    return MODELS[key]
 
 
 def parameter_counts(

@@ -108,17 +108,22 @@ class Projection(nn.Module):
         nn.init.constant_(self.bn.weight, scale_init)
 
     def forward(self, x: Tensor, size: tuple[int, int]) -> Tensor:
-        """Features `[B, C_t, H_t, W_t]` -> `[B, 64, h, w]` (channels_last) on the grid `size`."""
+        """Features `[B, C_t, H_t, W_t]` -> `[B, 64, h, w]` (channels_last) on the grid `size`.
+
+        Runs in the parameters' dtype with autocast off: the features enter `f f^T` unscaled, so
+        bfloat16 rounding here would move the transition matrices as much as rounding the logits.
+        """
         # channels_last halves the time of Psi_0 (64 channels at full resolution) on CPU,
         # and the pooled maps then flatten to nodes without a copy
-        x = x.contiguous(memory_format=torch.channels_last)
-        if self.training:
-            x = self.bn(self.conv(x))
-        else:  # eval BN is a per-channel affine map: fold it into the conv, one pass less
-            x = F.conv2d(x, *self._folded_conv())
-        if torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export():
-            return adaptive_max_pool_by_gather(x, size)  # exporters lack adaptive max pooling
-        return F.adaptive_max_pool2d(x, size)
+        x = x.to(self.conv.weight.dtype).contiguous(memory_format=torch.channels_last)
+        with torch.autocast(x.device.type, enabled=False):
+            if self.training:
+                x = self.bn(self.conv(x))
+            else:  # eval BN is a per-channel affine map: fold it into the conv, one pass less
+                x = F.conv2d(x, *self._folded_conv())
+            if torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export():
+                return adaptive_max_pool_by_gather(x, size)  # exporters lack adaptive max pooling
+            return F.adaptive_max_pool2d(x, size)
 
     def _folded_conv(self) -> tuple[Tensor, Tensor]:
         """Weight and bias of the 1x1 convolution equal to `bn(conv(x))` with running statistics."""

@@ -1,6 +1,8 @@
-"""Saving and loading trained models without the training package.
+"""Saving trained models, and reading saved ones back, without the training package and without
+knowing the model classes (`SegmentationModel.from_pretrained` builds its own class from what
+`read_saved` returns; `difnet.models.loading.load_model` picks the class the config names).
 
-Two forms, both read by `load_model`:
+Two forms, both read by `read_saved`:
 * a `save_pretrained` folder, as HF transformers, timm and smp write them: `config.json` (the
   constructor arguments, class names, palette, preprocessing, difnet version) and
   `model.safetensors`; `from_pretrained` also takes a Hub repo id (`pip install difnet[hub]`);
@@ -18,17 +20,17 @@ import json
 import os
 import pickle
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from difnet.models.base import SegmentationModel
-from difnet.models.factory import build_model
 from difnet.models.finetune import FineTuneReport, load_for_fine_tuning
 from difnet.models.preprocessing import Preprocessing
 from difnet.models.pretrained import shape_mismatches
+from difnet.version import __version__
 
 FORMAT = "difnet-checkpoint"
 FORMAT_VERSION = 1
@@ -40,8 +42,20 @@ WEIGHTS_NAME = "model.safetensors"
 NOT_ARCHITECTURE = ("num_classes", "walk", "gradient_checkpointing", "head_init")
 
 
+@dataclass(frozen=True)
+class SavedModel:
+    """A saved model before it is built: its architecture `config` (`{"name": ..., **arguments}`),
+    its weights `state`, the `metadata` saved beside them (class names, palette, ...) and the file
+    the weights came from (for error messages)."""
+
+    config: dict[str, Any]
+    state: Mapping[str, torch.Tensor]
+    metadata: dict[str, Any]
+    weights: Path
+
+
 def save_pretrained(
-    model: SegmentationModel,
+    model: nn.Module,
     directory: str | Path,
     *,
     class_names: Sequence[str] | None = None,
@@ -54,8 +68,6 @@ def save_pretrained(
     default to the model's own attributes, so a loaded model saves again with its metadata.
     """
     from safetensors.torch import save_file
-
-    from difnet import __version__
 
     model = unwrap(model)
     directory = Path(directory)
@@ -71,7 +83,7 @@ def save_pretrained(
 
 
 def model_metadata(
-    model: SegmentationModel,
+    model: nn.Module,
     class_names: Sequence[str] | None = None,
     palette: Sequence[Sequence[int]] | None = None,
     preprocessing: Preprocessing | None = None,
@@ -88,33 +100,24 @@ def model_metadata(
     }
 
 
-def load_model(source: str | Path, num_classes: int | None = None) -> SegmentationModel:
-    """The model (in eval mode, on the CPU) of a `difnet train` checkpoint (`.pt`), a
-    `save_pretrained` folder, or a Hub repo id such as `"user/difnet-voc"`, with its
-    `class_names`, `palette` and `preprocessing` set from what was saved.
-
-    `num_classes` other than the saved count loads it for fine-tuning: every weight whose shape
-    fits, the class-dependent layers re-initialised and listed in `model.fine_tune_report`.
-    """
-    return load_model_with_metadata(source, num_classes)[0]
-
-
-def load_model_with_metadata(
-    source: str | Path, num_classes: int | None = None
-) -> tuple[SegmentationModel, dict[str, Any]]:
-    """`load_model` and every entry saved beside the weights: a checkpoint's training recipe
-    (`"config"`), epoch and history, a folder's `difnet_version`, and the class names, palette
-    and preprocessing also set on the model."""
-    return _assemble(*_read_source(source), num_classes)
+def read_saved(source: str | Path) -> SavedModel:
+    """The saved model (on the CPU) in a `difnet train` checkpoint (`.pt`), a `save_pretrained`
+    folder, or a Hub repo id such as `"user/difnet-voc"`."""
+    path = Path(source)
+    if path.is_dir():
+        return _read_folder(path)
+    if path.exists() or path.suffix in (".pt", ".pth") or not _looks_like_repo_id(str(source)):
+        return _read_checkpoint(path)
+    return _read_folder(download_from_hub(str(source)))
 
 
-def initialize_from(model: SegmentationModel, source: str | Path) -> FineTuneReport:
+def initialize_from(model: nn.Module, source: str | Path) -> FineTuneReport:
     """Load the weights of trained model `source` (checkpoint, folder or Hub repo id) into
     `model`, a new model of the same architecture for any number of classes: the start of a
     fine-tuning run (`difnet train --init-from`). Its class-dependent layers are re-initialised
     when the class counts differ; the report is also kept in `model.fine_tune_report`."""
-    config, state, _, origin = _read_source(source)
-    own = unwrap(model).config
+    saved = read_saved(source)
+    config, own = saved.config, unwrap(model).config
     differing = sorted(
         (
             key
@@ -129,7 +132,7 @@ def initialize_from(model: SegmentationModel, source: str | Path) -> FineTuneRep
             f"cannot initialise from {source}: it holds another architecture ({changes}); "
             "build the same model (only the number of classes may differ)"
         )
-    report = load_for_fine_tuning(unwrap(model), state, str(origin), config["num_classes"])
+    report = load_for_fine_tuning(unwrap(model), saved.state, str(saved.weights), config["num_classes"])
     unwrap(model).fine_tune_report = report
     return report
 
@@ -183,12 +186,6 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     return payload
 
 
-def build_from_config(config: Mapping[str, Any]) -> SegmentationModel:
-    """A freshly initialised model of a saved `model.config` (`{"name": ..., **arguments}`)."""
-    config = dict(config)
-    return build_model(config.pop("name"), config.pop("depth"), config.pop("num_classes"), **config)
-
-
 def unwrap(model: nn.Module) -> nn.Module:
     """The module inside a DistributedDataParallel (or torch.compile) wrapper."""
     while hasattr(model, "module") or hasattr(model, "_orig_mod"):
@@ -224,7 +221,7 @@ def download_from_hub(repo_id: str, revision: str | None = None) -> Path:
     return Path(snapshot_download(repo_id, revision=revision, allow_patterns=[CONFIG_NAME, WEIGHTS_NAME]))
 
 
-def push_to_hub(model: SegmentationModel, repo_id: str, *, private: bool = False, **metadata: Any) -> str:
+def push_to_hub(model: nn.Module, repo_id: str, *, private: bool = False, **metadata: Any) -> str:
     """Upload `model` (`save_pretrained` with `metadata`) to Hub repo `repo_id`; returns its URL."""
     import tempfile
 
@@ -242,18 +239,8 @@ def push_to_hub(model: SegmentationModel, repo_id: str, *, private: bool = False
 # --- helpers ------------------------------------------------------------------------------------
 
 
-def _read_source(source: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, Any], Path]:
-    """Config, weights, other entries and file of a checkpoint, folder or Hub repo id."""
-    path = Path(source)
-    if path.is_dir():
-        return _read_folder(path)
-    if path.exists() or path.suffix in (".pt", ".pth") or not _looks_like_repo_id(str(source)):
-        return _read_checkpoint(path)
-    return _read_folder(download_from_hub(str(source)))
-
-
-def _read_folder(directory: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, Any], Path]:
-    """A save_pretrained folder's model config, weights, other entries and weights path."""
+def _read_folder(directory: Path) -> SavedModel:
+    """A save_pretrained folder's model config, weights and other entries."""
     from safetensors.torch import load_file
 
     config_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
@@ -269,37 +256,14 @@ def _read_folder(directory: Path) -> tuple[dict[str, Any], dict[str, torch.Tenso
     except (json.JSONDecodeError, KeyError, TypeError) as error:
         raise ValueError(f"{config_path} is not a difnet config (no 'model' entry): {error}") from error
     metadata = {key: value for key, value in saved.items() if key != "model"}
-    return config, load_file(str(weights_path)), metadata, weights_path
+    return SavedModel(dict(config), load_file(str(weights_path)), metadata, weights_path)
 
 
-def _read_checkpoint(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, Any], Path]:
-    """A `.pt` checkpoint's model config, weights, other entries and path."""
+def _read_checkpoint(path: Path) -> SavedModel:
+    """A `.pt` checkpoint's model config, weights and other entries."""
     payload = read_checkpoint(path)
     metadata = {key: value for key, value in payload.items() if key != "model"}
-    return payload["model_spec"], payload["model"], metadata, path
-
-
-def _assemble(
-    config: Mapping[str, Any],
-    state: Mapping[str, torch.Tensor],
-    metadata: dict[str, Any],
-    origin: Path,
-    num_classes: int | None,
-) -> tuple[SegmentationModel, dict[str, Any]]:
-    """The model of a saved config and weights, with its metadata set (see `load_model`)."""
-    saved_classes = config["num_classes"]
-    preprocessing = saved_preprocessing(metadata)
-    if num_classes is None or num_classes == saved_classes:
-        model = build_from_config(config)
-        load_state(model, state, origin)
-        model.class_names, model.palette = metadata.get("class_names"), metadata.get("palette")
-    else:
-        model = build_from_config({**config, "num_classes": num_classes})
-        model.fine_tune_report = load_for_fine_tuning(model, state, str(origin), saved_classes)
-    if model.palette is not None:
-        model.palette = [tuple(colour) for colour in model.palette]
-    model.preprocessing = preprocessing
-    return model.eval(), {**metadata, "preprocessing": preprocessing.to_dict()}
+    return SavedModel(dict(payload["model_spec"]), payload["model"], metadata, path)
 
 
 def _looks_like_repo_id(text: str) -> bool:

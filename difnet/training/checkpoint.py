@@ -20,15 +20,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from difnet.models.serialization import (
-    FORMAT,
-    FORMAT_VERSION,
-    load_model_with_metadata,
-    model_metadata,
-    read_checkpoint,
-    unwrap,
-)
-from difnet.training.config import RESUME_CHANGEABLE, TrainConfig
+from difnet.models.loading import load_model_with_metadata
+from difnet.models.serialization import FORMAT, FORMAT_VERSION, model_metadata, unwrap
+from difnet.models.serialization import read_checkpoint as read_checkpoint  # training's name for it
+from difnet.training.config import TrainConfig
 
 
 def atomic_save(payload: Mapping[str, Any], path: str | Path) -> Path:
@@ -64,31 +59,6 @@ def remove_partial_saves(path: str | Path) -> list[Path]:
 def _temporary_affixes(path: Path) -> tuple[str, str]:
     """Prefix and suffix of `atomic_save`'s temporary files for `path` (hidden, never `*.pt`)."""
     return f".{path.name}.", ".tmp"
-
-
-def resume_config(path: str | Path, options: Mapping[str, Any]) -> TrainConfig:
-    """The recipe stored in checkpoint `path`, set to resume from it, with `options` applied.
-
-    Options may only change what `RESUME_CHANGEABLE` names (more epochs, another device, ...);
-    any other that differs from the stored recipe is refused, naming it and both values. The
-    output folder defaults to the checkpoint's own.
-    """
-    stored = TrainConfig.from_dict(read_checkpoint(path)["config"])
-    resumed = TrainConfig.from_dict(
-        {**stored.to_dict(), "output_dir": str(Path(path).parent), **options, "resume": str(path)}
-    )
-    before, after = stored.to_dict(), resumed.to_dict()
-    refused = [name for name in after if name not in RESUME_CHANGEABLE and after[name] != before[name]]
-    if refused:
-        changes = "; ".join(
-            f"--{name.replace('_', '-')} {after[name]!r} (the run used {before[name]!r})" for name in refused
-        )
-        raise ValueError(
-            f"cannot resume {path} with a different recipe: {changes}. Beside --resume only "
-            + ", ".join("--" + name.replace("_", "-") for name in RESUME_CHANGEABLE if name != "resume")
-            + " may change; start a new run for anything else"
-        )
-    return resumed
 
 
 def save_model(

@@ -8,7 +8,9 @@ import json
 import math
 import numbers
 import warnings
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 from difnet.data import DATASETS, EvalTransform, TrainTransform, build_dataset
@@ -20,6 +22,7 @@ from difnet.models import MODELS, RESNET_DEPTHS
 from difnet.models.difnet import DIFFUSION_STRIDES
 from difnet.models.heads import HEAD_INITS, UNSATURATED_PSI_SCALE
 from difnet.models.preprocessing import Preprocessing
+from difnet.models.serialization import read_checkpoint
 
 NONFINITE_POLICIES = ("stop", "skip")
 # what `--resume` may change in the stored recipe: how long, where and how the run goes on, never
@@ -493,10 +496,33 @@ class TrainConfig:
             else:
                 values[name] = given[name] = _normalise_option(name, value)
         if values.get("resume"):
-            from difnet.training.checkpoint import resume_config  # it reads configs: no cycle
-
             return resume_config(values["resume"], given)
         return cls(**values)
+
+
+def resume_config(path: str | Path, options: Mapping[str, Any]) -> TrainConfig:
+    """The recipe stored in checkpoint `path`, set to resume from it, with `options` applied.
+
+    Options may only change what `RESUME_CHANGEABLE` names (more epochs, another device, ...);
+    any other that differs from the stored recipe is refused, naming it and both values. The
+    output folder defaults to the checkpoint's own.
+    """
+    stored = TrainConfig.from_dict(read_checkpoint(path)["config"])
+    resumed = TrainConfig.from_dict(
+        {**stored.to_dict(), "output_dir": str(Path(path).parent), **options, "resume": str(path)}
+    )
+    before, after = stored.to_dict(), resumed.to_dict()
+    refused = [name for name in after if name not in RESUME_CHANGEABLE and after[name] != before[name]]
+    if refused:
+        changes = "; ".join(
+            f"--{name.replace('_', '-')} {after[name]!r} (the run used {before[name]!r})" for name in refused
+        )
+        raise ValueError(
+            f"cannot resume {path} with a different recipe: {changes}. Beside --resume only "
+            + ", ".join("--" + name.replace("_", "-") for name in RESUME_CHANGEABLE if name != "resume")
+            + " may change; start a new run for anything else"
+        )
+    return resumed
 
 
 class _DeprecatedBf16(argparse.Action):

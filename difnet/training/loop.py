@@ -2,8 +2,9 @@
 after each epoch, atomic checkpoints, exact resumption and a guard against non-finite steps.
 
 Reproducibility: every random generator (torch, NumPy, Python, DataLoader workers) is seeded
-from `(seed, epoch, rank)` at the start of each epoch, and the data order is a permutation
-drawn from `(seed, epoch)`. A run resumed from the checkpoint of epoch `e` therefore repeats
+from `(seed, epoch, rank)` at the start of each epoch, the data order is a permutation drawn
+from `(seed, epoch)`, and each sample is augmented from its own seed `(seed, epoch, index)`, so
+the batches do not depend on the number of workers. A run resumed from the checkpoint of epoch `e` therefore repeats
 epochs `e+1, ...` exactly as the uninterrupted run would (bit for bit on CPU; on CUDA as far as
 its kernels are deterministic). A checkpoint written mid-epoch (`save_every`) records how many
 steps of the epoch it holds; the resumed run re-seeds the epoch and draws (and discards) the
@@ -46,6 +47,7 @@ from difnet.training.checkpoint import remove_partial_saves, save_model
 from difnet.training.config import TrainConfig
 from difnet.training.optim import build_optimizer, set_learning_rate
 from difnet.training.records import LOG_NAME, RunLog, keep_steps
+from difnet.training.sample_seeds import SampleSeeded
 
 LAST, BEST = "last.pt", "best.pt"
 BEST_FOLDER = "best"  # the best model again as a save_pretrained folder, for sharing
@@ -164,8 +166,9 @@ class Trainer:
 
         self.sampler = EpochSampler(len(self.train_set), config.seed, context.rank, context.world_size)
         self.loader_generator = torch.Generator()
+        self.seeded_train_set = SampleSeeded(self.train_set, config.seed)
         self.loader = DataLoader(
-            self.train_set,
+            self.seeded_train_set,
             batch_size=config.batch_size,
             sampler=self.sampler,
             num_workers=config.workers,
@@ -322,6 +325,7 @@ class Trainer:
         config, rank = self.config, self.context.rank
         seed_everything(epoch_seed(config.seed, self.epoch, rank))
         self.sampler.set_epoch(self.epoch)
+        self.seeded_train_set.epoch = self.epoch
         self.loader_generator.manual_seed(epoch_seed(config.seed, self.epoch, rank))
         self.model.train()
         start, self.steps_into_epoch = self.steps_into_epoch, 0
@@ -336,27 +340,29 @@ class Trainer:
         batches = iter(self.loader)
         for _ in range(start * config.accumulate):  # the batches the checkpoint already trained on
             next(batches)
-        window_loss, window_images, window_start = 0.0, 0, time.perf_counter()
+        # a window runs from one log record to the next; after a mid-epoch resume, the first holds
+        # only the steps this run trained
+        window_loss, window_steps, window_images, window_start = 0.0, 0, 0, time.perf_counter()
         for index in range(start, self.steps_per_epoch):
             lr = set_learning_rate(self.optimizer, config, self.step, self.total_steps)
             loss = self._step(batches, index)
             window_loss += loss
+            window_steps += 1
             window_images += config.batch_size * config.accumulate * self.context.world_size
             speed = window_images / (time.perf_counter() - window_start)
             bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", img_s=f"{speed:.1f}")
             bar.update()
-            steps_in_window = (index % config.log_every) + 1
-            if steps_in_window == config.log_every or index == self.steps_per_epoch - 1:
+            if (index + 1) % config.log_every == 0 or index == self.steps_per_epoch - 1:
                 if self.log is not None:
                     self.log.write(
                         "train",
                         self.step,
                         epoch=self.epoch + 1,
                         lr=lr,
-                        loss=window_loss / steps_in_window,
+                        loss=window_loss / window_steps,
                         images_per_second=speed,
                     )
-                window_loss, window_images, window_start = 0.0, 0, time.perf_counter()
+                window_loss, window_steps, window_images, window_start = 0.0, 0, 0, time.perf_counter()
             last_of_epoch = index == self.steps_per_epoch - 1
             if config.save_every and self.step % config.save_every == 0 and not last_of_epoch:
                 if self.context.is_main:
