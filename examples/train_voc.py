@@ -23,7 +23,7 @@ from difnet.data import EvalTransform
 from difnet.evaluation import evaluate
 from difnet.models import load_model
 from difnet.training import TrainConfig, train
-from difnet.training.config import Default
+from difnet.training.settings import Default
 
 VOC_RECIPE = {
     "dataset": "voc",

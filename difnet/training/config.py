@@ -7,9 +7,10 @@ import argparse
 import json
 import math
 import numbers
+import sys
 import warnings
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -23,18 +24,17 @@ from difnet.models.difnet import DIFFUSION_STRIDES
 from difnet.models.heads import HEAD_INITS, UNSATURATED_PSI_SCALE
 from difnet.models.preprocessing import Preprocessing
 from difnet.models.serialization import read_checkpoint
+from difnet.training.recipe_file import read_recipe_file
+from difnet.training.settings import add_options, check_file_value, declared, given_options, setting
 
 NONFINITE_POLICIES = ("stop", "skip")
-# what `--resume` may change in the stored recipe: how long, where and how the run goes on, never
-# what it computes
-RESUME_CHANGEABLE = (
-    "epochs", "workers", "device", "output_dir", "overwrite", "resume", "data_root", "eval_every",
-    "log_every", "progress", "on_nonfinite", "save_every", "gradient_checkpointing",
-)  # fmt: skip
 PRECISIONS = ("fp32", "bf16", "fp16")
 RESIZED_DATASETS = ("camvid",)  # the datasets that --image-size resizes on load
 SYNTHETIC_DEFAULT_CLASSES = 5
 SYNTHETIC_DEFAULT_SIZE = 64
+MODEL, NORMALISATION, DATA, OPTIMISATION, RUN = (
+    "model", "normalisation (needed for images other than RGB)", "data", "optimisation", "run",
+)  # fmt: skip
 
 
 @dataclass
@@ -47,58 +47,137 @@ class TrainConfig:
 
     `batch_size` is per process and per forward pass; the optimiser steps every `accumulate`
     batches, so one step sees `batch_size * accumulate * processes` images.
+
+    Each field is declared once, with `setting` (difnet.training.settings): its help, option
+    group and roles drive the command line, recipe files and `--resume`'s checks.
     """
 
-    model: str = "difnet"
-    depth: int = 50
-    aspp: bool = True
-    walk: str = "fused"
-    diffusion_stride: int = 8
-    psi_scale_init: float = UNSATURATED_PSI_SCALE
-    head_init: str = "he"
-    shared_backbone: bool = False
-    normalize_importance: bool = False
-    aux_seed_weight: float = 0.0
-    pretrained_backbone: str | None = None
-    init_from: str | None = None
-    gradient_checkpointing: bool = False
-    in_channels: int = 3
-    mean: tuple[float, ...] | None = None
-    std: tuple[float, ...] | None = None
-    freeze_backbone: bool = False
-    norm_eval: bool = False
-    dataset: str = "voc"
-    data_root: str | None = None
-    train_split: str = "train"
-    val_split: str | None = "val"
-    num_classes: int | None = None
-    image_size: tuple[int, int] | None = None
-    crop_size: tuple[int, int] = (321, 321)
-    scale_range: tuple[float, float] = (0.5, 1.5)
-    flip: bool = True
-    batch_size: int = 16
-    accumulate: int = 1
-    epochs: int = 200
-    max_steps_per_epoch: int | None = None
-    lr: float = 2.5e-3
-    head_lr_mult: float = 1.0
-    walk_lr_mult: float = 1.0
-    walk_weight_decay: float | None = None
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    poly_power: float = 0.9
-    precision: str = "fp32"
-    seed: int = 0
-    workers: int = 2
-    device: str = field(default_factory=default_device)
-    output_dir: str = "runs/difnet"
-    overwrite: bool = False
-    resume: str | None = None
-    save_every: int | None = None
-    eval_every: int = 1
-    on_nonfinite: str = "stop"
-    log_every: int = 10
-    progress: bool = True
+    model: str = setting("difnet", "architecture", MODEL, choices=tuple(MODELS))
+    depth: int = setting(50, "ResNet depth", MODEL, choices=RESNET_DEPTHS)
+    aspp: bool = setting(True, "DifNet's noASPP seed head (one 3x3 conv instead of ASPP)", MODEL)
+    walk: str = setting("fused", "how P_t y is computed (materialized: explicit P, for debugging)", MODEL,
+                        choices=WALK_METHODS)  # fmt: skip
+    diffusion_stride: int = setting(8, "output stride of the grid the walks run on", MODEL,
+                                    choices=DIFFUSION_STRIDES)  # fmt: skip
+    psi_scale_init: float = setting(
+        UNSATURATED_PSI_SCALE,
+        "initial BN scale of DifNet's Psi_t (1.0: the authors' code; default 64^-1/4: unsaturated "
+        "transitions at init)",
+        MODEL,
+    )
+    head_init: str = setting(
+        "he", "score head init: 'he' as the authors' code trains it, 'normal' DeepLab's N(0, 0.01)", MODEL,
+        choices=HEAD_INITS,
+    )  # fmt: skip
+    shared_backbone: bool = setting(
+        False, "DifNet: read the similarity levels from the seed backbone (one ResNet, not two)", MODEL
+    )
+    normalize_importance: bool = setting(
+        False, "DifNet: divide the importance map by its per-image mean (relative weights only)", MODEL
+    )
+    aux_seed_weight: float = setting(
+        0.0,
+        "DifNet: weight of an auxiliary cross-entropy on the seed scores x (0: the paper's single loss on y_5)",
+        OPTIMISATION,
+    )
+    pretrained_backbone: str | None = setting(
+        None, "torchvision ResNet checkpoint for the backbones, or 'imagenet'", MODEL,
+        metavar="PATH_OR_imagenet",
+    )  # fmt: skip
+    init_from: str | None = setting(
+        None,
+        "start from a trained model's weights (a .pt, a save_pretrained folder or a Hub repo id) of the "
+        "same architecture, for any number of classes: its class-dependent layers are re-initialised; "
+        "unlike --resume, a new run with its own recipe",
+        MODEL, metavar="CHECKPOINT_OR_FOLDER",
+    )  # fmt: skip
+    gradient_checkpointing: bool = setting(
+        False, "recompute the backbones' stages in backward: less memory, more time", MODEL, resumable=True
+    )
+    in_channels: int = setting(
+        3, "image channels (1 grey, 4 RGB-NIR, ...); a pretrained conv1 is adapted", MODEL
+    )
+    mean: tuple[float, ...] | None = setting(
+        None, "per-channel mean of the images in [0, 1] (default: ImageNet's)", NORMALISATION, metavar="M"
+    )
+    std: tuple[float, ...] | None = setting(
+        None, "per-channel standard deviation in [0, 1] (default: ImageNet's)", NORMALISATION, metavar="S"
+    )
+    freeze_backbone: bool = setting(False, "train only the heads (and DifNet's projections and walks)", MODEL)
+    norm_eval: bool = setting(False, "keep every BN layer in eval mode (running statistics frozen)", MODEL)
+    dataset: str = setting("voc", "dataset to train on", DATA, choices=DATASETS)
+    data_root: str | None = setting(
+        None, "folder holding the dataset (not needed for synthetic)", DATA, resumable=True
+    )
+    train_split: str = setting("train", "split to train on (voc: train_aug for SBD)", DATA)
+    val_split: str | None = setting(
+        "val", "split evaluated after each epoch; 'none' to skip evaluation", DATA
+    )
+    num_classes: int | None = setting(
+        None, "number of classes (folder: required; synthetic: default 5)", DATA
+    )
+    image_size: tuple[int, int] | None = setting(
+        None, "resize every image on load (camvid, cityscapes) or the scene size (synthetic)", DATA,
+        metavar=("H", "W"),
+    )  # fmt: skip
+    crop_size: tuple[int, int] = setting(
+        (321, 321), "training crop: one side for a square, or H W", DATA, metavar="PX", nargs="+"
+    )
+    scale_range: tuple[float, float] = setting(
+        (0.5, 1.5), "random rescaling range before the crop", DATA, metavar=("LOW", "HIGH")
+    )
+    flip: bool = setting(True, "no random horizontal flips", DATA)
+    batch_size: int = setting(16, "images per process and forward pass", OPTIMISATION)
+    accumulate: int = setting(1, "forward passes whose gradients are summed per optimiser step", OPTIMISATION)
+    epochs: int = setting(200, "passes over the training split", OPTIMISATION, resumable=True)
+    max_steps_per_epoch: int | None = setting(None, "cut each epoch short (quick runs)", OPTIMISATION)
+    lr: float = setting(2.5e-3, "base learning rate (every parameter group scales it)", OPTIMISATION)
+    head_lr_mult: float = setting(
+        1.0, "learning-rate factor of the heads and projections (authors: 1)", OPTIMISATION
+    )
+    walk_lr_mult: float = setting(
+        1.0, "learning-rate factor of DifNet's walk weights mu_t, beta_t (authors: 1)", OPTIMISATION
+    )
+    walk_weight_decay: float | None = setting(
+        None, "weight decay of the walk weights (default: --weight-decay, as the authors)", OPTIMISATION
+    )
+    momentum: float = setting(0.9, "SGD momentum", OPTIMISATION)
+    weight_decay: float = setting(5e-4, "L2 weight decay", OPTIMISATION)
+    poly_power: float = setting(0.9, "power of the poly schedule", OPTIMISATION)
+    precision: str = setting(
+        "fp32",
+        "autocast: bf16 (fast on recent GPUs, slow on many CPUs) or fp16 with a gradient scaler (GPUs "
+        "without bf16); the walks always run in fp32",
+        OPTIMISATION,
+        choices=PRECISIONS,
+    )
+    seed: int = setting(0, "seed of the data order, augmentation and init", RUN)
+    workers: int = setting(2, "data-loading processes", DATA, resumable=True)
+    device: str = setting(
+        help="torch device (under torchrun: cuda or cpu)", group=RUN, default_factory=default_device,
+        resumable=True, run_only=True,
+    )  # fmt: skip
+    output_dir: str = setting(
+        "runs/difnet", "where checkpoints and logs go", RUN, resumable=True, run_only=True
+    )
+    overwrite: bool = setting(False, "reuse a non-empty output directory", RUN, resumable=True, run_only=True)
+    resume: str | None = setting(
+        None,
+        "continue a run from its last.pt with the recipe stored there (the options so marked may "
+        "be given beside it)",
+        RUN, metavar="CHECKPOINT", resumable=True, run_only=True,
+    )  # fmt: skip
+    save_every: int | None = setting(
+        None, "also write last.pt every STEPS optimiser steps (a crash loses at most that many)", RUN,
+        metavar="STEPS", resumable=True,
+    )  # fmt: skip
+    eval_every: int = setting(1, "evaluate every N epochs", RUN, resumable=True)
+    on_nonfinite: str = setting(
+        "stop", "on a NaN/inf loss or gradient: stop the run, or skip that step", OPTIMISATION,
+        choices=NONFINITE_POLICIES, resumable=True,
+    )  # fmt: skip
+    log_every: int = setting(10, "log the loss every N steps", RUN, resumable=True, run_only=True)
+    progress: bool = setting(True, "no progress bars", RUN, resumable=True, run_only=True)
 
     def __post_init__(self) -> None:
         self.crop_size = _pair(self.crop_size, "crop_size")
@@ -240,10 +319,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
         """The config of `to_dict`'s output; unknown keys are refused by name."""
-        if "bf16" in values:  # checkpoints written before --precision replaced --bf16
-            legacy = values["bf16"]
-            values = {key: value for key, value in values.items() if key != "bf16"}
-            values.setdefault("precision", "bf16" if legacy else "fp32")
+        values = _upgrade_legacy(values)
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
@@ -254,250 +330,70 @@ class TrainConfig:
         """One `name = value` line per setting, for the start of a run's log."""
         return "\n".join(f"  {name} = {value!r}" for name, value in asdict(self).items())
 
-    # --- command line --------------------------------------------------------------------------
+    # --- command line and recipe files --------------------------------------------------------
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        """One option per setting, defaulting to the paper's recipe."""
-        d = cls(device="cpu")
-        model = parser.add_argument_group("model")
-        model.add_argument("--model", choices=tuple(MODELS), default=d.model, help="architecture")
-        model.add_argument("--depth", type=int, choices=RESNET_DEPTHS, default=d.depth, help="ResNet depth")
-        model.add_argument(
-            "--no-aspp",
-            dest="aspp",
-            action="store_false",
-            help="DifNet's noASPP seed head (one 3x3 conv instead of ASPP)",
-        )
-        model.add_argument(
-            "--walk",
-            choices=WALK_METHODS,
-            default=d.walk,
-            help="how P_t y is computed (materialized: explicit P, for debugging)",
-        )
-        model.add_argument(
-            "--diffusion-stride",
-            type=int,
-            choices=DIFFUSION_STRIDES,
-            default=d.diffusion_stride,
-            help="output stride of the grid the walks run on",
-        )
-        model.add_argument(
-            "--psi-scale-init",
-            type=float,
-            default=d.psi_scale_init,
-            help="initial BN scale of DifNet's Psi_t (1.0: the authors' code; "
-            "default 64^-1/4: unsaturated transitions at init)",
-        )
-        model.add_argument(
-            "--head-init",
-            choices=HEAD_INITS,
-            default=d.head_init,
-            help="score head init: 'he' as the authors' code trains it, 'normal' DeepLab's N(0, 0.01)",
-        )
-        model.add_argument(
-            "--shared-backbone",
-            action="store_true",
-            help="DifNet: read the similarity levels from the seed backbone (one ResNet, not two)",
-        )
-        model.add_argument(
-            "--normalize-importance",
-            action="store_true",
-            help="DifNet: divide the importance map by its per-image mean (relative weights only)",
-        )
-        model.add_argument(
-            "--gradient-checkpointing",
-            action="store_true",
-            help="recompute the backbones' stages in backward: less memory, more time",
-        )
-        model.add_argument(
-            "--in-channels",
-            type=int,
-            default=d.in_channels,
-            help="image channels (1 grey, 4 RGB-NIR, ...); a pretrained conv1 is adapted",
-        )
-        data_stats = parser.add_argument_group("normalisation (needed for images other than RGB)")
-        data_stats.add_argument(
-            "--mean",
-            type=float,
-            nargs="+",
-            metavar="M",
-            help="per-channel mean of the images in [0, 1] (default: ImageNet's)",
-        )
-        data_stats.add_argument(
-            "--std",
-            type=float,
-            nargs="+",
-            metavar="S",
-            help="per-channel standard deviation in [0, 1] (default: ImageNet's)",
-        )
-        model.add_argument(
-            "--freeze-backbone",
-            action="store_true",
-            help="train only the heads (and DifNet's projections and walks)",
-        )
-        model.add_argument(
-            "--norm-eval",
-            action="store_true",
-            help="keep every BN layer in eval mode (running statistics frozen)",
-        )
-        model.add_argument(
-            "--pretrained-backbone",
-            metavar="PATH_OR_imagenet",
-            help="torchvision ResNet checkpoint for the backbones, or 'imagenet'",
-        )
-        model.add_argument(
-            "--init-from",
-            metavar="CHECKPOINT_OR_FOLDER",
-            help="start from a trained model's weights (a .pt, a save_pretrained folder or a Hub "
-            "repo id) of the same architecture, for any number of classes: its class-dependent "
-            "layers are re-initialised; unlike --resume, a new run with its own recipe",
-        )
-        data = parser.add_argument_group("data")
-        data.add_argument("--dataset", choices=DATASETS, default=d.dataset, help="dataset to train on")
-        data.add_argument("--data-root", help="folder holding the dataset (not needed for synthetic)")
-        data.add_argument(
-            "--train-split", default=d.train_split, help="split to train on (voc: train_aug for SBD)"
-        )
-        data.add_argument(
-            "--val-split",
-            default=d.val_split,
-            help="split evaluated after each epoch; 'none' to skip evaluation",
-        )
-        data.add_argument(
-            "--num-classes", type=int, help="number of classes (folder: required; synthetic: default 5)"
-        )
-        data.add_argument(
-            "--image-size",
-            type=int,
-            nargs=2,
-            metavar=("H", "W"),
-            help="resize every image on load (camvid) or the scene size (synthetic)",
-        )
-        data.add_argument(
-            "--crop-size",
-            type=int,
-            nargs="+",
-            default=list(d.crop_size),
-            metavar="PX",
-            help="training crop: one side for a square, or H W",
-        )
-        data.add_argument(
-            "--scale-range",
-            type=float,
-            nargs=2,
-            default=list(d.scale_range),
-            metavar=("LOW", "HIGH"),
-            help="random rescaling range before the crop",
-        )
-        data.add_argument("--no-flip", dest="flip", action="store_false", help="no random horizontal flips")
-        data.add_argument("--workers", type=int, default=d.workers, help="data-loading processes")
-        optim = parser.add_argument_group("optimisation")
-        optim.add_argument(
-            "--batch-size", type=int, default=d.batch_size, help="images per process and forward pass"
-        )
-        optim.add_argument(
-            "--accumulate",
-            type=int,
-            default=d.accumulate,
-            help="forward passes whose gradients are summed per optimiser step",
-        )
-        optim.add_argument("--epochs", type=int, default=d.epochs, help="passes over the training split")
-        optim.add_argument("--max-steps-per-epoch", type=int, help="cut each epoch short (quick runs)")
-        optim.add_argument(
-            "--lr", type=float, default=d.lr, help="base learning rate (every parameter group scales it)"
-        )
-        optim.add_argument(
-            "--head-lr-mult",
-            type=float,
-            default=d.head_lr_mult,
-            help="learning-rate factor of the heads and projections (authors: 1)",
-        )
-        optim.add_argument(
-            "--walk-lr-mult",
-            type=float,
-            default=d.walk_lr_mult,
-            help="learning-rate factor of DifNet's walk weights mu_t, beta_t (authors: 1)",
-        )
-        optim.add_argument(
-            "--walk-weight-decay",
-            type=float,
-            help="weight decay of the walk weights (default: --weight-decay, as the authors)",
-        )
-        optim.add_argument(
-            "--aux-seed-weight",
-            type=float,
-            default=d.aux_seed_weight,
-            help="DifNet: weight of an auxiliary cross-entropy on the seed scores x (0: the paper's "
-            "single loss on y_5)",
-        )
-        optim.add_argument("--momentum", type=float, default=d.momentum, help="SGD momentum")
-        optim.add_argument("--weight-decay", type=float, default=d.weight_decay, help="L2 weight decay")
-        optim.add_argument(
-            "--poly-power", type=float, default=d.poly_power, help="power of the poly schedule"
-        )
-        optim.add_argument(
-            "--precision",
-            choices=PRECISIONS,
-            default=d.precision,
-            help="autocast: bf16 (fast on recent GPUs, slow on many CPUs) or fp16 with a "
-            "gradient scaler (GPUs without bf16); the walks always run in fp32",
-        )
-        optim.add_argument(
+        """One option per setting, defaulting to the paper's recipe, and `--config FILE`."""
+        groups = add_options(parser, cls, (MODEL, NORMALISATION, DATA, OPTIMISATION, RUN))
+        groups[OPTIMISATION].add_argument(
             "--bf16",
             dest="precision",
             action=_DeprecatedBf16,
             nargs=0,
             help="deprecated alias of --precision bf16",
         )
-        optim.add_argument(
-            "--on-nonfinite",
-            choices=NONFINITE_POLICIES,
-            default=d.on_nonfinite,
-            help="on a NaN/inf loss or gradient: stop the run, or skip that step",
+        groups[RUN].add_argument(
+            "--config",
+            metavar="FILE",
+            help="a recipe file (JSON, or TOML on Python 3.11+), e.g. a run's config.json: its settings "
+            "replace the defaults and the options given here replace its settings; "
+            + ", ".join(_option(name) for name in RUN_ONLY)
+            + " come from the command line only (a file's are ignored with a note)",
         )
-        run = parser.add_argument_group("run")
-        run.add_argument(
-            "--seed", type=int, default=d.seed, help="seed of the data order, augmentation and init"
-        )
-        run.add_argument(
-            "--device", default=default_device(), help="torch device (under torchrun: cuda or cpu)"
-        )
-        run.add_argument("--output-dir", default=d.output_dir, help="where checkpoints and logs go")
-        run.add_argument("--overwrite", action="store_true", help="reuse a non-empty output directory")
-        run.add_argument(
-            "--resume",
-            metavar="CHECKPOINT",
-            help="continue a run from its last.pt with the recipe stored there; only "
-            + ", ".join("--" + n.replace("_", "-") for n in RESUME_CHANGEABLE[:-1])
-            + " may be given beside it",
-        )
-        run.add_argument(
-            "--save-every",
-            type=int,
-            metavar="STEPS",
-            help="also write last.pt every STEPS optimiser steps (a crash loses at most that many)",
-        )
-        run.add_argument("--eval-every", type=int, default=d.eval_every, help="evaluate every N epochs")
-        run.add_argument("--log-every", type=int, default=d.log_every, help="log the loss every N steps")
-        run.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
-        defaults = cls()
-        parser.set_defaults(**{f.name: Default(getattr(defaults, f.name)) for f in fields(cls)})
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> TrainConfig:
-        """The config of options parsed by `add_arguments`; with `--resume`, the recipe stored in
-        that checkpoint, changed only by the options given on the command line."""
-        values, given = {}, {}
-        for name in (f.name for f in fields(cls) if hasattr(args, f.name)):
-            value = getattr(args, name)
-            if isinstance(value, Default):
-                values[name] = value.value
-            else:
-                values[name] = given[name] = _normalise_option(name, value)
-        if values.get("resume"):
-            return resume_config(values["resume"], given)
-        return cls(**values)
+        """The config of options parsed by `add_arguments`: the defaults, replaced by a `--config`
+        file's recipe, replaced by the options given. With `--resume`, the recipe stored in that
+        checkpoint, changed only by the options given."""
+        defaults, given = given_options(args, cls)
+        given = {name: _normalise_option(name, value) for name, value in given.items()}
+        recipe_file = getattr(args, "config", None)
+        if {**defaults, **given}.get("resume"):
+            if recipe_file is not None:
+                raise ValueError(f"--config {recipe_file} and --resume do not go together: a resumed run "
+                                 "keeps the recipe stored in its checkpoint")  # fmt: skip
+            return resume_config({**defaults, **given}["resume"], given)
+        from_file: dict[str, Any] = {}
+        if recipe_file is not None:
+            from_file, ignored = cls.read_recipe(recipe_file)
+            if ignored:
+                print(f"note: {recipe_file} sets {', '.join(ignored)}, which come from the command line "
+                      "only; the file's values are ignored", file=sys.stderr)  # fmt: skip
+        return cls(**{**defaults, **from_file, **given})
+
+    @classmethod
+    def read_recipe(cls, path: str | Path) -> tuple[dict[str, Any], list[str]]:
+        """The settings of recipe file `path` (JSON or TOML, e.g. a run's config.json), checked
+        against their declarations, and the run-only settings it sets, left out. Unknown keys are
+        refused by name."""
+        values = _upgrade_legacy(read_recipe_file(path))
+        by_name = {item.name: item for item in declared(cls)}
+        unknown = sorted(set(values) - set(by_name))
+        if unknown:
+            raise ValueError(f"recipe file {path}: unknown training settings: {', '.join(unknown)}")
+        ignored = [name for name in values if by_name[name].setting.run_only]
+        recipe = {
+            name: _normalise_option(name, check_file_value(by_name[name], value, f"recipe file {path}"))
+            for name, value in values.items()
+            if name not in ignored
+        }
+        return recipe, ignored
+
+
+RESUME_CHANGEABLE = tuple(item.name for item in declared(TrainConfig) if item.setting.resumable)
+RUN_ONLY = tuple(item.name for item in declared(TrainConfig) if item.setting.run_only)
 
 
 def resume_config(path: str | Path, options: Mapping[str, Any]) -> TrainConfig:
@@ -533,15 +429,19 @@ class _DeprecatedBf16(argparse.Action):
         setattr(namespace, self.dest, "bf16")
 
 
-@dataclass(frozen=True)
-class Default:
-    """A default in a parsed namespace, so a value the user typed (even an equal one) is told
-    apart from one they left out; prints as the value in `--help`."""
+def _option(name: str) -> str:
+    """The command-line spelling of setting `name` (`--no-progress` for the flags on by default)."""
+    flag = "--" + name.replace("_", "-")
+    return "--no-" + flag[2:] if getattr(TrainConfig, name, None) is True else flag
 
-    value: Any
 
-    def __str__(self) -> str:
-        return str(self.value)
+def _upgrade_legacy(values: dict[str, Any]) -> dict[str, Any]:
+    """Settings as written by older versions, in today's names."""
+    if "bf16" in values:  # checkpoints written before --precision replaced --bf16
+        legacy = values["bf16"]
+        values = {key: value for key, value in values.items() if key != "bf16"}
+        values.setdefault("precision", "bf16" if legacy else "fp32")
+    return values
 
 
 def _normalise_option(name: str, value: Any) -> Any:
