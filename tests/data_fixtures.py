@@ -180,3 +180,51 @@ def write_folder_fixture(
         save_image(images / f"scene{index}{suffix}", random_image(rng, size))
         save_mask(masks / f"scene{index}.png", random_labels(rng, size, num_classes, border=True))
     return images, masks
+
+
+def write_cityscapes_fixture(
+    root: Path,
+    n_train: int = 3,
+    n_val: int = 2,
+    size: Size = (32, 64),
+    *,
+    train_ids: bool = False,
+    seed: int = 0,
+) -> Path:
+    """A Cityscapes tree in the official layout under `root/cityscapes` (returned): images
+    `leftImg8bit/<split>/<city>/<city>_<seq>_<frame>_leftImg8bit.png` and grayscale label-id
+    masks (values 0-33, every mask holding void ids) `gtFine/<split>/<city>/..._gtFine_labelIds.png`;
+    with `train_ids`, also the `..._gtFine_labelTrainIds.png` masks (all 7 = traffic sign)."""
+    rng = np.random.default_rng(seed)
+    cityscapes = root / "cityscapes"
+    for split, count, city in (("train", n_train, "aachen"), ("val", n_val, "frankfurt")):
+        for index in range(count):
+            name = f"{city}_{index:06d}_000019"
+            save_image(
+                cityscapes / "leftImg8bit" / split / city / f"{name}_leftImg8bit.png", random_image(rng, size)
+            )
+            labels = random_labels(rng, size, 34, objects=4)  # background 0: "unlabeled", not evaluated
+            labels[-1, :] = 7  # a strip of road in every mask
+            save_mask(cityscapes / "gtFine" / split / city / f"{name}_gtFine_labelIds.png", labels)
+            if train_ids:
+                trained = np.full(size, 7, dtype=np.uint8)
+                save_mask(cityscapes / "gtFine" / split / city / f"{name}_gtFine_labelTrainIds.png", trained)
+    return cityscapes
+
+
+def write_ade20k_fixture(
+    root: Path, n_train: int = 3, n_val: int = 2, size: Size = (36, 48), *, seed: int = 0
+) -> Path:
+    """An ADE20K SceneParsing tree under `root/ADEChallengeData2016` (returned): JPEG images
+    `images/{training,validation}/ADE_<split>_<n>.jpg` and grayscale annotations of the same
+    stems in `annotations/`, values 0 (other) and 1-150, with 150 in every mask."""
+    rng = np.random.default_rng(seed)
+    ade = root / "ADEChallengeData2016"
+    for folder, count, prefix in (("training", n_train, "ADE_train"), ("validation", n_val, "ADE_val")):
+        for index in range(count):
+            name = f"{prefix}_{index + 1:08d}"
+            save_image(ade / "images" / folder / f"{name}.jpg", random_image(rng, size))
+            labels = random_labels(rng, size, 151, objects=4)
+            labels[-1, :] = 150
+            save_mask(ade / "annotations" / folder / f"{name}.png", labels)
+    return ade

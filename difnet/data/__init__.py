@@ -9,12 +9,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from difnet.data.ade20k import ADE20K, ADE20K_CLASSES
 from difnet.data.base import FilePairDataset, Sample, SegmentationDataset, Transform
 from difnet.data.camvid import CAMVID_CLASSES, CamVid
+from difnet.data.cityscapes import CITYSCAPES_CLASSES, Cityscapes
 from difnet.data.context import CONTEXT_CLASSES, PascalContext
 from difnet.data.folder import FolderDataset
 from difnet.data.palettes import (
+    ADE20K_PALETTE,
     CAMVID_PALETTE,
+    CITYSCAPES_PALETTE,
     CONTEXT_PALETTE,
     IGNORE_INDEX,
     VOC_PALETTE,
@@ -32,7 +36,8 @@ from difnet.data.transforms import (
 )
 from difnet.data.voc import VOC_CLASSES, VOCSegmentation
 
-DATASETS = ("voc", "context", "camvid", "folder", "synthetic")
+DATASETS = ("voc", "context", "camvid", "cityscapes", "ade20k", "folder", "synthetic")
+RESIZABLE = ("camvid", "cityscapes")  # the datasets that take the option `resize`
 SYNTHETIC_SPLITS = {"train": (400, 0), "val": (100, 1), "test": (100, 2)}  # size, seed offset
 
 
@@ -67,24 +72,32 @@ def build_dataset(
             raise ValueError("dataset 'folder' needs the option num_classes")
         root = Path(root)
         return FolderDataset(root / split / "images", root / split / "masks", transform=transform, **options)
-    if options and name != "camvid":
+    if options and name not in RESIZABLE:
         raise TypeError(f"dataset {name!r} takes no options (got {', '.join(sorted(options))})")
-    dataset = {"voc": VOCSegmentation, "context": PascalContext, "camvid": CamVid}[name]
+    dataset = {"voc": VOCSegmentation, "context": PascalContext, "camvid": CamVid, "cityscapes": Cityscapes,
+               "ade20k": ADE20K}[name]  # fmt: skip
     return dataset(root, split, transform, **options)
 
 
 __all__ = [
+    "ADE20K",
+    "ADE20K_CLASSES",
+    "ADE20K_PALETTE",
     "CAMVID_CLASSES",
     "CAMVID_PALETTE",
+    "CITYSCAPES_CLASSES",
+    "CITYSCAPES_PALETTE",
     "CONTEXT_CLASSES",
     "CONTEXT_PALETTE",
     "DATASETS",
+    "RESIZABLE",
     "IGNORE_INDEX",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "VOC_CLASSES",
     "VOC_PALETTE",
     "CamVid",
+    "Cityscapes",
     "EvalTransform",
     "FilePairDataset",
     "FolderDataset",

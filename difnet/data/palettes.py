@@ -1,4 +1,4 @@
-"""Class colour palettes (VOC, Pascal Context, CamVid, generic) and label-map colouring."""
+"""Class colour palettes (VOC, Pascal Context, CamVid, Cityscapes, ADE20K, generic) and label-map colouring."""
 
 from __future__ import annotations
 
@@ -47,6 +47,13 @@ CAMVID_PALETTE: Palette = [
     (64, 64, 0),  # Pedestrian
     (0, 128, 192),  # Bicyclist
 ]
+# Cityscapes' own colours of its 19 evaluated classes, in train-id order
+CITYSCAPES_PALETTE: Palette = [
+    (128, 64, 128), (244, 35, 232), (70, 70, 70), (102, 102, 156), (190, 153, 153), (153, 153, 153),
+    (250, 170, 30), (220, 220, 0), (107, 142, 35), (152, 251, 152), (70, 130, 180), (220, 20, 60),
+    (255, 0, 0), (0, 0, 142), (0, 0, 70), (0, 60, 100), (0, 80, 100), (0, 0, 230), (119, 11, 32),
+]  # fmt: skip
+ADE20K_PALETTE: Palette = generic_palette(150)
 
 
 def _check_labels(labels: np.ndarray, palette: Sequence[Colour]) -> np.ndarray:

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from difnet.data import DATASETS, EvalTransform, TrainTransform, build_dataset
+from difnet.data import DATASETS, RESIZABLE, EvalTransform, TrainTransform, build_dataset
 from difnet.data.base import SegmentationDataset, Transform
 from difnet.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from difnet.devices import default_device, parse_device
@@ -29,7 +29,6 @@ from difnet.training.settings import add_options, check_file_value, declared, gi
 
 NONFINITE_POLICIES = ("stop", "skip")
 PRECISIONS = ("fp32", "bf16", "fp16")
-RESIZED_DATASETS = ("camvid",)  # the datasets that --image-size resizes on load
 SYNTHETIC_DEFAULT_CLASSES = 5
 SYNTHETIC_DEFAULT_SIZE = 64
 MODEL, NORMALISATION, DATA, OPTIMISATION, RUN = (
@@ -282,7 +281,7 @@ class TrainConfig:
             }
         if self.dataset == "folder":
             return {"num_classes": self.num_classes, "channels": self.in_channels}
-        if self.dataset in RESIZED_DATASETS and self.image_size is not None:
+        if self.dataset in RESIZABLE and self.image_size is not None:
             return {"resize": self.image_size}
         return {}
 
@@ -294,8 +293,8 @@ class TrainConfig:
 
     def preprocessing(self) -> Preprocessing:
         """How this run prepares images, saved with the model: its normalisation, and
-        `image_size` where the dataset resizes every image to it (CamVid)."""
-        resized = self.image_size if self.dataset in RESIZED_DATASETS else None
+        `image_size` where the dataset resizes every image to it (CamVid, Cityscapes)."""
+        resized = self.image_size if self.dataset in RESIZABLE else None
         return Preprocessing(resized, **self.normalization())
 
     def train_transform(self) -> TrainTransform:
