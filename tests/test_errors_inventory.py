@@ -18,12 +18,21 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from data_fixtures import random_image, save_image, save_mask, write_camvid_fixture
+from data_fixtures import (
+    random_image,
+    save_image,
+    save_mask,
+    write_ade20k_fixture,
+    write_camvid_fixture,
+    write_cityscapes_fixture,
+)
 from PIL import Image
 
 from difnet.cli import main
 from difnet.data import (
+    ADE20K,
     CamVid,
+    Cityscapes,
     EvalTransform,
     FolderDataset,
     SyntheticShapes,
@@ -168,6 +177,18 @@ def one_pair(env: Env, name: str, image: np.ndarray | bytes = IMAGE, mask: np.nd
 def camvid_without_val(env: Env) -> CamVid:
     root = write_camvid_fixture(env.root / "camvid", n_train=1, n_val=0, n_test=0)
     return CamVid(root, "val")
+
+
+def cityscapes_with_label_id_40(env: Env) -> tuple[torch.Tensor, torch.Tensor]:
+    dataset = Cityscapes(write_cityscapes_fixture(env.root, n_train=0, n_val=1), "val")
+    save_mask(dataset.samples[0].mask, np.full((32, 64), 40, dtype=np.uint8))
+    return dataset[0]
+
+
+def ade20k_with_value_151(env: Env) -> tuple[torch.Tensor, torch.Tensor]:
+    dataset = ADE20K(write_ade20k_fixture(env.root, n_train=0, n_val=1), "val")
+    save_mask(dataset.samples[0].mask, np.full((36, 48), 151, dtype=np.uint8))
+    return dataset[0]
 
 
 def with_value(value: int) -> np.ndarray:
@@ -481,6 +502,26 @@ CASES = [
                        "50", "--stride", "80", "80"),
          SystemExit, r"exit status 2: difnet: error: stride \(80, 80\) is longer than the window "
                      r"\(50, 50\).*pixels no window covers"),
+    # recipe files and the datasets of issue 18 ---------------------------------------------------
+    Case("recipe-unknown-key", lambda e: cli_train(e, "--config", str(e.file("k.json", b'{"lrate": 1}'))),
+         SystemExit, r"exit status 2: difnet: error: recipe file .*k\.json: unknown training settings: lrate"),
+    Case("recipe-wrong-type", lambda e: TrainConfig.read_recipe(e.file("t.json", b'{"flip": "no"}')),
+         TypeError, r"recipe file .*t\.json: flip must be a bool \(got 'no'\)"),
+    Case("recipe-format", lambda e: TrainConfig.read_recipe(e.file("r.yaml", b"depth: 18")), ValueError,
+         r"recipe file .*r\.yaml: unknown format '\.yaml'; use \.json or \.toml"),
+    Case("recipe-not-a-table", lambda e: TrainConfig.read_recipe(e.file("l.json", b"[18]")), ValueError,
+         r"recipe file .*l\.json must hold a table of settings \(got list\)"),
+    Case("recipe-unreadable", lambda e: TrainConfig.read_recipe(e.file("u.json", b'{"depth": }')), ValueError,
+         r"cannot read recipe file .*u\.json: Expecting value: line 1"),
+    Case("recipe-missing", lambda e: TrainConfig.read_recipe(e.root / "none.json"), FileNotFoundError,
+         r"recipe file .*none\.json not found"),
+    Case("cli-config-with-resume",
+         lambda e: cli_train(e, "--config", str(e.file("c.json", b"{}")), "--resume", str(e.checkpoint)),
+         SystemExit, r"exit status 2: difnet: error: --config .*c\.json and --resume do not go together"),
+    Case("data-cityscapes-label-id", cityscapes_with_label_id_40, ValueError,
+         r"mask .*_gtFine_labelIds\.png holds values \[40\] that are no Cityscapes label ids \(0-33"),
+    Case("data-ade20k-label-value", ade20k_with_value_151, ValueError,
+         r"mask .*ADE_val_00000001\.png holds values \[151\] above 150"),
 ]  # fmt: skip
 
 
