@@ -201,6 +201,9 @@ examples:
   # continue an interrupted run exactly where it stopped
   difnet train ... --resume runs/voc-difnet50/last.pt
 
+  # a new run from a recipe file (a run's config.json, or examples/voc_recipe.toml) with one change
+  difnet train --config runs/voc-difnet50/config.json --seed 1 --output-dir runs/voc-difnet50-seed1
+
 The output directory receives last.pt, best.pt, log.jsonl and config.json.
 """
 

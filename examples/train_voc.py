@@ -9,7 +9,8 @@ The recipe (the authors' code; docs/fidelity.md): SBD-augmented VOC train (10,58
 random scale 0.5-1.5, 321x321 crops and flips, SGD momentum 0.9 at 2.5e-3 for every parameter,
 weight decay 5e-4, poly decay (power 0.9), batch 16, 200 epochs. Every option of `difnet train`
 is accepted here, so any part of the recipe can be overridden; `--resume runs/.../last.pt`
-alone continues a stopped run with the recipe stored in that checkpoint.
+alone continues a stopped run with the recipe stored in that checkpoint. The same recipe as a
+file for `difnet train --config` is examples/voc_recipe.toml.
 """
 
 from __future__ import annotations
