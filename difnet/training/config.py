@@ -347,8 +347,9 @@ class TrainConfig:
             metavar="FILE",
             help="a recipe file (JSON, or TOML on Python 3.11+), e.g. a run's config.json: its settings "
             "replace the defaults and the options given here replace its settings; "
-            + ", ".join(_option(name) for name in RUN_ONLY)
-            + " come from the command line only (a file's are ignored with a note)",
+            + "where and how the run goes ("
+            + ", ".join(RUN_ONLY)
+            + ") comes from the command line only (a file's is ignored with a note)",
         )
 
     @classmethod
@@ -426,12 +427,6 @@ class _DeprecatedBf16(argparse.Action):
     def __call__(self, parser, namespace, values, option_string=None) -> None:  # noqa: ANN001
         warnings.warn("--bf16 is deprecated; use --precision bf16", FutureWarning, stacklevel=2)
         setattr(namespace, self.dest, "bf16")
-
-
-def _option(name: str) -> str:
-    """The command-line spelling of setting `name` (`--no-progress` for the flags on by default)."""
-    flag = "--" + name.replace("_", "-")
-    return "--no-" + flag[2:] if getattr(TrainConfig, name, None) is True else flag
 
 
 def _upgrade_legacy(values: dict[str, Any]) -> dict[str, Any]:

@@ -34,7 +34,7 @@ class Setting:
 
 def setting(
     default: Any = dataclasses.MISSING,
-    help: str = "",  # noqa: A002 (argparse's name for it)
+    help: str = "",
     group: str = "",
     *,
     default_factory: Callable[[], Any] | Any = dataclasses.MISSING,
