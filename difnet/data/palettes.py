@@ -1,4 +1,5 @@
-"""Class colour palettes (VOC, Pascal Context, CamVid, Cityscapes, ADE20K, generic) and label-map colouring."""
+"""Class colour palettes (VOC, Pascal Context, CamVid, Cityscapes, ADE20K, generic) and label-map
+colouring."""
 
 from __future__ import annotations
 

@@ -76,7 +76,8 @@ class TrainConfig:
     )
     aux_seed_weight: float = setting(
         0.0,
-        "DifNet: weight of an auxiliary cross-entropy on the seed scores x (0: the paper's single loss on y_5)",
+        "DifNet: weight of an auxiliary cross-entropy on the seed scores x (0: the paper's single loss "
+        "on y_5)",
         OPTIMISATION,
     )
     pretrained_backbone: str | None = setting(
