@@ -199,6 +199,6 @@ def test_evaluate_diagnose_prints_the_stages_and_stores_them(capsys, tmp_path, c
                          "--device", "cpu", "--diagnose", "orange disk", "--output", str(output))  # fmt: skip
     assert status == 0, _err
     assert "oracle" in out and "In-class transition mass" in out
-    diagnostics = json.loads(output.read_text())["diagnostics"]
-    assert diagnostics["small_classes"] == ["orange disk"]
-    assert diagnostics["per_class_iou"]["walk 5"] == json.loads(output.read_text())["metrics"]["per_class_iou"]
+    written = json.loads(output.read_text())
+    assert written["diagnostics"]["small_classes"] == ["orange disk"]
+    assert written["diagnostics"]["per_class_iou"]["walk 5"] == written["metrics"]["per_class_iou"]
