@@ -10,18 +10,21 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from difnet import __version__
+from difnet.data import DATASETS
 from difnet.devices import default_device
 from difnet.models.preprocessing import Preprocessing
 from difnet.training.loop import NonFiniteLossError
+from difnet.training.settings import Default
 
 TRAINING_FAILED = 1
+SOME_INPUTS_FAILED = 1
 USAGE_ERROR = 2
 INTERRUPTED = 130
 BOUNDARY_ERRORS = (
@@ -36,7 +39,16 @@ BOUNDARY_ERRORS = (
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Shows defaults and keeps the hand-wrapped examples of each epilog."""
+    """Shows defaults and keeps the hand-wrapped examples of each epilog.
+
+    No default is shown for flags (`--no-aspp` defaults to ASPP on, not to "True"), for options
+    whose default is None, or where the help already says what the default is."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        default = action.default.value if isinstance(action.default, Default) else action.default
+        if action.nargs == 0 or default is None or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
 
 
 def pixel(text: str) -> tuple[int, int]:
@@ -46,6 +58,17 @@ def pixel(text: str) -> tuple[int, int]:
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a pixel as y,x (e.g. 40,60), got {text!r}") from None
     return y, x
+
+
+def positive_count(text: str) -> int:
+    """argparse type of a count of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {text!r}")
+    return value
 
 
 def positive_scale(text: str) -> float:
@@ -114,6 +137,7 @@ def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
         help="first shrink images whose longer side exceeds PX (masks keep the input size)",
     )
     add_device_argument(parser)
+    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
 
 
 def inference_options(args: argparse.Namespace) -> dict:
@@ -124,7 +148,7 @@ def inference_options(args: argparse.Namespace) -> dict:
         raise ValueError(f"--max-size must be at least 16 pixels (got {args.max_size})")
     window = SlidingWindow(tuple(args.window), tuple(args.stride)) if args.mode == "slide" else None
     return {"scales": tuple(args.scales), "flip": args.flip, "device": args.device,
-            "window": window, "max_size": args.max_size}  # fmt: skip
+            "window": window, "max_size": args.max_size, "progress": args.progress}  # fmt: skip
 
 
 def add_image_size_argument(parser: argparse.ArgumentParser) -> None:
@@ -266,6 +290,9 @@ def add_evaluate_parser(subparsers: argparse._SubParsersAction) -> None:
         "the one papers report); default: images and labels resized to the model's size, as "
         "training's validation scored them",
     )
+    parser.add_argument(
+        "--limit", type=positive_count, metavar="N", help="evaluate only the first N images (a quick check)"
+    )
     add_inference_arguments(parser)
     parser.add_argument(
         "--output", type=Path, metavar="JSON", help="also write the metrics to this JSON file"
@@ -315,7 +342,7 @@ def run_evaluate(args: argparse.Namespace) -> None:
         protocol = "; labels resized likewise, as training's validation scored them"
     announce_preprocessing("evaluate", preprocessing, origin, protocol)
     input_size = size if args.native_size else None
-    result = evaluate(model, dataset, input_size=input_size, **inference_options(args))
+    result = evaluate(model, dataset, input_size=input_size, limit=args.limit, **inference_options(args))
     print(result.format_table())
     payload = result.to_dict()
     if args.diagnose is not None:
@@ -340,7 +367,12 @@ examples:
   # every image of a folder, with colour overlays and flip averaging
   difnet predict --checkpoint best.pt --input photos/ --output masks --overlay --flip
 
-Masks are palette PNGs: pixel values are class ids, so they load back as label maps.
+  # several files and folders at once
+  difnet predict --checkpoint best.pt --input a.jpg b.jpg more-photos/ --output masks
+
+Masks are palette PNGs: pixel values are class ids, so they load back as label maps. An image
+that cannot be read or predicted is skipped; the others are still written, the failures are
+listed at the end and the exit status is 1.
 """
 
 
@@ -356,9 +388,10 @@ def add_predict_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--input",
         type=Path,
+        nargs="+",
         required=True,
         metavar="IMG_OR_DIR",
-        help="an image file or a directory of images",
+        help="image files and directories of images",
     )
     parser.add_argument(
         "--output",
@@ -378,14 +411,15 @@ def add_predict_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=run_predict)
 
 
-def run_predict(args: argparse.Namespace) -> None:
-    from difnet.predict import find_images, predict_files
+def run_predict(args: argparse.Namespace) -> int:
+    from difnet.predict import Failure, find_images, predict_files
 
-    images = find_images(args.input)
+    images = find_images(*args.input)
     model, _ = load_inference_model(args.checkpoint)
     preprocessing, origin = inference_preprocessing(model, args.image_size)
     back = "" if preprocessing.image_size is None else "; masks resized back to each image's size"
     announce_preprocessing("predict", preprocessing, origin, back)
+    failures: list[Failure] = []
     written = predict_files(
         model,
         images,
@@ -395,9 +429,17 @@ def run_predict(args: argparse.Namespace) -> None:
         overwrite=args.overwrite,
         normalization=preprocessing.normalization(),
         input_size=preprocessing.image_size,
+        failures=failures,
         **inference_options(args),
     )
     print(f"wrote {len(written)} file(s) to {args.output}")
+    if not failures:
+        return 0
+    for failure in failures:
+        print(f"  {failure.path}: {failure.reason}", file=sys.stderr)
+    print(f"difnet: error: {len(failures)} of {len(images)} image(s) could not be predicted (listed above)",
+          file=sys.stderr)  # fmt: skip
+    return SOME_INPUTS_FAILED
 
 
 # --- visualize ---------------------------------------------------------------------------------
@@ -411,7 +453,8 @@ Writes fig2_maps.png (image, ground truth, score-map argmax, influence map E = s
 importance map M), fig3_transitions.png (rows of P_1..P_5 of the chosen pixels),
 fig4_walks.png (seed and the output after each walk) and table3_walk_parameters.png (learned
 mu_t, beta_t, also printed). Without --pixels, one pixel per large predicted region is chosen.
-Label values outside the checkpoint's classes are shown as ignored (white).
+The label is read as the dataset reads its masks: 255 and the dataset's void value (CamVid's 11)
+are shown as ignored (white); other values outside the checkpoint's classes are refused.
 """
 
 
@@ -426,6 +469,11 @@ def add_visualize_parser(subparsers: argparse._SubParsersAction) -> None:
     add_checkpoint_argument(parser)
     parser.add_argument("--image", type=Path, required=True, help="the input image")
     parser.add_argument("--label", type=Path, help="its ground-truth mask (class ids; palette or grey PNG)")
+    parser.add_argument(
+        "--dataset",
+        choices=DATASETS,
+        help="the dataset whose mask values --label follows (default: the checkpoint's)",
+    )
     parser.add_argument("--output", type=Path, required=True, metavar="DIR", help="directory for the PNGs")
     parser.add_argument(
         "--pixels",
@@ -440,20 +488,15 @@ def add_visualize_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=run_visualize)
 
 
-def read_label(path: Path, num_classes: int) -> np.ndarray:
-    """A mask file as class ids `[H, W]`, refused as the datasets refuse it (mode, values)."""
-    from difnet.data.base import check_class_ids, read_mask
-
-    return check_class_ids(read_mask(path), num_classes, path)
-
-
 def run_visualize(args: argparse.Namespace) -> None:
-    from difnet.predict import read_image
+    from difnet.data import read_label
+    from difnet.data.base import read_image
     from difnet.visualize import format_walk_parameters, write_mechanism_figures
 
     image = read_image(args.image)
-    model, _ = load_checkpoint_model(args.checkpoint)
-    label = read_label(args.label, model.num_classes) if args.label else None
+    model, metadata = load_checkpoint_model(args.checkpoint)
+    dataset = args.dataset or metadata.get("config", {}).get("dataset")
+    label = read_label(args.label, model.num_classes, dataset) if args.label else None
     preprocessing, origin = inference_preprocessing(model, args.image_size)
     announce_preprocessing("visualize", preprocessing, origin, "; --pixels lie on the resized image"
                            if preprocessing.image_size else "")  # fmt: skip
@@ -619,7 +662,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unknown:
         args.command_parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
-        args.run(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = show_warning
+            status = args.run(args)
     except BOUNDARY_ERRORS as error:
         print(f"difnet: error: {error}", file=sys.stderr)
         return USAGE_ERROR
@@ -629,7 +674,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("difnet: interrupted", file=sys.stderr)
         return INTERRUPTED
-    return 0
+    return status or 0
+
+
+def show_warning(message: Warning | str, category: type[Warning], *_: object, **__: object) -> None:
+    """Print a warning as one `difnet: warning: ...` line, like the errors, without the source line."""
+    print(f"difnet: warning: {message}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -11,13 +11,13 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
 
 from difnet.data.palettes import IGNORE_INDEX
 from difnet.devices import resolve_device
 from difnet.metrics import ConfusionMatrix, SegmentationMetrics
 from difnet.models.heads import upsample
 from difnet.models.validation import MIN_IMAGE_SIZE, check_finite
+from difnet.progress import progress_bar
 
 
 def check_scales(scales: Sequence[float]) -> tuple[float, ...]:
@@ -170,11 +170,13 @@ def percent(value: float | None, digits: int = 2) -> str:
     return "-" if value is None else f"{100 * value:.{digits}f}"
 
 
-def _shard(dataset: Dataset, rank: int, world_size: int) -> Dataset:
-    """Every `world_size`-th item starting at `rank`, so processes split the split exactly."""
-    if world_size == 1:
+def _shard(dataset: Dataset, rank: int, world_size: int, limit: int | None = None) -> Dataset:
+    """Every `world_size`-th item of the first `limit` (all: None) starting at `rank`, so
+    processes split the evaluated items exactly."""
+    count = len(dataset) if limit is None else min(limit, len(dataset))
+    if world_size == 1 and count == len(dataset):
         return dataset
-    return torch.utils.data.Subset(dataset, range(rank, len(dataset), world_size))
+    return torch.utils.data.Subset(dataset, range(rank, count, world_size))
 
 
 @torch.no_grad()
@@ -190,8 +192,10 @@ def evaluate(
     window: SlidingWindow | None = None,
     max_size: int | None = None,
     input_size: Sequence[int] | None = None,
+    limit: int | None = None,
 ) -> EvaluationResult:
-    """mIoU, per-class IoU and accuracies of `model` on every whole image of `dataset`.
+    """mIoU, per-class IoU and accuracies of `model` on every whole image of `dataset` (on its
+    first `limit` images when given, for a quick check).
 
     The dataset must yield `(image [3, H, W], label [H, W])` with 255 = ignore and carry
     `num_classes` and `class_names`. Scores are taken at the labels' size; `input_size` runs
@@ -199,6 +203,8 @@ def evaluate(
     and the confusion matrices are summed, so every process returns the whole split's metrics.
     """
     scales = check_scales(scales)
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"limit must be a positive number of images (got {limit!r})")
     num_classes = getattr(dataset, "num_classes", None)
     if num_classes is None:
         raise TypeError(f"dataset {type(dataset).__name__} has no num_classes attribute")
@@ -207,13 +213,13 @@ def evaluate(
         raise ValueError(f"the model predicts {model_classes} classes but the dataset has {num_classes}")
     distributed = dist.is_available() and dist.is_initialized()
     rank, world_size = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
-    loader = DataLoader(_shard(dataset, rank, world_size), batch_size=1, num_workers=workers)
+    loader = DataLoader(_shard(dataset, rank, world_size, limit), batch_size=1, num_workers=workers)
     was_training = model.training
     device = resolve_device(device)
     model.eval().to(device)
     confusion = ConfusionMatrix(num_classes, getattr(dataset, "ignore_index", IGNORE_INDEX))
-    for image, label in tqdm(
-        loader, desc="evaluate", unit="image", disable=not progress or rank != 0, leave=False
+    for image, label in progress_bar(
+        loader, enabled=progress and rank == 0, desc="evaluate", unit="image", leave=False
     ):
         probabilities = predict_probabilities(
             model, image.to(device), scales, flip, window=window, max_size=max_size, input_size=input_size

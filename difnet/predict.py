@@ -6,29 +6,44 @@ as in evaluation) and its logits are resized to the image before the argmax.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 from torch import nn
-from tqdm.auto import tqdm
 
 from difnet.data import colorize, palette_image
-from difnet.data.base import IMAGE_SUFFIXES, read_image
+from difnet.data.base import IMAGE_SUFFIXES, conversion_note, decode_image
 from difnet.data.transforms import normalize
 from difnet.devices import resolve_device
 from difnet.evaluation import SlidingWindow, predict_probabilities
+from difnet.progress import progress_bar
 
 Palette = Sequence[tuple[int, int, int]]
 
 OVERLAY_ALPHA = 0.5
 
 
-def find_images(path: str | Path) -> list[Path]:
-    """The image files named by `path`: the file itself, or a directory's images (sorted)."""
-    path = Path(path)
+@dataclass(frozen=True)
+class Failure:
+    """An input image that could not be read or predicted, and why."""
+
+    path: Path
+    reason: str
+
+
+def find_images(*paths: str | Path) -> list[Path]:
+    """The image files named by `paths`, in order: each file itself, or a directory's images
+    (sorted)."""
+    return [image for path in paths for image in _images_of(Path(path))]
+
+
+def _images_of(path: Path) -> list[Path]:
+    """`[path]` for a file; a directory's image files, sorted."""
     if path.is_file():
         return [path]
     if not path.exists():
@@ -113,11 +128,14 @@ def predict_files(
     max_size: int | None = None,
     normalization: Mapping[str, Sequence[float]] | None = None,
     input_size: Sequence[int] | None = None,
+    failures: list[Failure] | None = None,
 ) -> list[Path]:
     """Predict each image file and write `<stem>.png` palette masks (and `<stem>_overlay.png`
     when `overlay`) into `output_dir`; returns the written paths.
 
-    All output paths are checked before any work, so a refused run writes nothing.
+    All output paths are checked before any work, so a refused run writes nothing. An image
+    that cannot be read or predicted raises a `ValueError`, or, when a `failures` list is
+    given, is recorded there and skipped so that the other images are still predicted.
     """
     output_dir = Path(output_dir)
     paths = mask_paths(images, output_dir, overlay=overlay)
@@ -125,21 +143,27 @@ def predict_files(
     output_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(device)
     model.eval().to(device)
-    written = []
+    written, channels, converted = [], getattr(model, "in_channels", 3), None
     for source, (mask_path, overlay_path) in zip(
-        tqdm(images, desc="predict", unit="image", disable=not progress), paths
+        progress_bar(images, enabled=progress, desc="predict", unit="image"), paths
     ):
-        image = read_image(source, getattr(model, "in_channels", 3))
         try:
+            image, mode = decode_image(source, channels)
             labels = predict_labels(model, image, scales=scales, flip=flip, device=device,
                                     window=window, max_size=max_size, normalization=normalization,
                                     input_size=input_size)  # fmt: skip
         except ValueError as error:
-            raise ValueError(f"cannot predict {source}: {error}") from error
+            if failures is None:
+                raise ValueError(f"cannot predict {source}: {error}") from error
+            failures.append(Failure(source, str(error)))
+            continue
+        converted = converted or conversion_note(mode, channels, source)
         palette_image(labels, palette).save(mask_path)
         written.append(mask_path)
         if overlay_path is not None:
             picture = image[..., :3] if image.shape[2] >= 3 else image.repeat(3, axis=2)  # RGB(-NIR), grey
             Image.fromarray(blend(picture, labels, palette)).save(overlay_path)
             written.append(overlay_path)
+    if converted is not None:
+        warnings.warn(f"{converted} (the first such input; others may be alike)", stacklevel=2)
     return written

@@ -202,3 +202,165 @@ def test_evaluate_diagnose_prints_the_stages_and_stores_them(capsys, tmp_path, c
     written = json.loads(output.read_text())
     assert written["diagnostics"]["small_classes"] == ["orange disk"]
     assert written["diagnostics"]["per_class_iou"]["walk 5"] == written["metrics"]["per_class_iou"]
+
+
+# --- the rough edges of issue 17 -----------------------------------------------------------------
+
+
+def help_entry(help_text: str, option: str) -> str:
+    """The help entry of `option`: its line and the indented continuation lines after it."""
+    lines = help_text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.lstrip().startswith(option))
+    entry = [lines[start]]
+    for line in lines[start + 1 :]:
+        if not line.startswith(" " * 10) or line.lstrip().startswith("-"):
+            break
+        entry.append(line)
+    return " ".join(line.strip() for line in entry)
+
+
+def test_help_shows_each_default_once_and_none_for_flags(capsys):
+    _, train_help, _ = run(capsys, "train", "--help")
+    for flag in ("--no-aspp", "--no-flip", "--no-progress"):
+        assert "default" not in help_entry(train_help, flag), help_entry(train_help, flag)
+    assert help_entry(train_help, "--mean").count("default") == 1
+    assert "(default: 50)" in help_entry(train_help, "--depth")
+    _, evaluate_help, _ = run(capsys, "evaluate", "--help")
+    assert "--no-progress" in evaluate_help and "--limit N" in evaluate_help
+    assert help_entry(evaluate_help, "--split").count("default") == 1
+
+
+def test_progress_bars_are_thinned_when_stderr_is_not_a_terminal(capsys):
+    from difnet.progress import LOG_INTERVAL_S, progress_bar
+
+    bar = progress_bar(range(3), enabled=True)  # capsys: stderr is not a terminal
+    assert bar.mininterval == LOG_INTERVAL_S >= 30
+    bar.close()
+
+
+@pytest.fixture(scope="module")
+def camvid_checkpoint(tmp_path_factory):
+    """An untrained DifNet-18 for CamVid's 11 classes, its recipe naming the camvid dataset."""
+    from difnet.data import CAMVID_CLASSES, CAMVID_PALETTE
+
+    torch.manual_seed(0)
+    model = DifNet(depth=18, num_classes=len(CAMVID_CLASSES))
+    config = TrainConfig(model="difnet", depth=18, dataset="camvid", data_root="camvid")
+    path = tmp_path_factory.mktemp("camvid-run") / "best.pt"
+    return save_model(path, model, config, class_names=list(CAMVID_CLASSES), palette=list(CAMVID_PALETTE))
+
+
+def test_visualize_reads_a_camvid_label_as_camvid_does(capsys, tmp_path, image_file, camvid_checkpoint):
+    label = np.full((45, 61), 3, dtype=np.uint8)
+    label[:5] = 11  # CamVid's void value: ignored, as the dataset reads it
+    Image.fromarray(label).save(tmp_path / "annot.png")
+    status, _, err = run(capsys, "visualize", "--checkpoint", str(camvid_checkpoint), "--image",
+                         str(image_file), "--label", str(tmp_path / "annot.png"), "--output",
+                         str(tmp_path / "figs"), "--pixels", "20,30", "--device", "cpu")  # fmt: skip
+    assert status == 0, err
+    assert (tmp_path / "figs" / "fig2_maps.png").is_file()
+
+
+def test_predict_writes_every_readable_image_and_lists_the_failures(capsys, tmp_path, checkpoint):
+    inputs = tmp_path / "photos"
+    inputs.mkdir()
+    for name, seed in (("a.png", 1), ("c.jpg", 2)):
+        pixels = np.random.default_rng(seed).integers(0, 256, (24, 32, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(inputs / name)
+    (inputs / "b.png").write_text("a text file named .png")
+    status, out, err = run(capsys, "predict", "--checkpoint", str(checkpoint), "--input", str(inputs),
+                           "--output", str(tmp_path / "masks"), "--device", "cpu", "--no-progress")  # fmt: skip
+    assert status == 1 and "wrote 2 file(s)" in out
+    assert sorted(p.name for p in (tmp_path / "masks").iterdir()) == ["a.png", "c.png"]
+    assert "b.png: cannot read image" in err and "1 of 3 image(s) could not be predicted" in err
+    status, out, _ = run(capsys, "predict", "--checkpoint", str(checkpoint), "--input",
+                         str(inputs / "a.png"), str(inputs / "c.jpg"), "--output", str(tmp_path / "two"),
+                         "--device", "cpu", "--no-progress")  # fmt: skip
+    assert status == 0 and sorted(p.name for p in (tmp_path / "two").iterdir()) == ["a.png", "c.png"]
+
+
+def test_model_file_errors_say_what_the_file_is(capsys, tmp_path):
+    from difnet.models import SimDeepLab
+    from difnet.models.serialization import save_pretrained
+
+    folder = save_pretrained(SimDeepLab(depth=18, num_classes=NUM_CLASSES), tmp_path / "best")
+    head = tmp_path / "x.pt"
+    head.write_bytes((folder / "model.safetensors").read_bytes()[:1024])
+    status, _, err = run(capsys, "evaluate", "--checkpoint", str(head))
+    assert status == 2 and len(err.splitlines()) == 1
+    assert "x.pt is not a readable torch file" in err and "pickled" not in err and "PyTorch 2.6" not in err
+    status, _, err = run(capsys, "evaluate", "--checkpoint", str(folder / "model.safetensors"))
+    assert status == 2 and f"load the save_pretrained folder that holds it ({folder}" in err
+    assert "--pretrained-backbone" not in err
+
+
+def rgba_folder(root):
+    """A folder-dataset split `root/val` of three 24x24 images: two RGBA and one grey+alpha."""
+    rng = np.random.default_rng(0)
+    for name, mode in (("a", "RGBA"), ("b", "RGBA"), ("c", "LA")):
+        pixels = rng.integers(0, 256, (24, 24, len(mode)), dtype=np.uint8)
+        (root / "val" / "images").mkdir(parents=True, exist_ok=True)
+        (root / "val" / "masks").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels, mode).save(root / "val" / "images" / f"{name}.png")
+        Image.fromarray(np.zeros((24, 24), np.uint8)).save(root / "val" / "masks" / f"{name}.png")
+    return root
+
+
+def test_images_with_alpha_are_converted_with_one_warning_per_dataset(capsys, tmp_path, checkpoint):
+    root = rgba_folder(tmp_path / "data")
+    status, out, err = run(capsys, "evaluate", "--checkpoint", str(checkpoint), "--dataset", "folder",
+                           "--data-root", str(root), "--split", "val", "--device", "cpu",
+                           "--no-progress")  # fmt: skip
+    assert status == 0 and "mIoU" in out
+    warnings = [line for line in err.splitlines() if line.startswith("difnet: warning:")]
+    assert len(warnings) == 1, err
+    assert "a.png is a mode-'RGBA' image, read as RGB, its alpha band dropped" in warnings[0]
+    assert "--in-channels 4" in warnings[0]
+
+
+def test_evaluate_limit_on_a_root_holding_only_the_evaluated_split(capsys, tmp_path, camvid_checkpoint):
+    from data_fixtures import write_camvid_fixture
+
+    root = write_camvid_fixture(tmp_path, n_train=0, n_val=0, n_test=3, size=(24, 32))
+    output = tmp_path / "metrics.json"
+    status, _, err = run(capsys, "evaluate", "--checkpoint", str(camvid_checkpoint), "--data-root",
+                         str(root), "--split", "test", "--limit", "2", "--output", str(output),
+                         "--device", "cpu", "--no-progress")  # fmt: skip
+    assert status == 0, err
+    labelled = sum(
+        int((np.asarray(Image.open(p)) != 11).sum()) for p in sorted((root / "testannot").iterdir())[:2]
+    )
+    assert json.loads(output.read_text())["metrics"]["num_pixels"] == labelled
+    assert err == ""  # no progress bar with --no-progress
+
+
+def train_args(tmp_path, *extra: str) -> list[str]:
+    return ["train", "--model", "simdeeplab", "--depth", "18", "--dataset", "synthetic", "--num-classes",
+            "3", "--image-size", "32", "32", "--scale-range", "1", "1", "--batch-size", "1",
+            "--epochs", "1", "--max-steps-per-epoch", "1", "--val-split", "none", "--device", "cpu",
+            "--workers", "0", "--no-progress", "--output-dir", str(tmp_path / "run"), *extra]  # fmt: skip
+
+
+def test_a_crop_larger_than_the_images_is_warned_about_and_refused_beyond_4x(capsys, tmp_path):
+    status, _, err = run(capsys, *train_args(tmp_path, "--crop-size", "200"))
+    assert status == 2 and "the crop 200x200 is 6.2 times the first training image (32x32" in err
+    assert "--crop-size 32x32 or smaller" in err and not (tmp_path / "run").exists()
+    status, _, err = run(capsys, *train_args(tmp_path, "--crop-size", "48"))
+    assert status == 0 and "difnet: warning: the crop 48x48 is 1.5 times" in err
+
+
+@pytest.mark.parametrize("bad", ["crop", "unreadable"])
+def test_bad_input_is_found_before_anything_is_written(capsys, tmp_path, bad):
+    if bad == "crop":
+        argv = train_args(tmp_path, "--crop-size", "8")
+    else:
+        images, masks = tmp_path / "data" / "train" / "images", tmp_path / "data" / "train" / "masks"
+        images.mkdir(parents=True), masks.mkdir(parents=True)
+        (images / "a.png").write_text("a text file named .png")
+        Image.fromarray(np.zeros((20, 20), np.uint8)).save(masks / "a.png")
+        argv = train_args(tmp_path, "--crop-size", "16")
+        argv[argv.index("synthetic")] = "folder"
+        argv += ["--data-root", str(tmp_path / "data")]
+    status, _, err = run(capsys, *argv)
+    assert status == 2 and ("crop_size (8, 8)" in err if bad == "crop" else "cannot read image" in err)
+    assert not (tmp_path / "run").exists()

@@ -159,6 +159,14 @@ def test_camvid_accepts_windows_style_list_paths(tmp_path):
     assert CamVid(root, "train").samples[0].image == root / "train" / name
 
 
+def test_camvid_root_may_hold_only_the_split_in_use(tmp_path):
+    root = write_camvid_fixture(tmp_path, n_train=0, n_val=0, n_test=2)
+    dataset = CamVid(root, "test")
+    assert len(dataset) == 2 and dataset.root == root
+    with pytest.raises(FileNotFoundError, match=r"split file .*train\.txt not found"):
+        CamVid(root, "train")
+
+
 def test_folder_dataset_pairs_images_and_masks_by_stem(tmp_path):
     images, masks = write_folder_fixture(tmp_path, n=3, num_classes=4)
     (images / "notes.txt").write_text("not an image")
@@ -277,3 +285,23 @@ def test_camvid_resize_to_half_resolution(camvid_root: Path) -> None:
 def test_resize_rejects_bad_size(camvid_root: Path) -> None:
     with pytest.raises(ValueError, match="resize must be"):
         CamVid(camvid_root, "val", resize=(0, 240))
+
+
+@pytest.mark.parametrize(
+    "mode, says",
+    [("RGBA", "its alpha band dropped; if its 4 bands"), ("LA", "its alpha band dropped ("),
+     ("CMYK", "converted from CMYK to RGB; if its 4 bands")],
+)  # fmt: skip
+def test_images_losing_bands_as_rgb_warn_once_per_dataset(tmp_path, mode, says):
+    images, masks = tmp_path / "images", tmp_path / "masks"
+    images.mkdir(), masks.mkdir()
+    rng = np.random.default_rng(0)
+    for name in ("a", "b"):
+        Image.fromarray(rng.integers(0, 256, (20, 20, len(mode)), dtype=np.uint8), mode).save(
+            images / f"{name}.{'jpg' if mode == 'CMYK' else 'png'}"
+        )
+        Image.fromarray(np.zeros((20, 20), np.uint8)).save(masks / f"{name}.png")
+    dataset = FolderDataset(images, masks, num_classes=2)
+    with pytest.warns(UserWarning, match=rf"image .*a\.\w+ is a mode-'{mode}' image") as caught:
+        dataset[0], dataset[1]
+    assert len(caught) == 1 and says in str(caught[0].message)

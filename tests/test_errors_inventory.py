@@ -46,6 +46,7 @@ from difnet.evaluation import evaluate, predict_probabilities
 from difnet.export import OnnxSegmenter
 from difnet.metrics import ConfusionMatrix
 from difnet.models import DifNet, Preprocessing, SimDeepLab, build_model, dilated_resnet
+from difnet.models.serialization import save_pretrained
 from difnet.predict import predict_labels
 from difnet.training import TrainConfig, train
 from difnet.training.checkpoint import FORMAT, load_model, save_model
@@ -62,7 +63,7 @@ NEEDS_ONNX = pytest.mark.skipif(
 )
 NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
 QUICK_RUN = {"model": "simdeeplab", "depth": 18, "dataset": "synthetic", "num_classes": 3,
-             "device": "cpu", "val_split": None, "progress": False, "workers": 0}  # fmt: skip
+             "device": "cpu", "val_split": None, "progress": False, "workers": 0, "crop_size": 64}  # fmt: skip
 
 
 class PickledCode:
@@ -133,6 +134,18 @@ class Env:
         return self.onnx_file("fixed.onnx", difnet_version="0", input_size="32x40", image_size="null",
                               mean="[0.5, 0.5, 0.5]", std="[0.2, 0.2, 0.2]", class_names="null",
                               palette="null", model='{"name": "difnet", "num_classes": 3}')  # fmt: skip
+
+    @cached_property
+    def pretrained_folder(self) -> Path:
+        """The Sim-DeepLab-18 above as a save_pretrained folder."""
+        return save_pretrained(self.simdeeplab, self.root / "pretrained")
+
+    @cached_property
+    def photos(self) -> Path:
+        """A folder of one image and one text file named `.png`."""
+        save_image(self.root / "photos" / "good.png", IMAGE)
+        (self.root / "photos" / "notes.png").write_text("not an image")
+        return self.root / "photos"
 
     @cached_property
     def pickled_code(self) -> Path:
@@ -522,6 +535,32 @@ CASES = [
          r"mask .*_gtFine_labelIds\.png holds values \[40\] that are no Cityscapes label ids \(0-33"),
     Case("data-ade20k-label-value", ade20k_with_value_151, ValueError,
          r"mask .*ADE_val_00000001\.png holds values \[151\] above 150"),
+    # issue 17: the CLI's rough edges -----------------------------------------------------------
+    Case("checkpoint-not-a-pickle",
+         lambda e: load_model(e.file("head.pt", (e.pretrained_folder / "model.safetensors")
+                                     .read_bytes()[:1024])),
+         ValueError, r"checkpoint .*head\.pt is not a readable torch file \(truncated or not a "
+                     r"checkpoint\): its bytes are not what torch\.save writes$"),
+    Case("checkpoint-weights-file", lambda e: load_model(e.pretrained_folder / "model.safetensors"),
+         ValueError, r"model\.safetensors holds bare weights; load the save_pretrained folder that "
+                     r"holds it \(.*pretrained, with its config\.json\) instead"),
+    Case("evaluate-limit",
+         lambda e: evaluate(e.simdeeplab, SyntheticShapes(1, 32, num_classes=3), limit=0), ValueError,
+         r"limit must be a positive number of images \(got 0\)"),
+    Case("config-crop-too-small", lambda e: TrainConfig(crop_size=8), ValueError,
+         r"crop_size \(8, 8\) is smaller than the 16x16 pixels the models take"),
+    Case("train-crop-beyond-images", lambda e: quick_train(e, crop_size=1000, epochs=1, max_steps_per_epoch=1,
+                                                          batch_size=1), ValueError,
+         r"the crop 1000x1000 is 10\.4 times the first training image \(64x64 pixels\) at the "
+         r"largest random scale 1\.5: most of every crop would be padding .*--crop-size 96x96"),
+    Case("cli-evaluate-limit", lambda e: cli("evaluate", "--checkpoint", str(e.checkpoint),
+                                             "--limit", "0"),
+         SystemExit, r"exit status 2: difnet evaluate: error: argument --limit: must be at least 1, "
+                     r"got '0'"),
+    Case("cli-predict-unreadable-image",
+         lambda e: cli("predict", "--checkpoint", str(e.checkpoint), "--input", str(e.photos),
+                       "--output", str(e.root / "photo-masks"), "--no-progress"),
+         SystemExit, r"exit status 1: difnet: error: 1 of 2 image\(s\) could not be predicted"),
 ]  # fmt: skip
 
 

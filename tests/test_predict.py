@@ -153,3 +153,17 @@ def test_slide_and_max_size_inference_average_windows_and_keep_the_size():
     torch.testing.assert_close(slid[..., 0, 0], left[..., 0, 0])
     capped = predict_probabilities(model, images, max_size=45)
     assert capped.shape == whole.shape
+
+
+def test_failures_are_collected_and_the_other_images_predicted(model, tmp_path):
+    from difnet.predict import Failure
+
+    good = write_image(tmp_path / "good.png", 24, 24)
+    bad = tmp_path / "bad.png"
+    bad.write_text("not an image")
+    with pytest.raises(ValueError, match=r"cannot predict .*bad\.png: cannot read image"):
+        predict_files(model, [bad, good], tmp_path / "strict", PALETTE, progress=False)
+    failures: list[Failure] = []
+    written = predict_files(model, [bad, good], tmp_path / "out", PALETTE, progress=False, failures=failures)
+    assert written == [tmp_path / "out" / "good.png"]
+    assert [f.path for f in failures] == [bad] and "cannot read image" in failures[0].reason

@@ -9,8 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from difnet.data.ade20k import ADE20K, ADE20K_CLASSES
-from difnet.data.base import FilePairDataset, Sample, SegmentationDataset, Transform
+from difnet.data.base import FilePairDataset, Sample, SegmentationDataset, Transform, read_mask
 from difnet.data.camvid import CAMVID_CLASSES, CamVid
 from difnet.data.cityscapes import CITYSCAPES_CLASSES, Cityscapes
 from difnet.data.context import CONTEXT_CLASSES, PascalContext
@@ -38,6 +40,10 @@ from difnet.data.voc import VOC_CLASSES, VOCSegmentation
 
 DATASETS = ("voc", "context", "camvid", "cityscapes", "ade20k", "folder", "synthetic")
 RESIZABLE = ("camvid", "cityscapes")  # the datasets that take the option `resize`
+FILE_DATASETS: dict[str, type[FilePairDataset]] = {
+    "voc": VOCSegmentation, "context": PascalContext, "camvid": CamVid, "cityscapes": Cityscapes,
+    "ade20k": ADE20K, "folder": FolderDataset,
+}  # fmt: skip
 SYNTHETIC_SPLITS = {"train": (400, 0), "val": (100, 1), "test": (100, 2)}  # size, seed offset
 
 
@@ -74,9 +80,18 @@ def build_dataset(
         return FolderDataset(root / split / "images", root / split / "masks", transform=transform, **options)
     if options and name not in RESIZABLE:
         raise TypeError(f"dataset {name!r} takes no options (got {', '.join(sorted(options))})")
-    dataset = {"voc": VOCSegmentation, "context": PascalContext, "camvid": CamVid, "cityscapes": Cityscapes,
-               "ade20k": ADE20K}[name]  # fmt: skip
-    return dataset(root, split, transform, **options)
+    return FILE_DATASETS[name](root, split, transform, **options)
+
+
+def read_label(path: str | Path, num_classes: int, dataset: str | None = None) -> np.ndarray:
+    """A lone mask file as `uint8` class ids, read as `dataset`'s masks are (CamVid's void 11
+    ignored, Cityscapes' label ids mapped, ...) and refused as they are; any dataset's values
+    when `dataset` is None or generated."""
+    if dataset is not None and dataset not in DATASETS:
+        raise ValueError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
+    path = Path(path)
+    reader = FILE_DATASETS.get(dataset, FilePairDataset).mask_reader(num_classes)
+    return reader.class_ids(read_mask(path), path)
 
 
 __all__ = [
@@ -109,6 +124,7 @@ __all__ = [
     "Transform",
     "VOCSegmentation",
     "build_dataset",
+    "read_label",
     "colorize",
     "denormalize",
     "generic_palette",

@@ -8,13 +8,15 @@ When each check runs:
   file exists;
 * when an item is read (it needs the file decoded): the image and mask decode (corrupt or
   truncated files), the mask is single-channel, both have the same size, and every label value
-  lies in `[0, num_classes)` or is 255 (ignore).
+  lies in `[0, num_classes)` or is 255 (ignore); an image that loses bands on its way to RGB
+  (RGBA, grey+alpha, CMYK) is warned about, once per dataset.
 
 Every error names the file, folder or value at fault.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -33,6 +35,8 @@ Transform = Callable[[np.ndarray, np.ndarray], tuple[Tensor, Tensor]]
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm")
 MASK_MODES = ("P", "L", "I;16", "I")
 MAX_CLASSES = IGNORE_INDEX  # class ids must stay below the ignore value
+ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
+FOUR_BAND_MODES = ("RGBA", "RGBa", "CMYK")
 
 
 @dataclass(frozen=True)
@@ -83,14 +87,18 @@ class SegmentationDataset(Dataset[tuple[Tensor, Tensor]]):
         """Item `index` before the transform: `(uint8 [H, W, C] image, uint8 [H, W] label)`."""
         raise NotImplementedError
 
-    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+    def untransformed(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Item `index` as read (and resized to `resize`), before the transform."""
         size = len(self)
         if not -size <= index < size:
             raise IndexError(f"index {index} is out of range for a dataset of {size} items")
         image, label = self.load(index % size)
         if self.resize is not None and image.shape[:2] != self.resize:
             image, label = resize_bilinear(image, self.resize), resize_nearest(label, self.resize)
-        return self.transform(image, label)
+        return image, label
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+        return self.transform(*self.untransformed(index))
 
 
 class FilePairDataset(SegmentationDataset):
@@ -118,13 +126,30 @@ class FilePairDataset(SegmentationDataset):
         if not self.samples:
             raise ValueError(f"{source} lists no images")
         check_files_exist(self.samples, source)
+        self.source = source
+        self.conversion_warned = False  # warn once per dataset, not once per file
+
+    @classmethod
+    def mask_reader(cls, num_classes: int) -> FilePairDataset:
+        """An instance without files, for `num_classes` classes, whose `class_ids` reads a lone
+        mask as this dataset reads its own (e.g. `difnet visualize --label`)."""
+        reader = cls.__new__(cls)
+        SegmentationDataset.__init__(
+            reader, [f"class {c}" for c in range(num_classes)], [(0, 0, 0)] * num_classes
+        )
+        return reader
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         sample = self.samples[index]
-        image, label = read_image(sample.image, self.channels), read_mask(sample.mask)
+        image, mode = decode_image(sample.image, self.channels)
+        note = None if self.conversion_warned else conversion_note(mode, self.channels, sample.image)
+        if note is not None:
+            self.conversion_warned = True
+            warnings.warn(f"{note} (the first such file of {self.source}; no further warning)", stacklevel=2)
+        label = read_mask(sample.mask)
         if image.shape[:2] != label.shape:
             raise ValueError(
                 f"image {sample.image} is {image.shape[0]}x{image.shape[1]} (HxW) but its mask "
@@ -134,10 +159,15 @@ class FilePairDataset(SegmentationDataset):
 
     def class_ids(self, raw: np.ndarray, path: Path) -> np.ndarray:
         """Mask values read from `path` as `uint8` class ids, after `label_remap` and checks."""
-        label = raw.copy()
-        for value, class_id in self.label_remap.items():
-            label[raw == value] = class_id
-        return check_class_ids(label, self.num_classes, path)
+        return check_class_ids(remap_labels(raw, self.label_remap), self.num_classes, path)
+
+
+def remap_labels(raw: np.ndarray, remap: Mapping[int, int]) -> np.ndarray:
+    """A copy of mask values `raw` with each key of `remap` replaced by its class id (or 255)."""
+    label = raw.copy()
+    for value, class_id in remap.items():
+        label[raw == value] = class_id
+    return label
 
 
 def check_class_ids(label: np.ndarray, num_classes: int, path: Path) -> np.ndarray:
@@ -182,14 +212,33 @@ def read_image(path: Path, channels: int = 3) -> np.ndarray:
     """An image file as `uint8 [H, W, channels]`: RGB for 3, grey for 1 (any file converts);
     for other counts (e.g. 4, RGB-NIR) the file must hold that many bands. A file PIL cannot
     decode raises a `ValueError`."""
+    return decode_image(path, channels)[0]
+
+
+def conversion_note(mode: str, channels: int, path: Path) -> str | None:
+    """What reading a mode-`mode` file as `channels` channels loses, said for a warning (None:
+    nothing): an alpha band dropped, CMYK converted; 4-band files may be data bands."""
+    if channels != 3 or (mode not in ALPHA_MODES and mode != "CMYK"):
+        return None
+    what = "converted from CMYK to RGB" if mode == "CMYK" else "read as RGB, its alpha band dropped"
+    note = f"image {path} is a mode-{mode!r} image, {what}"
+    if mode in FOUR_BAND_MODES:
+        note += (
+            "; if its 4 bands are data (e.g. RGB-NIR), read them all with --dataset folder "
+            "--in-channels 4 and one --mean/--std value per band"
+        )
+    return note
+
+
+def decode_image(path: Path, channels: int = 3) -> tuple[np.ndarray, str]:
+    """`read_image`'s array and the file's own PIL mode (to tell what a conversion dropped)."""
     try:
         with Image.open(path) as image:
             image.load()
             if channels in (1, 3):
-                return np.asarray(image.convert("L" if channels == 1 else "RGB")).reshape(
-                    image.height, image.width, channels
-                )
-            bands = image.getbands()
+                pixels = np.asarray(image.convert("L" if channels == 1 else "RGB"))
+                return pixels.reshape(image.height, image.width, channels), image.mode
+            bands, mode = image.getbands(), image.mode
             pixels = np.asarray(image)
     except (OSError, SyntaxError, ValueError) as error:
         raise ValueError(f"cannot read image {path}: {error}") from error
@@ -198,7 +247,7 @@ def read_image(path: Path, channels: int = 3) -> np.ndarray:
             f"image {path} has {len(bands)} band(s) {''.join(bands)} of {pixels.dtype}; "
             f"expected {channels} 8-bit channels"
         )
-    return pixels.reshape(*pixels.shape[:2], channels)
+    return pixels.reshape(*pixels.shape[:2], channels), mode
 
 
 def read_mask(path: Path) -> np.ndarray:
@@ -217,18 +266,22 @@ def read_mask(path: Path) -> np.ndarray:
     return values
 
 
-def dataset_root(root: str | Path, marker: str, *, nested: Sequence[str] = (), expected: str) -> Path:
-    """`root`, or the folder `root / nested[i]` below it, whichever holds `marker`.
+def dataset_root(
+    root: str | Path, marker: str | Sequence[str], *, nested: Sequence[str] = (), expected: str
+) -> Path:
+    """`root`, or the folder `root / nested[i]` below it, whichever holds `marker` (or one of
+    several markers).
 
     `expected` describes the layout for the error raised when neither does.
     """
+    markers = (marker,) if isinstance(marker, str) else tuple(marker)
     root = Path(root).expanduser()
     if not root.is_dir():
         raise FileNotFoundError(f"dataset root {root} does not exist; expected {expected}")
     for candidate in (root, *(root / folder for folder in nested)):
-        if (candidate / marker).exists():
+        if any((candidate / name).exists() for name in markers):
             return candidate
-    raise FileNotFoundError(f"dataset root {root} has no {marker}; expected {expected}")
+    raise FileNotFoundError(f"dataset root {root} has no {' or '.join(markers)}; expected {expected}")
 
 
 def require_dir(path: Path, expected: str) -> Path:

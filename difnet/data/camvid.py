@@ -51,7 +51,9 @@ class CamVid(FilePairDataset):
         resize: tuple[int, int] | None = None,
     ) -> None:
         check_split(split, self.SPLITS, "CamVid")
-        self.root = dataset_root(root, "train.txt", nested=("CamVid",), expected=LAYOUT)
+        # found by any list file, so that a root holding only the split in use will do
+        markers = [f"{name}.txt" for name in self.SPLITS[:3]]
+        self.root = dataset_root(root, markers, nested=("CamVid",), expected=LAYOUT)
         self.split = split
         parts = ("train", "val") if split == "trainval" else (split,)
         list_files = [self.root / f"{part}.txt" for part in parts]

@@ -106,6 +106,11 @@ def read_saved(source: str | Path) -> SavedModel:
     path = Path(source)
     if path.is_dir():
         return _read_folder(path)
+    if path.suffix == ".safetensors":
+        raise ValueError(
+            f"{path} holds bare weights; load the save_pretrained folder that holds it "
+            f"({path.parent}, with its {CONFIG_NAME}) instead"
+        )
     if path.exists() or path.suffix in (".pt", ".pth") or not _looks_like_repo_id(str(source)):
         return _read_checkpoint(path)
     return _read_folder(download_from_hub(str(source)))
@@ -161,9 +166,15 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
+        refused = refused_global(error)
+        if refused is not None:
+            raise ValueError(
+                f"checkpoint {path} holds pickled objects other than tensors and plain data, which "
+                f"are refused (weights_only=True): {refused}"
+            ) from error
         raise ValueError(
-            f"checkpoint {path} holds pickled objects other than tensors and plain data, which "
-            f"are refused (weights_only=True): {str(error).splitlines()[0]}"
+            f"checkpoint {path} is not a readable torch file (truncated or not a checkpoint): "
+            "its bytes are not what torch.save writes"
         ) from error
     except Exception as error:  # RuntimeError, EOFError, KeyError, ... on non-torch bytes
         raise ValueError(
@@ -184,6 +195,12 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     if missing:
         raise ValueError(f"checkpoint {path} lacks the entries {missing}; it is damaged")
     return payload
+
+
+def refused_global(error: pickle.UnpicklingError) -> str | None:
+    """The line of a weights-only load error naming the Python object (code) it refused to
+    import, or None when the bytes were simply not a pickle torch writes."""
+    return next((line.strip() for line in str(error).splitlines() if "GLOBAL" in line), None)
 
 
 def unwrap(model: nn.Module) -> nn.Module:

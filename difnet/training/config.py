@@ -24,6 +24,7 @@ from difnet.models.difnet import DIFFUSION_STRIDES
 from difnet.models.heads import HEAD_INITS, UNSATURATED_PSI_SCALE
 from difnet.models.preprocessing import Preprocessing
 from difnet.models.serialization import read_checkpoint
+from difnet.models.validation import MIN_IMAGE_SIZE
 from difnet.training.recipe_file import read_recipe_file
 from difnet.training.settings import add_options, check_file_value, declared, given_options, setting
 
@@ -198,6 +199,11 @@ class TrainConfig:
         self._check_counts()
         self._check_rates()
         parse_device(self.device)
+        if min(self.crop_size) < MIN_IMAGE_SIZE:
+            raise ValueError(
+                f"crop_size {self.crop_size} is smaller than the {MIN_IMAGE_SIZE}x{MIN_IMAGE_SIZE} "
+                "pixels the models take"
+            )
         if self.dataset == "folder" and self.num_classes is None:
             raise ValueError("dataset 'folder' needs num_classes (--num-classes)")
         if self.in_channels != 3 and self.dataset != "folder":

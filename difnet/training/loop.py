@@ -42,10 +42,12 @@ from difnet.models.serialization import (
     save_pretrained,
     unwrap,
 )
+from difnet.progress import progress_bar
 from difnet.training import distributed
 from difnet.training.checkpoint import remove_partial_saves, save_model
 from difnet.training.config import TrainConfig
 from difnet.training.optim import build_optimizer, set_learning_rate
+from difnet.training.preflight import check_first_samples
 from difnet.training.records import LOG_NAME, RunLog, keep_steps
 from difnet.training.sample_seeds import SampleSeeded
 
@@ -142,6 +144,7 @@ class Trainer:
         else:
             self.val_set = None
         self.num_classes = self._num_classes()
+        check_first_samples(self.train_set, self.val_set, config.crop_size, config.scale_range)
         self.output_dir = Path(config.output_dir)
 
         seed_everything(config.seed)
@@ -329,13 +332,13 @@ class Trainer:
         self.loader_generator.manual_seed(epoch_seed(config.seed, self.epoch, rank))
         self.model.train()
         start, self.steps_into_epoch = self.steps_into_epoch, 0
-        bar = tqdm(
+        bar = progress_bar(
             total=self.steps_per_epoch,
             initial=start,
             unit="step",
             leave=False,
             desc=f"epoch {self.epoch + 1}/{config.epochs}",
-            disable=not (self.context.is_main and config.progress),
+            enabled=self.context.is_main and config.progress,
         )
         batches = iter(self.loader)
         for _ in range(start * config.accumulate):  # the batches the checkpoint already trained on
