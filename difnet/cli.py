@@ -348,7 +348,7 @@ def run_evaluate(args: argparse.Namespace) -> None:
     if args.diagnose is not None:
         from difnet.diagnostics import diagnose
 
-        diagnostics = diagnose(model, dataset, args.diagnose, device=args.device)
+        diagnostics = diagnose(model, dataset, args.diagnose, device=args.device, limit=args.limit)
         print("\nDiffusion diagnostics (whole images at the dataset's size):\n" + diagnostics.format())
         payload["diagnostics"] = diagnostics.to_dict()
     if args.output is not None:

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from difnet.data.palettes import IGNORE_INDEX
 from difnet.diffusion import flatten_nodes, transition_matrix, unflatten_nodes, walk_step
@@ -207,9 +207,10 @@ def diagnose(
     small_classes: Sequence[str] = (),
     *,
     device: str | torch.device = "cpu",
+    limit: int | None = None,
 ) -> DiffusionDiagnostics:
-    """Diagnostics of `model` (in eval mode) over every whole `(image, label)` of `dataset`;
-    `small_classes` names the classes whose scores and transition mass are also shown apart."""
+    """Diagnostics of `model` (in eval mode) over every whole `(image, label)` of `dataset` (the
+    first `limit` when given); `small_classes` names the classes also shown apart."""
     if not isinstance(model, DifNet):
         raise TypeError(f"diagnose needs a DifNet (got {type(model).__name__}): only DifNet diffuses")
     names = list(dataset.class_names)
@@ -223,7 +224,8 @@ def diagnose(
     masses = _MassMeans(len(model.projections), small)
     mu, beta = model.cascade.mu.tolist(), model.cascade.beta.tolist()
     importance, diagonals = [], []
-    for images, labels in DataLoader(dataset, batch_size=1):
+    items = dataset if limit is None else Subset(dataset, range(min(limit, len(dataset))))
+    for images, labels in DataLoader(items, batch_size=1):
         images, labels = images.to(device), labels.to(device)
         levels = model.similarity_branch(images)
         out = model.diffuse(model.seed_branch(images), levels)

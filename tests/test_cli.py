@@ -196,7 +196,7 @@ def test_evaluate_prints_the_table_and_writes_json(capsys, tmp_path, checkpoint)
 def test_evaluate_diagnose_prints_the_stages_and_stores_them(capsys, tmp_path, checkpoint):
     output = tmp_path / "metrics.json"
     status, out, _err = run(capsys, "evaluate", "--checkpoint", str(checkpoint), "--split", "test",
-                         "--device", "cpu", "--diagnose", "orange disk", "--output", str(output))  # fmt: skip
+                         "--device", "cpu", "--limit", "4", "--diagnose", "orange disk", "--output", str(output))  # fmt: skip
     assert status == 0, _err
     assert "oracle" in out and "In-class transition mass" in out
     written = json.loads(output.read_text())
