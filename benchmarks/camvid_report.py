@@ -111,6 +111,11 @@ def report(output: Path, results: Path) -> None:
         lines.append("")
     lines += ["## Screen (train without 0001TP, scored on the 62 held-aside images of 0001TP)", ""]
     lines += screen_table(screen, names) + [""]
+    init_runs = verdict_groups([r for r in screen if "val" in r])
+    if init_runs:
+        lines += ["Init runs on val (nothing else in the screen looks at val):", ""]
+        lines += per_class_table(init_runs, names) + [""]
+    lines += diagnostics_table(verdict_groups(screen), names) + [""]
     if selection:
         lines += [f"Selected on held-aside mIoU: {selection['best']}; equal-time budget for the baseline: "
                   f"{selection['equal_time_epochs']} epochs.", ""]  # fmt: skip
@@ -192,6 +197,12 @@ def per_class_table(groups: dict[str, list[dict]], names: list[str]) -> list[str
             pct(statistics.mean(r["val"]["per_class_iou"][index] or 0.0 for r in groups[g])) for g in labels
         ]
         lines.append(f"| {name}{' (small)' if name in SMALL_CLASSES else ''} | " + " | ".join(cells) + " |")
+    for label, key in (("**mIoU**", "miou"), ("pixel accuracy", "pixel_accuracy")):
+        cells = [pct(statistics.mean(r["val"][key] for r in groups[g])) for g in labels]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    small = [pct(statistics.mean(small_miou(r["val"], names) for r in groups[g])) for g in labels]
+    lines.append("| small-class mIoU | " + " | ".join(small) + " |")
+    lines.append("| seeds | " + " | ".join(str(len(groups[g])) for g in labels) + " |")
     return lines
 
 
@@ -202,7 +213,8 @@ def diagnostics_table(groups: dict[str, list[dict]], names: list[str]) -> list[s
         if not diag:
             continue
         stages = list(diag[0]["miou"])
-        lines += [f"DifNet diagnostics on val, {label}, mean over {len(diag)} seeds (per-class IoU by stage):", "",
+        split = diag[0].get("split", "val")
+        lines += [f"DifNet diagnostics on {split}, {label}, mean over {len(diag)} seeds (per-class IoU by stage):", "",
                   "| class | " + " | ".join(stages) + " |", "|---" * (len(stages) + 1) + "|"]  # fmt: skip
         for index, name in enumerate(names):
             cells = [pct(statistics.mean(d["per_class_iou"][s][index] or 0.0 for d in diag)) for s in stages]
