@@ -50,7 +50,7 @@ class DemoConfig:
     """The demo's budget and recipe; both models get exactly the same."""
 
     output_dir: Path = Path("difnet-demo")
-    steps: int = 220
+    steps: int = 180
     size: int = 64
     train_images: int | None = None  # None: steps x batch_size, so every step sees new scenes
     val_images: int = 48

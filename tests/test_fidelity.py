@@ -41,7 +41,7 @@ def test_bottlenecks_keep_torchvisions_stride_on_the_3x3_convolution():
 def test_aspp_weights_follow_the_authors_effective_init():
     torch.manual_seed(0)
     channels, classes = 512, 21
-    head = ASPP(channels, classes)
+    head = ASPP(channels, classes, init="he")
     weights = torch.cat([b.weight.flatten() for b in head.branches])
     assert weights.mean().abs() < 1e-3
     assert weights.std().item() == pytest.approx(math.sqrt(2 / (9 * classes)), rel=0.02)

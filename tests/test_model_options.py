@@ -23,7 +23,7 @@ def score_convs(model) -> list[torch.nn.Conv2d]:
 @pytest.mark.parametrize("model_class", [DifNet, SimDeepLab])
 def test_head_init_normal_draws_deeplab_weights_and_zero_bias(model_class):
     torch.manual_seed(0)
-    model = model_class(depth=18, num_classes=21, head_init="normal")
+    model = model_class(depth=18, num_classes=21)  # the default
     for conv in score_convs(model):
         assert conv.weight.std().item() == pytest.approx(DEEPLAB_HEAD_STD, rel=0.02)
         assert abs(conv.weight.mean().item()) < 1e-3
@@ -34,7 +34,7 @@ def test_head_init_normal_draws_deeplab_weights_and_zero_bias(model_class):
 @pytest.mark.parametrize("model_class", [DifNet, SimDeepLab])
 def test_head_init_he_is_the_authors_fan_out_init_with_torch_bias(model_class):
     torch.manual_seed(0)
-    model = model_class(depth=18, num_classes=21)
+    model = model_class(depth=18, num_classes=21, head_init="he")
     for conv in score_convs(model):
         expected = math.sqrt(2 / (9 * 21))  # fan-out He: 3x3 kernels, K output channels
         assert conv.weight.std().item() == pytest.approx(expected, rel=0.02)

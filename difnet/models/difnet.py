@@ -21,6 +21,7 @@ from difnet.diffusion import (
 from difnet.models.base import SegmentationModel
 from difnet.models.checkpointing import recomputed
 from difnet.models.heads import (
+    DEFAULT_HEAD_INIT,
     HEAD_INITS,
     UNSATURATED_PSI_SCALE,
     ImportanceHead,
@@ -67,8 +68,9 @@ class DifNet(SegmentationModel):
     both backbones; the loads' missing/unexpected keys are kept in `backbone_load_reports`.
     `in_channels` other than 3 (grey, RGB-NIR, ...) also sets Psi_0's, which sees the image.
 
-    Options beyond the paper (each off gives the authors' model): `head_init` "normal" starts
-    the score head at DeepLab's N(0, 0.01) instead of the authors' effective He init;
+    Options beyond the paper: `head_init` "normal" (the default: better from scratch) starts the
+    score head at DeepLab's N(0, 0.01), "he" at the authors' effective init (their model exactly);
+    each of the following off gives the authors' model:
     `shared_backbone=True` reads the similarity levels from the seed backbone (one ResNet, half
     the compute, every layer trained by both branches); `normalize_importance=True` divides M by
     its per-image mean over the grid, so M weights nodes relative to each other without scaling
@@ -89,7 +91,7 @@ class DifNet(SegmentationModel):
         psi_scale_init: float = UNSATURATED_PSI_SCALE,
         gradient_checkpointing: bool = False,
         in_channels: int = 3,
-        head_init: str = "he",
+        head_init: str = DEFAULT_HEAD_INIT,
         shared_backbone: bool = False,
         normalize_importance: bool = False,
     ) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from difnet.models.base import SegmentationModel
-from difnet.models.heads import ASPP, HEAD_INITS, upsample
+from difnet.models.heads import ASPP, DEFAULT_HEAD_INIT, HEAD_INITS, upsample
 from difnet.models.pretrained import PretrainedSource
 from difnet.models.resnet import DilatedResNet
 
@@ -17,8 +17,8 @@ class SimDeepLab(SegmentationModel):
     `pretrained_backbone` (a torchvision ResNet checkpoint path, or "imagenet") initialises the
     backbone; the load's missing/unexpected keys are kept in `backbone_load_reports`.
     `gradient_checkpointing=True` recomputes the backbone's stages during backward.
-    `head_init` starts the ASPP head as the authors' code trains it ("he") or at DeepLab's
-    N(0, 0.01) with zero bias ("normal"); docs/fidelity.md.
+    `head_init` starts the ASPP head at DeepLab's N(0, 0.01) with zero bias ("normal", the
+    default: better from scratch) or as the authors' code trains it ("he"); docs/fidelity.md.
     """
 
     name = "simdeeplab"
@@ -30,7 +30,7 @@ class SimDeepLab(SegmentationModel):
         in_channels: int = 3,
         pretrained_backbone: PretrainedSource | None = None,
         gradient_checkpointing: bool = False,
-        head_init: str = "he",
+        head_init: str = DEFAULT_HEAD_INIT,
     ) -> None:
         super().__init__(depth=depth, num_classes=num_classes, in_channels=in_channels,
                          gradient_checkpointing=gradient_checkpointing, head_init=head_init)  # fmt: skip

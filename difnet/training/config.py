@@ -21,7 +21,7 @@ from difnet.devices import default_device, parse_device
 from difnet.diffusion import WALK_METHODS
 from difnet.models import MODELS, RESNET_DEPTHS
 from difnet.models.difnet import DIFFUSION_STRIDES
-from difnet.models.heads import HEAD_INITS, UNSATURATED_PSI_SCALE
+from difnet.models.heads import DEFAULT_HEAD_INIT, HEAD_INITS, UNSATURATED_PSI_SCALE
 from difnet.models.preprocessing import Preprocessing
 from difnet.models.serialization import read_checkpoint
 from difnet.models.validation import MIN_IMAGE_SIZE
@@ -66,8 +66,8 @@ class TrainConfig:
         MODEL,
     )
     head_init: str = setting(
-        "he", "score head init: 'he' as the authors' code trains it, 'normal' DeepLab's N(0, 0.01)", MODEL,
-        choices=HEAD_INITS,
+        DEFAULT_HEAD_INIT, "score head init: 'normal' DeepLab's N(0, 0.01) (better from scratch), 'he' as "
+        "the authors' code trains it", MODEL, choices=HEAD_INITS,
     )  # fmt: skip
     shared_backbone: bool = setting(
         False, "DifNet: read the similarity levels from the seed backbone (one ResNet, not two)", MODEL
