@@ -38,23 +38,23 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from benchmarks._measure import machine_info, synchronize
-from difnet.data import CamVid, EvalTransform
+from difnet.data import CamVid, EvalTransform, TrainTransform
 from difnet.data.base import SegmentationDataset
 from difnet.diagnostics import diagnose, transition_mass
 from difnet.evaluation import evaluate
 from difnet.models import DifNet, build_model
 from difnet.training import TrainConfig, train
-from difnet.training.loop import seed_everything
+from difnet.training.loop import seed_everything, training_loss
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "camvid"
 RESULTS = ROOT / "benchmarks" / "results"
 RUNS = RESULTS / "camvid"  # records are kept (committed); run folders with weights are ignored
 HALF_RESOLUTION = (180, 240)
+RECIPE_SCALES = (0.75, 1.25)
 HOLDOUT_SEQUENCE = "0001TP"  # a whole video sequence of train: no near-duplicate frames leak
 SMALL_CLASSES = ("Pole", "SignSymbol", "Fence", "Pedestrian", "Bicyclist")
 SCREEN_EPOCHS, VERDICT_EPOCHS, EVAL_EVERY = 8, 16, 2
@@ -93,8 +93,8 @@ def with_samples(dataset: CamVid, keep: bool) -> CamVid:
 
 def phase_datasets(data_root: Path, phase: str, crop: tuple[int, int]) -> dict[str, SegmentationDataset]:
     """`{"train", "val"}` of a phase: the screen holds 0001TP aside as its val; the verdict uses val."""
-    config = recipe("sim-he", 0, phase, 1, Path("unused"), "cpu", data_root, crop)
-    train_set = CamVid(data_root, "train", config.train_transform(), resize=HALF_RESOLUTION)
+    augment = TrainTransform(crop, RECIPE_SCALES)
+    train_set = CamVid(data_root, "train", augment, resize=HALF_RESOLUTION)
     if phase == "screen":
         holdout = CamVid(data_root, "train", EvalTransform(), resize=HALF_RESOLUTION)
         return {"train": with_samples(train_set, keep=False), "val": with_samples(holdout, keep=True)}
@@ -139,7 +139,7 @@ def recipe(
     model, overrides = VARIANTS[variant]
     return TrainConfig(
         model=model, depth=18, dataset="camvid", data_root=str(data_root), image_size=HALF_RESOLUTION,
-        crop_size=crop, scale_range=(0.75, 1.25), batch_size=8, epochs=epochs, lr=0.01, seed=seed,
+        crop_size=crop, scale_range=RECIPE_SCALES, batch_size=8, epochs=epochs, lr=0.01, seed=seed,
         workers=0, device=device, output_dir=str(output / run_name(variant, seed, phase, epochs)),
         overwrite=True, eval_every=EVAL_EVERY, progress=False, max_steps_per_epoch=max_steps, **overrides,
     )  # fmt: skip
@@ -228,14 +228,7 @@ def step_seconds(variant: str, device: str, crop: tuple[int, int], steps: int = 
         synchronize(device)
         start = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
-        if config.aux_seed_weight:
-            out = model(images, intermediates=True)
-            seed = F.interpolate(out.scores, size=crop, mode="bilinear", align_corners=False)
-            loss = F.cross_entropy(out.logits, labels) + config.aux_seed_weight * F.cross_entropy(
-                seed, labels
-            )
-        else:
-            loss = F.cross_entropy(model(images), labels)
+        loss = training_loss(model, images, labels, config.aux_seed_weight)
         loss.backward()
         optimizer.step()
         synchronize(device)

@@ -112,6 +112,16 @@ def pixel_loss(logits: Tensor, labels: Tensor) -> Tensor:
     return total / (labels != IGNORE_INDEX).sum().clamp(min=1)
 
 
+def training_loss(model: nn.Module, images: Tensor, labels: Tensor, aux_seed_weight: float = 0.0) -> Tensor:
+    """Cross-entropy of the prediction, plus `aux_seed_weight` times that of DifNet's seed scores
+    upsampled to the labels (deep supervision of the seed branch)."""
+    if not aux_seed_weight:
+        return pixel_loss(model(images), labels)
+    out = model(images, intermediates=True)
+    seed_logits = upsample(out.scores, labels.shape[-2:])
+    return pixel_loss(out.logits, labels) + aux_seed_weight * pixel_loss(seed_logits, labels)
+
+
 def gradient_norm(parameters: list[nn.Parameter]) -> Tensor:
     """The L2 norm of all gradients together (inf or NaN if any gradient is)."""
     norms = [p.grad.detach().norm() for p in parameters if p.grad is not None]
@@ -385,7 +395,7 @@ class Trainer:
             last = micro == config.accumulate - 1
             sync = contextlib.nullcontext() if last or not self.context.distributed else self.model.no_sync()
             with sync, torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
-                loss = self._loss(images, labels)
+                loss = training_loss(self.model, images, labels, config.aux_seed_weight)
                 self.scaler.scale(loss / config.accumulate).backward()
             total += loss.detach()
         loss = distributed.mean_over_processes(total / config.accumulate, self.context)
@@ -398,16 +408,6 @@ class Trainer:
         self.scaler.update()
         self.step += 1
         return float(loss)
-
-    def _loss(self, images: Tensor, labels: Tensor) -> Tensor:
-        """Cross-entropy of the prediction, plus `aux_seed_weight` times that of DifNet's seed
-        scores upsampled to the labels (deep supervision of the seed branch)."""
-        weight = self.config.aux_seed_weight
-        if not weight:
-            return pixel_loss(self.model(images), labels)
-        out = self.model(images, intermediates=True)
-        seed_logits = upsample(out.scores, labels.shape[-2:])
-        return pixel_loss(out.logits, labels) + weight * pixel_loss(seed_logits, labels)
 
     def _nonfinite(self, index: int, loss: float) -> float:
         config = self.config
