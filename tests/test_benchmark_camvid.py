@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from benchmarks.camvid import (
-    HOLDOUT_SEQUENCE,
     VARIANTS,
     pack,
     recipe,
@@ -30,33 +29,56 @@ def test_every_variant_is_a_valid_recipe_differing_only_in_its_overrides(variant
     assert config.epochs == 8 and config.seed == 1 and config.depth == 18
 
 
-def test_the_held_aside_sequence_and_the_rest_partition_the_split():
-    class Fake:
-        samples = [Sample(Path(f"train/{name}.png"), Path(f"trainannot/{name}.png"))
-                   for name in ("0001TP_1", "0006R0_1", "0001TP_2", "0016E5_9")]  # fmt: skip
+class FakeSplit:
+    def __init__(self, names: list[str]) -> None:
+        self.samples = [Sample(Path(f"train/{n}.png"), Path(f"trainannot/{n}.png")) for n in names]
 
-    held, rest = with_samples(Fake(), keep=True), with_samples(Fake(), keep=False)
+
+def test_the_held_aside_images_and_the_rest_partition_the_split():
+    split = FakeSplit(["0001TP_1", "0006R0_1", "0001TP_2", "0016E5_9"])
+    held, rest = with_samples(split, "screen", keep=True), with_samples(split, "screen", keep=False)
     assert [s.image.stem for s in held.samples] == ["0001TP_1", "0001TP_2"]
     assert [s.image.stem for s in rest.samples] == ["0006R0_1", "0016E5_9"]
-    assert all(s.image.name.startswith(HOLDOUT_SEQUENCE) for s in held.samples)
 
 
-def write_record(output: Path, variant: str, seed: int, miou: float) -> None:
-    record = {"variant": variant, "seed": seed, "phase": "screen", "holdout": {"miou": miou}}
-    record_path(output, variant, seed, "screen", 8).write_text(json.dumps(record))
+def test_the_remedy_phase_holds_aside_the_first_60_frames_of_0016E5_in_frame_order():
+    frames = [f"0016E5_{index:05d}" for index in range(100, 0, -1)]  # listed out of order
+    split = FakeSplit(["0001TP_1", *frames, "0006R0_1"])
+    held, rest = with_samples(split, "remedy", keep=True), with_samples(split, "remedy", keep=False)
+    assert sorted(s.image.stem for s in held.samples) == [f"0016E5_{i:05d}" for i in range(1, 61)]
+    assert len(rest.samples) == 42 and "0001TP_1" in {s.image.stem for s in rest.samples}
 
 
-def test_selection_takes_each_models_best_mean_over_seeds(tmp_path):
-    for variant, mious in {"sim-he": (0.30, 0.40), "sim-normal": (0.36, 0.36), "dif-he": (0.2, 0.2),
-                           "dif-aux": (0.5, 0.1), "dif-normal": (0.31, 0.32)}.items():  # fmt: skip
+def write_record(output: Path, variant: str, seed: int, phase: str, split: str, miou: float) -> None:
+    record = {"variant": variant, "seed": seed, "phase": phase, split: {"miou": miou}}
+    record_path(output, variant, seed, phase, 8).write_text(json.dumps(record))
+
+
+def test_selection_takes_inits_on_val_and_difnets_remedy_on_the_held_aside_frames(tmp_path):
+    val = {
+        "sim-he": (0.30, 0.40),
+        "sim-normal": (0.36, 0.36),
+        "dif-he": (0.2, 0.2),
+        "dif-normal": (0.31, 0.32),
+    }
+    for variant, mious in val.items():
         for seed, miou in enumerate(mious):
-            write_record(tmp_path, variant, seed, miou)
-    best = select(tmp_path, list(VARIANTS), 8)
-    assert best == {"simdeeplab": "sim-normal", "difnet": "dif-normal"}
+            write_record(tmp_path, variant, seed, "screen", "val", miou)
+    assert select(tmp_path, list(VARIANTS), 8) == {"simdeeplab": "sim-normal", "difnet": "dif-normal"}
+    remedy = {
+        "dif-normal": (0.5, 0.5),
+        "dif-aux": (0.7, 0.1),
+        "dif-shared": (0.52, 0.5),
+        "dif-he": (0.9, 0.9),
+    }
+    for variant, mious in remedy.items():
+        for seed, miou in enumerate(mious):
+            write_record(tmp_path, variant, seed, "remedy", "holdout", miou)
+    assert select(tmp_path, list(VARIANTS), 8) == {"simdeeplab": "sim-normal", "difnet": "dif-shared"}
 
 
 def test_pack_keeps_records_and_logs_but_no_weights(tmp_path):
-    write_record(tmp_path, "sim-he", 0, 0.3)
+    write_record(tmp_path, "sim-he", 0, "screen", "holdout", 0.3)
     run = tmp_path / "screen" / "sim-he-e8-seed0"
     (run / "best").mkdir(parents=True)
     (run / "last.pt").write_bytes(b"weights")
