@@ -67,6 +67,7 @@ INIT_MASS_IMAGES = 64
 
 AUX = {"aux_seed_weight": 0.4}
 WALK_LR = {"walk_lr_mult": 30.0, "walk_weight_decay": 0.0}
+TRANSITIONS = {"transition_loss_weight": 0.4}
 # name: (model, recipe overrides); the DifNet remedies start from DeepLab's head init
 VARIANTS: dict[str, tuple[str, dict]] = {
     "sim-he": ("simdeeplab", {"head_init": "he"}),
@@ -81,6 +82,8 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "dif-aux-shared": ("difnet", {"head_init": "normal", "shared_backbone": True, **AUX}),
     "dif-aux-walklr": ("difnet", {"head_init": "normal", **AUX, **WALK_LR}),
     "dif-aux-imp": ("difnet", {"head_init": "normal", "normalize_importance": True, **AUX}),
+    "dif-trans": ("difnet", {"head_init": "normal", **TRANSITIONS}),
+    "dif-aux-trans": ("difnet", {"head_init": "normal", **AUX, **TRANSITIONS}),
 }
 INIT_VARIANTS = ("sim-he", "sim-normal", "dif-he", "dif-normal")
 
@@ -246,7 +249,7 @@ def step_seconds(variant: str, device: str, crop: tuple[int, int], steps: int = 
         synchronize(device)
         start = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
-        loss = training_loss(model, images, labels, config.aux_seed_weight)
+        loss = training_loss(model, images, labels, config.aux_seed_weight, config.transition_loss_weight)
         loss.backward()
         optimizer.step()
         synchronize(device)

@@ -4,7 +4,7 @@ of random walks whose transition matrices come from a second, similarity backbon
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 
 import torch
@@ -42,7 +42,8 @@ class DifNetOutput:
 
     `scores` (x), `importance` (M) and `seed` (s = M x) lie on the output-stride-8 grid;
     `walks` (y_1..y_5) on the diffusion grid (stride 8, or 4 with `diffusion_stride=4`);
-    `logits` is y_5 upsampled to the input size; `mu`, `beta` are `[5]` tensors.
+    `logits` is y_5 upsampled to the input size; `mu`, `beta` are `[5]` tensors; `features`
+    are the 5 levels' node features Psi_t `[B, N, 64]` that every P_t = softmax(f f^T) comes from.
     """
 
     logits: Tensor
@@ -52,6 +53,7 @@ class DifNetOutput:
     walks: list[Tensor]
     mu: Tensor
     beta: Tensor
+    features: list[Tensor] = field(default_factory=list)
 
 
 class DifNet(SegmentationModel):
@@ -180,6 +182,7 @@ class DifNet(SegmentationModel):
             walks=maps,
             mu=self.cascade.mu,
             beta=self.cascade.beta,
+            features=features,
         )
 
     def _diffusion_features(self, levels: Sequence[Tensor]) -> tuple[list[Tensor], tuple[int, int]]:

@@ -81,6 +81,12 @@ class TrainConfig:
         "on y_5)",
         OPTIMISATION,
     )
+    transition_loss_weight: float = setting(
+        0.0,
+        "DifNet: weight of an auxiliary loss on the transition matrices, -log of the mass each row "
+        "of P_t keeps on the node's own class (0: the paper's, which leaves P_t unsupervised)",
+        OPTIMISATION,
+    )
     pretrained_backbone: str | None = setting(
         None, "torchvision ResNet checkpoint for the backbones, or 'imagenet'", MODEL,
         metavar="PATH_OR_imagenet",
@@ -211,7 +217,8 @@ class TrainConfig:
                 f"in_channels {self.in_channels}: only the 'folder' dataset reads images other than RGB"
             )
         difnet_only = {"shared_backbone": self.shared_backbone, "normalize_importance": self.normalize_importance,
-                       "aux_seed_weight": self.aux_seed_weight}  # fmt: skip
+                       "aux_seed_weight": self.aux_seed_weight,
+                       "transition_loss_weight": self.transition_loss_weight}  # fmt: skip
         used = [name for name, value in difnet_only.items() if value]
         if self.model != "difnet" and used:
             raise ValueError(f"{', '.join(used)}: DifNet options, but the model is {self.model!r}")
@@ -254,7 +261,14 @@ class TrainConfig:
         for name in ("lr", "head_lr_mult", "walk_lr_mult", "psi_scale_init"):
             if not _finite(getattr(self, name), name) > 0:
                 raise ValueError(f"{name} must be positive (got {getattr(self, name)!r})")
-        for name in ("momentum", "weight_decay", "poly_power", "walk_weight_decay", "aux_seed_weight"):
+        for name in (
+            "momentum",
+            "weight_decay",
+            "poly_power",
+            "walk_weight_decay",
+            "aux_seed_weight",
+            "transition_loss_weight",
+        ):
             if getattr(self, name) is not None and not _finite(getattr(self, name), name) >= 0:
                 raise ValueError(f"{name} must be non-negative (got {getattr(self, name)!r})")
         low, high = (_finite(value, "scale_range") for value in self.scale_range)

@@ -46,6 +46,7 @@ from difnet.progress import progress_bar
 from difnet.training import distributed
 from difnet.training.checkpoint import remove_partial_saves, save_model
 from difnet.training.config import TrainConfig
+from difnet.training.losses import transition_loss
 from difnet.training.optim import build_optimizer, set_learning_rate
 from difnet.training.preflight import check_first_samples
 from difnet.training.records import LOG_NAME, RunLog, keep_steps
@@ -112,14 +113,26 @@ def pixel_loss(logits: Tensor, labels: Tensor) -> Tensor:
     return total / (labels != IGNORE_INDEX).sum().clamp(min=1)
 
 
-def training_loss(model: nn.Module, images: Tensor, labels: Tensor, aux_seed_weight: float = 0.0) -> Tensor:
-    """Cross-entropy of the prediction, plus `aux_seed_weight` times that of DifNet's seed scores
-    upsampled to the labels (deep supervision of the seed branch)."""
-    if not aux_seed_weight:
+def training_loss(
+    model: nn.Module,
+    images: Tensor,
+    labels: Tensor,
+    aux_seed_weight: float = 0.0,
+    transition_weight: float = 0.0,
+) -> Tensor:
+    """Cross-entropy of the prediction, plus DifNet's opt-in auxiliary terms: `aux_seed_weight`
+    times the cross-entropy of its seed scores upsampled to the labels (deep supervision of the
+    seed branch), and `transition_weight` times `transition_loss` (label-supervised P_t)."""
+    if not aux_seed_weight and not transition_weight:
         return pixel_loss(model(images), labels)
     out = model(images, intermediates=True)
-    seed_logits = upsample(out.scores, labels.shape[-2:])
-    return pixel_loss(out.logits, labels) + aux_seed_weight * pixel_loss(seed_logits, labels)
+    loss = pixel_loss(out.logits, labels)
+    if aux_seed_weight:
+        loss = loss + aux_seed_weight * pixel_loss(upsample(out.scores, labels.shape[-2:]), labels)
+    if transition_weight:
+        grid = tuple(out.walks[-1].shape[-2:])
+        loss = loss + transition_weight * transition_loss(out.features, grid, labels, out.scores.shape[1])
+    return loss
 
 
 def gradient_norm(parameters: list[nn.Parameter]) -> Tensor:
@@ -395,7 +408,9 @@ class Trainer:
             last = micro == config.accumulate - 1
             sync = contextlib.nullcontext() if last or not self.context.distributed else self.model.no_sync()
             with sync, torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
-                loss = training_loss(self.model, images, labels, config.aux_seed_weight)
+                loss = training_loss(
+                    self.model, images, labels, config.aux_seed_weight, config.transition_loss_weight
+                )
                 self.scaler.scale(loss / config.accumulate).backward()
             total += loss.detach()
         loss = distributed.mean_over_processes(total / config.accumulate, self.context)
