@@ -49,9 +49,11 @@ def test_the_remedy_phase_holds_aside_the_first_60_frames_of_0016E5_in_frame_ord
     assert len(rest.samples) == 42 and "0001TP_1" in {s.image.stem for s in rest.samples}
 
 
-def write_record(output: Path, variant: str, seed: int, phase: str, split: str, miou: float) -> None:
-    record = {"variant": variant, "seed": seed, "phase": phase, split: {"miou": miou}}
-    record_path(output, variant, seed, phase, 8).write_text(json.dumps(record))
+def write_records(output: Path, phase: str, split: str, scores: dict[str, tuple[float, ...]]) -> None:
+    for variant, mious in scores.items():
+        for seed, miou in enumerate(mious):
+            record = {"variant": variant, "seed": seed, "phase": phase, split: {"miou": miou}}
+            record_path(output, variant, seed, phase, 8).write_text(json.dumps(record))
 
 
 def test_selection_takes_inits_on_val_and_difnets_remedy_on_the_held_aside_frames(tmp_path):
@@ -61,9 +63,7 @@ def test_selection_takes_inits_on_val_and_difnets_remedy_on_the_held_aside_frame
         "dif-he": (0.2, 0.2),
         "dif-normal": (0.31, 0.32),
     }
-    for variant, mious in val.items():
-        for seed, miou in enumerate(mious):
-            write_record(tmp_path, variant, seed, "screen", "val", miou)
+    write_records(tmp_path, "screen", "val", val)
     assert select(tmp_path, list(VARIANTS), 8) == {"simdeeplab": "sim-normal", "difnet": "dif-normal"}
     remedy = {
         "dif-normal": (0.5, 0.5),
@@ -71,14 +71,12 @@ def test_selection_takes_inits_on_val_and_difnets_remedy_on_the_held_aside_frame
         "dif-shared": (0.52, 0.5),
         "dif-he": (0.9, 0.9),
     }
-    for variant, mious in remedy.items():
-        for seed, miou in enumerate(mious):
-            write_record(tmp_path, variant, seed, "remedy", "holdout", miou)
+    write_records(tmp_path, "remedy", "holdout", remedy)  # dif-he is not DifNet's init: not a candidate
     assert select(tmp_path, list(VARIANTS), 8) == {"simdeeplab": "sim-normal", "difnet": "dif-shared"}
 
 
 def test_pack_keeps_records_and_logs_but_no_weights(tmp_path):
-    write_record(tmp_path, "sim-he", 0, "screen", "holdout", 0.3)
+    write_records(tmp_path, "screen", "holdout", {"sim-he": (0.3,)})
     run = tmp_path / "screen" / "sim-he-e8-seed0"
     (run / "best").mkdir(parents=True)
     (run / "last.pt").write_bytes(b"weights")

@@ -1,5 +1,5 @@
 """Options beyond the paper: score-head init, shared backbone, normalised importance map, auxiliary
-seed loss. Each off is the authors' model; each on is what its docstring says."""
+seed and transition losses. Each off is the authors' model; each on is what its docstring says."""
 
 from __future__ import annotations
 
@@ -127,3 +127,12 @@ def test_the_options_train_and_resume(tmp_path):
     assert resumed.history[-1]["epoch"] == 2
     scenes = SyntheticShapes(1, size=32, num_classes=3)
     assert resumed.model(scenes[0][0][None]).shape == (1, 3, 32, 32)
+
+
+def test_the_transition_loss_weight_trains_and_is_refused_for_the_baseline_or_below_zero(tmp_path):
+    config = small_config(tmp_path, transition_loss_weight=0.4)
+    assert train(config).history[-1]["step"] == 1
+    with pytest.raises(ValueError, match="DifNet options"):
+        replace(config, model="simdeeplab")
+    with pytest.raises(ValueError, match="transition_loss_weight must be non-negative"):
+        replace(config, transition_loss_weight=-0.1)
