@@ -308,7 +308,8 @@ def test_self_check_reports_fail_and_runs_on_when_check_variant_mismatches(capsy
 
 
 def column_normalised_transition(features):
-    weights = np.exp(features @ np.swapaxes(features, -1, -2))
+    logits = features @ np.swapaxes(features, -1, -2)
+    weights = np.exp(logits - logits.max(axis=-2, keepdims=True))  # stable, and still wrong
     return weights / weights.sum(axis=-2, keepdims=True)
 
 
