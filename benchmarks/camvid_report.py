@@ -170,7 +170,11 @@ def verdict_gaps(groups: dict[str, list[dict]], selection: dict, names: list[str
     def group(variant: str, epochs: int) -> list[dict]:
         return groups.get(f"{variant} @ {epochs} epochs", [])
 
-    epochs = max(r["epochs"] for runs in groups.values() for r in runs if r["variant"] == best["difnet"])
+    epochs = max(
+        (r["epochs"] for runs in groups.values() for r in runs if r["variant"] == best["difnet"]), default=0
+    )
+    if not epochs:
+        return {"lines": [f"{best['difnet']}: no verdict run finished yet, no gaps"]}
     difnet = group(best["difnet"], epochs)
     baselines = {"equal steps": group(best["simdeeplab"], epochs),
                  "equal time": group(best["simdeeplab"], max(selection["equal_time_epochs"], epochs))}  # fmt: skip

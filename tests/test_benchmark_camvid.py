@@ -16,6 +16,7 @@ from benchmarks.camvid import (
     select,
     with_samples,
 )
+from benchmarks.camvid_report import verdict_gaps
 from difnet.data.base import Sample
 
 
@@ -87,3 +88,10 @@ def test_pack_keeps_records_and_logs_but_no_weights(tmp_path):
     with tarfile.open(archive) as tar:
         names = sorted(tar.getnames())
     assert names == ["screen/sim-he-e8-seed0.json", "screen/sim-he-e8-seed0/log.jsonl"]
+
+
+def test_the_gaps_wait_for_difnets_verdict_runs():
+    baseline = [{"variant": "sim-normal", "epochs": 16, "seed": 0, "val": {"miou": 0.4}}]
+    selection = {"best": {"simdeeplab": "sim-normal", "difnet": "dif-aux"}, "equal_time_epochs": 18}
+    gaps = verdict_gaps({"sim-normal @ 16 epochs": baseline}, selection, [])
+    assert gaps == {"lines": ["dif-aux: no verdict run finished yet, no gaps"]}
