@@ -310,6 +310,7 @@ def mean_score(output: Path, phase: str, split: str, variant: str, epochs: int) 
 
 
 def best_of(scores: dict[str, float | None]) -> str | None:
+    """The variant with the highest score among those that have one."""
     finished = {v: s for v, s in scores.items() if s is not None}
     return max(finished, key=finished.get) if finished else None
 
