@@ -523,6 +523,7 @@ DEMO_EPILOG = """\
 examples:
   difnet demo                     # under 3 minutes on 2 CPU cores
   difnet demo --quick             # a 20-second smoke run (numbers are not meaningful)
+  difnet demo --paper-difnet      # the paper's exact DifNet instead of the one selected on CamVid
   difnet demo --steps 400 --size 96 --output my-demo --overwrite
 
 Both models train from scratch with the same recipe, seed and number of steps on generated
@@ -550,8 +551,8 @@ def run_demo(args: argparse.Namespace) -> None:
     from difnet.demo import run_demo as demo
 
     config = DemoConfig.from_args(args)
-    print(f"training Sim-DeepLab-18 and DifNet-18 side by side for {config.steps} steps each "
-          f"on {config.size}x{config.size} generated scenes...", flush=True)  # fmt: skip
+    print(f"training Sim-DeepLab-18 and DifNet-18 ({config.difnet_description}) side by side for "
+          f"{config.steps} steps each on {config.size}x{config.size} generated scenes...", flush=True)  # fmt: skip
     result = demo(config)
     print(result.format_table())
     print(f"figure: {result.figure_path}")
