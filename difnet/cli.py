@@ -551,8 +551,9 @@ def run_demo(args: argparse.Namespace) -> None:
     from difnet.demo import run_demo as demo
 
     config = DemoConfig.from_args(args)
-    print(f"training Sim-DeepLab-18 and DifNet-18 ({config.difnet_description}) side by side for "
-          f"{config.steps} steps each on {config.size}x{config.size} generated scenes...", flush=True)  # fmt: skip
+    print(f"training Sim-DeepLab-18 and DifNet-18 side by side for {config.steps} steps each on "
+          f"{config.size}x{config.size} generated scenes; DifNet-18: {config.difnet_description}...",
+          flush=True)  # fmt: skip
     result = demo(config)
     print(result.format_table())
     print(f"figure: {result.figure_path}")

@@ -126,9 +126,7 @@ class DemoConfig:
         """Which DifNet the demo trains, in words."""
         if self.paper_difnet:
             return "the paper's exact model"
-        return (
-            "shared backbone and auxiliary seed loss 0.4 (selected on CamVid; --paper-difnet for the paper's)"
-        )
+        return "shared backbone, auxiliary seed loss 0.4, as selected on CamVid (--paper-difnet: the paper's)"
 
     def train_config(self, model: str) -> TrainConfig:
         """The training recipe of one model: the paper's, at the demo's scale and budget; DifNet
