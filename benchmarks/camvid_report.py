@@ -71,7 +71,7 @@ def screen_table(records: list[dict], names: list[str]) -> list[str]:
         lines.append(
             f"| {variant} | {' / '.join(pct(v) for v in holdout)} | **{mean_std(holdout)}** "
             f"| {mean_std([small_miou(r['holdout'], names) for r in runs])} | {mean_std(val)} | {stages} | {mu} "
-            f"| {runs[0]['steps']} | {' / '.join(str(round(r['train_seconds'])) for r in runs)} |"
+            f"| {runs[0]['steps']} | {' / '.join(train_seconds(r) for r in runs)} |"
         )
     return lines
 
@@ -105,6 +105,9 @@ def report(output: Path, results: Path) -> None:
         "provenance is in camvid_verdict.json.",
         "",
     ]
+    if any(r.get("resumed") for r in records):
+        lines += ["Training seconds marked * belong to runs resumed from their last checkpoint after a stop: "
+                  "they count the part after the resume only.", ""]  # fmt: skip
     if timing:
         lines += ["## Step time, each variant alone (a batch of 8 crops, forward + backward + SGD)", "",
                   "| variant | ms per step |", "|---|---|"]  # fmt: skip
@@ -138,7 +141,7 @@ def report(output: Path, results: Path) -> None:
                 f"| {label} | {' / '.join(pct(r['val']['miou']) for r in runs)} | "
                 f"**{mean_std([r['val']['miou'] for r in runs])}** | "
                 f"{mean_std([small_miou(r['val'], names) for r in runs])} | {runs[0]['steps']} | "
-                f"{' / '.join(str(round(r['train_seconds'])) for r in runs)} |"
+                f"{' / '.join(train_seconds(r) for r in runs)} |"
             )
         gaps = verdict_gaps(groups, selection, names)
         lines += [""] + [f"- {line}" for line in gaps["lines"]] + [""]
@@ -150,6 +153,11 @@ def report(output: Path, results: Path) -> None:
     summary = {"selection": selection, "timing": timing, "gaps": gaps, "runs": records}
     (results / "camvid_verdict.json").write_text(json.dumps(summary, indent=2) + "\n")
     print("\n".join(lines))
+
+
+def train_seconds(record: dict) -> str:
+    """A run's training seconds, starred when it resumed (its record times the last part only)."""
+    return f"{round(record['train_seconds'])}{'*' if record.get('resumed') else ''}"
 
 
 def _class_names(records: list[dict]) -> list[str]:
