@@ -1,9 +1,10 @@
 """`difnet demo`: DifNet-18 against Sim-DeepLab-18, trained from scratch on generated scenes.
 
-Both models train with the same recipe, seed and number of steps on `SyntheticShapes`, are
-evaluated on the same held-out scenes, and are compared in a table and a figure. The two
-trainings run side by side in separate processes, each with its share of the CPU cores; the
-default budget takes under 3 minutes on 2 cores; `--quick` is a seconds-long smoke run.
+DifNet-18 is the configuration selected on CamVid (`SELECTED_DIFNET`), or the paper's exact
+model with `paper_difnet`. Both models train with the same recipe, seed and number of steps on
+`SyntheticShapes`, are evaluated on the same held-out scenes, and are compared in a table and a
+figure. The two trainings run side by side in separate processes, each with its share of the CPU
+cores; the default budget takes under 3 minutes on 2 cores; `--quick` is a seconds-long smoke run.
 """
 
 from __future__ import annotations
@@ -126,7 +127,8 @@ class DemoConfig:
         """Which DifNet the demo trains, in words."""
         if self.paper_difnet:
             return "the paper's exact model"
-        return "shared backbone, auxiliary seed loss 0.4, as selected on CamVid (--paper-difnet: the paper's)"
+        weight = SELECTED_DIFNET["aux_seed_weight"]
+        return f"shared backbone, auxiliary seed loss {weight}, as selected on CamVid (--paper-difnet: the paper's)"
 
     def train_config(self, model: str) -> TrainConfig:
         """The training recipe of one model: the paper's, at the demo's scale and budget; DifNet
