@@ -43,3 +43,13 @@ def test_quick_demo_writes_table_figure_and_results(tmp_path):
     assert difnet.similarity_backbone is None  # the selected DifNet's shared backbone
     with pytest.raises(FileExistsError):
         run_demo(config)  # the earlier results are kept unless `overwrite`
+
+
+def test_the_demos_difnet_is_the_one_the_camvid_records_selected():
+    from benchmarks.camvid import RUNS, VARIANTS
+
+    selected = json.loads((RUNS / "selection.json").read_text())["best"]["difnet"]
+    model, options = VARIANTS[selected]
+    assert model == "difnet"
+    assert {k: v for k, v in options.items() if k != "head_init"} == SELECTED_DIFNET
+    assert options["head_init"] == DemoConfig().train_config("difnet").head_init
