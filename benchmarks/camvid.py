@@ -84,6 +84,13 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "dif-aux-imp": ("difnet", {"head_init": "normal", "normalize_importance": True, **AUX}),
     "dif-trans": ("difnet", {"head_init": "normal", **TRANSITIONS}),
     "dif-aux-trans": ("difnet", {"head_init": "normal", **AUX, **TRANSITIONS}),
+    # staged training's first stage: the selected DifNet with every P_t = I, so y_5 is its seed
+    "seed-aux-shared": (
+        "difnet",
+        {"head_init": "normal", "shared_backbone": True, "kernel": "identity", **AUX},
+    ),
+    # the baseline's rate search (the recipe's rate is 0.01)
+    **{f"sim-lr{lr}": ("simdeeplab", {"head_init": "normal", "lr": lr}) for lr in (0.007, 0.01, 0.014, 0.02)},
 }
 INIT_VARIANTS = ("sim-he", "sim-normal", "dif-he", "dif-normal")
 
@@ -155,12 +162,13 @@ def recipe(
     """The shared recipe (the earlier benchmark's: batch 8, lr 0.01 for every parameter, crops of
     the 240x180 images, scale 0.75-1.25) with the variant's overrides."""
     model, overrides = VARIANTS[variant]
-    return TrainConfig(
+    shared = dict(
         model=model, depth=18, dataset="camvid", data_root=str(data_root), image_size=HALF_RESOLUTION,
         crop_size=crop, scale_range=RECIPE_SCALES, batch_size=8, epochs=epochs, lr=0.01, seed=seed,
         workers=0, device=device, output_dir=str(output / run_name(variant, seed, phase, epochs)),
-        overwrite=True, eval_every=EVAL_EVERY, progress=False, max_steps_per_epoch=max_steps, **overrides,
+        overwrite=True, eval_every=EVAL_EVERY, progress=False, max_steps_per_epoch=max_steps,
     )  # fmt: skip
+    return TrainConfig(**{**shared, **overrides})
 
 
 def run_name(variant: str, seed: int, phase: str, epochs: int) -> str:
@@ -194,7 +202,9 @@ def run_one(args: argparse.Namespace) -> dict:
     if args.phase in HELD_ASIDE:
         names = [s.image.name for s in data["val"].samples]
         record["held_aside"] = {"images": len(names), "first": names[0], "last": names[-1]}
-    if config.model == "difnet":  # how the transitions start, with the batch statistics training sees
+    if (
+        config.model == "difnet" and config.kernel != "identity"
+    ):  # how the transitions start, with the batch statistics training sees
         seed_everything(config.seed)
         fresh = build_model(**config.model_arguments(data["train"].num_classes)).to(args.device)
         probe = CamVid(args.data_root, "train", EvalTransform(), resize=HALF_RESOLUTION)

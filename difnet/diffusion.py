@@ -1,16 +1,22 @@
 """Random walks on learned transition matrices: the cascade of DifNet, usable on any features.
 
-A transition matrix is `P = softmax(f f^T)` (row-wise) for node features `f` of shape
-`[B, N, d]`; a walk carries node values `y` of shape `[B, N, K]`. `P y` is attention with
-queries = keys = `f`, values = `y` and scale 1, so the default `walk="fused"` computes it with
-`scaled_dot_product_attention` and never holds an `N x N` tensor, in forward or backward.
-Maps `[B, C, h, w]` become node tensors with `flatten_nodes` and back with `unflatten_nodes`.
+A transition matrix is `P = softmax(logits)` (row-wise) of node features `f` of shape
+`[B, N, d]`; a walk carries node values `y` of shape `[B, N, K]`. The `TransitionKernel` says how
+the logits come from the features: the paper's inner product `f_i . f_j`, the negative squared
+distance, or the identity (no diffusion), optionally only between nodes within a radius on the
+grid and scaled by a learned temperature. For a global kernel `P y` is attention (queries and keys
+from `f`, values `y`, scale 1), so the default `walk="fused"` computes it with
+`scaled_dot_product_attention`; a local kernel sums over the `(2r + 1)^2` grid offsets. Neither
+holds an `N x N` tensor, in forward or backward. Maps `[B, C, h, w]` become node tensors with
+`flatten_nodes` and back with `unflatten_nodes`.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from functools import reduce
 from typing import Literal
 
@@ -20,6 +26,39 @@ from torch import Tensor, nn
 
 WalkMethod = Literal["fused", "materialized"]
 WALK_METHODS: tuple[str, ...] = ("fused", "materialized")
+# "dot": the paper's f_i . f_j; "distance": -||f_i - f_j||^2, which does not favour high-norm
+# nodes; "identity": P = I, every walk returns the seed (staged training's first stage)
+SIMILARITIES: tuple[str, ...] = ("dot", "distance", "identity")
+
+
+@dataclass(frozen=True)
+class TransitionKernel:
+    """How the rows of `P` come from node features: `similarity` (one of `SIMILARITIES`) gives the
+    logits, and `radius` (grid cells, Chebyshev distance) keeps only the nodes that close to the
+    row's node; None connects every node to every node, as the paper does."""
+
+    similarity: str = "dot"
+    radius: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.similarity not in SIMILARITIES:
+            raise ValueError(f"kernel similarity must be one of {SIMILARITIES} (got {self.similarity!r})")
+        radius = self.radius
+        if radius is not None and (isinstance(radius, bool) or not isinstance(radius, int) or radius < 1):
+            raise ValueError(
+                f"kernel radius must be a positive number of grid cells or None (got {radius!r})"
+            )
+
+    @property
+    def is_identity(self) -> bool:
+        return self.similarity == "identity"
+
+    @property
+    def is_local(self) -> bool:
+        return self.radius is not None and not self.is_identity
+
+
+PAPER_KERNEL = TransitionKernel()
 
 
 def flatten_nodes(maps: Tensor) -> Tensor:
@@ -32,18 +71,79 @@ def unflatten_nodes(nodes: Tensor, size: tuple[int, int]) -> Tensor:
     return nodes.unflatten(1, size).permute(0, 3, 1, 2)
 
 
-def transition_matrix(features: Tensor) -> Tensor:
-    """Explicit `P = softmax(f f^T)` `[B, N, N]` of features `[B, N, d]`; for inspection only.
-    In at least float32 with autocast off, as `propagate` computes `P y`."""
-    with full_precision(features) as (features,):
-        return torch.softmax(features @ features.transpose(1, 2), dim=-1)
+def transition_logits(
+    features: Tensor,
+    rows: Tensor | None = None,
+    *,
+    kernel: TransitionKernel = PAPER_KERNEL,
+    grid: Sequence[int] | None = None,
+    temperature: Tensor | float | None = None,
+) -> Tensor:
+    """Explicit logits `[B, n, N]` of rows `rows` (flat node indices `[n]`, all when None) of the
+    transition matrix of features `[B, N, d]`; `-inf` outside a local kernel's radius. For
+    inspection, tests and the materialised walk only."""
+    if kernel.is_identity:
+        raise ValueError("the identity kernel has no logits: its P is I")
+    queries = features if rows is None else features[:, rows]
+    logits = queries @ features.transpose(1, 2)
+    if kernel.similarity == "distance":
+        squared = (features * features).sum(-1)
+        query_squared = squared if rows is None else squared[:, rows]
+        logits = 2 * logits - query_squared[..., None] - squared[:, None, :]
+    if temperature is not None:
+        logits = logits * temperature
+    if kernel.is_local:
+        logits = logits.masked_fill(~_within_radius(rows, _grid(grid, features), kernel.radius,
+                                                    features.device), float("-inf"))  # fmt: skip
+    return logits
 
 
-def transition_rows(features: Tensor, nodes: Tensor) -> Tensor:
-    """Rows `P[:, nodes]` `[B, n, N]` of `P = softmax(f f^T)` for flat node indices `[n]`, in at
+def transition_matrix(
+    features: Tensor,
+    *,
+    kernel: TransitionKernel = PAPER_KERNEL,
+    grid: Sequence[int] | None = None,
+    temperature: Tensor | float | None = None,
+) -> Tensor:
+    """Explicit `P` `[B, N, N]` of features `[B, N, d]` (the paper's `softmax(f f^T)` by default);
+    for inspection only. In at least float32 with autocast off, as `propagate` computes `P y`."""
+    return transition_rows(features, None, kernel=kernel, grid=grid, temperature=temperature)
+
+
+def transition_rows(
+    features: Tensor,
+    nodes: Tensor | None,
+    *,
+    kernel: TransitionKernel = PAPER_KERNEL,
+    grid: Sequence[int] | None = None,
+    temperature: Tensor | float | None = None,
+) -> Tensor:
+    """Rows `P[:, nodes]` `[B, n, N]` for flat node indices `[n]` (every row when None), in at
     least float32 with autocast off."""
     with full_precision(features) as (features,):
-        return torch.softmax(features[:, nodes] @ features.transpose(1, 2), dim=-1)
+        if kernel.is_identity:
+            eye = torch.eye(features.shape[1], dtype=features.dtype, device=features.device)
+            return (eye if nodes is None else eye[nodes]).expand(features.shape[0], -1, -1)
+        logits = transition_logits(features, nodes, kernel=kernel, grid=grid, temperature=temperature)
+        return torch.softmax(logits, dim=-1)
+
+
+def _grid(grid: Sequence[int] | None, features: Tensor) -> tuple[int, int]:
+    """The `(h, w)` grid a local kernel needs, checked against the node count."""
+    if grid is None or len(grid) != 2 or grid[0] * grid[1] != features.shape[1]:
+        raise ValueError(
+            f"a local kernel needs the (h, w) grid of the {features.shape[1]} nodes (got {grid!r})"
+        )
+    return int(grid[0]), int(grid[1])
+
+
+def _within_radius(rows: Tensor | None, grid: tuple[int, int], radius: int, device: torch.device) -> Tensor:
+    """`[n, N]` mask of the nodes within `radius` cells (Chebyshev) of each row's node."""
+    height, width = grid
+    every = torch.arange(height * width, device=device)
+    chosen = every if rows is None else rows.to(device)
+    row_y, row_x = (chosen // width)[:, None], (chosen % width)[:, None]
+    return ((row_y - every // width).abs() <= radius) & ((row_x - every % width).abs() <= radius)
 
 
 @contextmanager
@@ -55,11 +155,19 @@ def full_precision(*tensors: Tensor) -> Iterator[tuple[Tensor, ...]]:
         yield tuple(t.to(dtype) for t in tensors)
 
 
-def propagate(features: Tensor, values: Tensor, *, walk: WalkMethod = "fused") -> Tensor:
-    """One transition `P y` with `P = softmax(f f^T)`: features `[B, N, d]`, values `[B, N, K]`.
-
-    Runs in at least float32 with autocast off (`full_precision`). Returns `[B, N, K]`.
-    """
+def propagate(
+    features: Tensor,
+    values: Tensor,
+    *,
+    walk: WalkMethod = "fused",
+    kernel: TransitionKernel = PAPER_KERNEL,
+    grid: Sequence[int] | None = None,
+    temperature: Tensor | float | None = None,
+) -> Tensor:
+    """One transition `P y` of features `[B, N, d]` and values `[B, N, K]`, with `P` from `kernel`
+    (the paper's `softmax(f f^T)` by default) scaled by `temperature`; a local kernel needs the
+    nodes' `(h, w)` `grid`. Runs in at least float32 with autocast off (`full_precision`).
+    Returns `[B, N, K]`."""
     if walk not in WALK_METHODS:
         raise ValueError(f"walk must be one of {WALK_METHODS} (got {walk!r})")
     if features.dim() != 3 or values.dim() != 3 or features.shape[:2] != values.shape[:2]:
@@ -68,27 +176,48 @@ def propagate(features: Tensor, values: Tensor, *, walk: WalkMethod = "fused") -
             f"(got {tuple(features.shape)} and {tuple(values.shape)})"
         )
     with full_precision(features, values) as (features, values):
+        if kernel.is_identity:
+            return values
         if walk == "materialized":
-            return transition_matrix(features) @ values
-        return _fused_propagate(features, values)
+            return transition_matrix(features, kernel=kernel, grid=grid, temperature=temperature) @ values
+        if kernel.is_local:
+            return _local_propagate(features, values, kernel, _grid(grid, features), temperature)
+        queries, keys = _attention_inputs(features, kernel, temperature)
+        return _fused_propagate(queries, keys, values)
 
 
-def _fused_propagate(features: Tensor, values: Tensor) -> Tensor:
-    """`P y` through `scaled_dot_product_attention`, in value-column blocks of width `d`.
+def _attention_inputs(
+    features: Tensor, kernel: TransitionKernel, temperature: Tensor | float | None
+) -> tuple[Tensor, Tensor]:
+    """Queries and keys whose inner products are the kernel's logits up to a per-row constant:
+    `-||f_i - f_j||^2 = 2 f_i . f_j - ||f_j||^2 - ||f_i||^2`, the last term cancelled by the
+    softmax, is `[f_i, 1] . [2 f_j, -||f_j||^2]`."""
+    queries, keys = features, features
+    if kernel.similarity == "distance":
+        ones = torch.ones_like(features[..., :1])
+        queries = torch.cat([features, ones], dim=-1)
+        keys = torch.cat([2 * features, -(features * features).sum(-1, keepdim=True)], dim=-1)
+    if temperature is not None:
+        queries = queries * temperature
+    return queries, keys
+
+
+def _fused_propagate(queries: Tensor, keys: Tensor, values: Tensor) -> Tensor:
+    """`softmax(q k^T) y` through `scaled_dot_product_attention`, in value-column blocks of width `d`.
 
     The CPU flash kernel needs the value width to equal `d`, so the `K` columns are
     zero-padded to `heads * d` and each block of `d` columns is one attention head sharing
     the same queries and keys (stride-0 views; copies only with several heads and splits).
     """
-    batch, num_nodes, width = features.shape
+    batch, num_nodes, width = queries.shape
     num_values = values.shape[-1]
     heads = -(-num_values // width)  # integer ceil keeps symbolic sizes symbolic under export
-    splits = _query_splits(features, batch * heads)
+    splits = _query_splits(queries, batch * heads)
     rows = -(-num_nodes // splits)
 
-    queries = F.pad(features, (0, 0, 0, splits * rows - num_nodes))
+    queries = F.pad(queries, (0, 0, 0, splits * rows - num_nodes))
     queries = queries.view(batch, 1, splits, rows, width).expand(-1, heads, -1, -1, -1)
-    keys = features.view(batch, 1, 1, num_nodes, width).expand(-1, heads, splits, -1, -1)
+    keys = keys.reshape(batch, 1, 1, num_nodes, width).expand(-1, heads, splits, -1, -1)
     padded = F.pad(values, (0, heads * width - num_values))
     padded = padded.view(batch, num_nodes, heads, 1, width).permute(0, 2, 3, 1, 4)
     padded = padded.expand(-1, -1, splits, -1, -1)
@@ -118,6 +247,41 @@ def _query_splits(features: Tensor, independent: int) -> int:
     return max(1, -(-torch.get_num_threads() // independent))
 
 
+def _local_propagate(
+    features: Tensor,
+    values: Tensor,
+    kernel: TransitionKernel,
+    grid: tuple[int, int],
+    temperature: Tensor | float | None,
+) -> Tensor:
+    """`P y` for a kernel of radius `r`: logits for each of the `(2r + 1)^2` grid offsets, a softmax
+    over the offsets inside the grid, then the weighted sum of the shifted values. Memory grows
+    as `N (d + (2r + 1)^2)`, never `N^2`: the shifted maps are views of one padded copy."""
+    radius, (height, width) = kernel.radius, grid
+    maps = unflatten_nodes(features, grid)
+    padded = F.pad(maps, (radius,) * 4)
+    side = 2 * radius + 1
+
+    def shifted(x: Tensor, dy: int, dx: int) -> Tensor:
+        return x[:, :, dy : dy + height, dx : dx + width]
+
+    offsets = [(dy, dx) for dy in range(side) for dx in range(side)]
+    logits = torch.stack([(maps * shifted(padded, dy, dx)).sum(1) for dy, dx in offsets], dim=1)
+    if kernel.similarity == "distance":
+        squared = (maps * maps).sum(1, keepdim=True)
+        padded_squared = F.pad(squared, (radius,) * 4)
+        neighbours = torch.cat([shifted(padded_squared, dy, dx) for dy, dx in offsets], dim=1)
+        logits = 2 * logits - neighbours - squared
+    if temperature is not None:
+        logits = logits * temperature
+    inside = F.pad(torch.ones(1, 1, height, width, dtype=torch.bool, device=features.device), (radius,) * 4)
+    inside = torch.cat([shifted(inside, dy, dx) for dy, dx in offsets], dim=1)
+    weights = torch.softmax(logits.masked_fill(~inside, float("-inf")), dim=1)
+    padded_values = F.pad(unflatten_nodes(values, grid), (radius,) * 4)
+    out = sum(weights[:, o : o + 1] * shifted(padded_values, dy, dx) for o, (dy, dx) in enumerate(offsets))
+    return flatten_nodes(out)
+
+
 def walk_step(walked: Tensor, y: Tensor, seed: Tensor, mu: Tensor | float, beta: Tensor | float) -> Tensor:
     """Eqs. 4-5 given `walked = P y`: `beta (mu P y + (1 - mu) s) + (1 - beta) y`, in `walked`'s
     dtype; a step apart so walks on other transition matrices (e.g. label-built) share it."""
@@ -125,19 +289,35 @@ def walk_step(walked: Tensor, y: Tensor, seed: Tensor, mu: Tensor | float, beta:
     return torch.lerp(y.to(walked.dtype), restarted, beta)  # Eq. 5
 
 
+def _logit(probability: float, name: str) -> float:
+    if isinstance(probability, bool) or not isinstance(probability, int | float) or not 0 < probability < 1:
+        raise ValueError(f"{name} must lie strictly between 0 and 1 (got {probability!r})")
+    return math.log(probability / (1 - probability))
+
+
 class RandomWalk(nn.Module):
     """One walk of the cascade: `y' = beta R + (1 - beta) y`, `R = mu P y + (1 - mu) s`.
 
-    `mu` and `beta` live in (0, 1) as sigmoids of raw parameters initialised at 0 (value 0.5).
+    `mu` and `beta` live in (0, 1) as sigmoids of raw parameters; the paper starts both at 0.5,
+    `beta_init` near 0 starts the walk nearly switched off (y' = y). `P` comes from `kernel`;
+    `learn_temperature=True` scales its logits by a learned `exp(raw_temperature)`, starting at 1.
     """
 
-    def __init__(self, walk: WalkMethod = "fused") -> None:
+    def __init__(
+        self,
+        walk: WalkMethod = "fused",
+        kernel: TransitionKernel = PAPER_KERNEL,
+        *,
+        learn_temperature: bool = False,
+        beta_init: float = 0.5,
+    ) -> None:
         super().__init__()
         if walk not in WALK_METHODS:
             raise ValueError(f"walk must be one of {WALK_METHODS} (got {walk!r})")
-        self.walk = walk
+        self.walk, self.kernel = walk, kernel
         self.raw_mu = nn.Parameter(torch.zeros(()))
-        self.raw_beta = nn.Parameter(torch.zeros(()))
+        self.raw_beta = nn.Parameter(torch.full((), _logit(beta_init, "beta_init")))
+        self.raw_temperature = nn.Parameter(torch.zeros(())) if learn_temperature else None
 
     @property
     def mu(self) -> Tensor:
@@ -149,26 +329,47 @@ class RandomWalk(nn.Module):
         """The step weight `beta_t` in (0, 1)."""
         return torch.sigmoid(self.raw_beta)
 
-    def forward(self, features: Tensor, y: Tensor, seed: Tensor) -> Tensor:
+    @property
+    def temperature(self) -> Tensor | None:
+        """The learned factor of the logits (None: the kernel's own, 1)."""
+        return None if self.raw_temperature is None else self.raw_temperature.exp()
+
+    def transition(self, features: Tensor, values: Tensor, grid: Sequence[int] | None = None) -> Tensor:
+        """`P y` of this walk's kernel and temperature."""
+        return propagate(features, values, walk=self.walk, kernel=self.kernel, grid=grid,
+                         temperature=self.temperature)  # fmt: skip
+
+    def forward(self, features: Tensor, y: Tensor, seed: Tensor, grid: Sequence[int] | None = None) -> Tensor:
         """Features `[B, N, d]`, current values `y` and seed `s` `[B, N, K]` -> next `y`."""
-        return walk_step(propagate(features, y, walk=self.walk), y, seed, self.mu, self.beta)
+        return walk_step(self.transition(features, y, grid), y, seed, self.mu, self.beta)
 
     def extra_repr(self) -> str:
-        return f"walk={self.walk!r}"
+        return f"walk={self.walk!r}, kernel={self.kernel}"
 
 
 class Cascade(nn.Module):
     """A cascade of random walks, one per transition matrix, all restarting from the seed.
 
-    `forward(features, seed)` takes one `[B, N, d]` feature tensor per walk and the seed
-    `[B, N, K]`, and returns `[y_1, ..., y_T]`.
+    `forward(features, seed, grid)` takes one `[B, N, d]` feature tensor per walk, the seed
+    `[B, N, K]` and (for a local kernel) the nodes' `(h, w)` grid, and returns `[y_1, ..., y_T]`.
     """
 
-    def __init__(self, num_walks: int, walk: WalkMethod = "fused") -> None:
+    def __init__(
+        self,
+        num_walks: int,
+        walk: WalkMethod = "fused",
+        kernel: TransitionKernel = PAPER_KERNEL,
+        *,
+        learn_temperature: bool = False,
+        beta_init: float = 0.5,
+    ) -> None:
         super().__init__()
         if num_walks < 1:
             raise ValueError(f"num_walks must be at least 1 (got {num_walks})")
-        self.walks = nn.ModuleList(RandomWalk(walk) for _ in range(num_walks))
+        self.walks = nn.ModuleList(
+            RandomWalk(walk, kernel, learn_temperature=learn_temperature, beta_init=beta_init)
+            for _ in range(num_walks)
+        )
 
     @property
     def mu(self) -> Tensor:
@@ -180,7 +381,9 @@ class Cascade(nn.Module):
         """`[T]` tensor of the walks' `beta_t`."""
         return torch.stack([walk.beta for walk in self.walks])
 
-    def forward(self, features: Sequence[Tensor], seed: Tensor) -> list[Tensor]:
+    def forward(
+        self, features: Sequence[Tensor], seed: Tensor, grid: Sequence[int] | None = None
+    ) -> list[Tensor]:
         """Run every walk in turn from `y_0 = s`; returns `[y_1, ..., y_T]`."""
         if len(features) != len(self.walks):
             raise ValueError(
@@ -189,6 +392,6 @@ class Cascade(nn.Module):
         outputs = []
         y = seed
         for walk, f in zip(self.walks, features, strict=True):
-            y = walk(f, y, seed)
+            y = walk(f, y, seed, grid)
             outputs.append(y)
         return outputs

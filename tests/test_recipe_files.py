@@ -55,7 +55,7 @@ def test_options_override_the_file_which_overrides_the_defaults(tmp_path):
 
 
 def test_every_setting_round_trips_through_a_file(tmp_path):
-    changed = TrainConfig(model="simdeeplab", depth=18, aspp=False, dataset="folder", num_classes=4,
+    changed = TrainConfig(model="difnet", depth=18, aspp=False, dataset="folder", num_classes=4,
                           in_channels=1, mean=(0.5,), std=(0.25,), image_size=(40, 60), crop_size=(32, 48),
                           scale_range=(0.75, 1.25), flip=False, lr=0.1, walk_weight_decay=0.0,
                           precision="bf16", seed=3, workers=0, max_steps_per_epoch=5, save_every=2,

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from difnet.diffusion import (
     WALK_METHODS,
     Cascade,
+    TransitionKernel,
     WalkMethod,
     flatten_nodes,
     transition_rows,
@@ -78,6 +79,11 @@ class DifNet(SegmentationModel):
     its per-image mean over the grid, so M weights nodes relative to each other without scaling
     the seed, and the gradient reaching the seed branch, down (y_5 is linear in s, so this only
     fixes the scale of the logits, not their argmax).
+    The transition kernel (`difnet.diffusion.TransitionKernel`): `kernel` "dot" is the paper's
+    `f_i . f_j`, "distance" `-||f_i - f_j||^2`, "identity" P = I (every walk returns the seed: the
+    first stage of staged training); `kernel_radius` r keeps each row to the nodes within r grid
+    cells; `learn_temperature=True` gives every walk a learned factor on its logits;
+    `beta_init` below 0.5 starts the walks nearer switched off (the paper: 0.5).
     """
 
     name = "difnet"
@@ -96,12 +102,17 @@ class DifNet(SegmentationModel):
         head_init: str = DEFAULT_HEAD_INIT,
         shared_backbone: bool = False,
         normalize_importance: bool = False,
+        kernel: str = "dot",
+        kernel_radius: int | None = None,
+        learn_temperature: bool = False,
+        beta_init: float = 0.5,
     ) -> None:
         super().__init__(depth=depth, num_classes=num_classes, in_channels=in_channels,
                          gradient_checkpointing=gradient_checkpointing, aspp=aspp, walk=walk,
                          diffusion_stride=diffusion_stride, head_init=head_init,
-                         shared_backbone=shared_backbone,
-                         normalize_importance=normalize_importance)  # fmt: skip
+                         shared_backbone=shared_backbone, normalize_importance=normalize_importance,
+                         kernel=kernel, kernel_radius=kernel_radius, learn_temperature=learn_temperature,
+                         beta_init=beta_init)  # fmt: skip
         if (
             isinstance(psi_scale_init, bool)
             or not isinstance(psi_scale_init, int | float)
@@ -109,7 +120,8 @@ class DifNet(SegmentationModel):
         ):
             raise ValueError(f"psi_scale_init must be a positive number (got {psi_scale_init!r})")
         for name, flag in (("aspp", aspp), ("shared_backbone", shared_backbone),
-                           ("normalize_importance", normalize_importance)):  # fmt: skip
+                           ("normalize_importance", normalize_importance),
+                           ("learn_temperature", learn_temperature)):  # fmt: skip
             if not isinstance(flag, bool):
                 raise TypeError(f"{name} must be True or False (got {flag!r})")
         if head_init not in HEAD_INITS:
@@ -128,7 +140,9 @@ class DifNet(SegmentationModel):
         self.similarity_backbone = None if shared_backbone else self.new_backbone()
         level_channels = (in_channels, *self.seed_backbone.out_channels)
         self.projections = nn.ModuleList(Projection(c, scale_init=psi_scale_init) for c in level_channels)
-        self.cascade = Cascade(NUM_LEVELS, walk)
+        self.kernel = TransitionKernel(kernel, kernel_radius)
+        self.cascade = Cascade(NUM_LEVELS, walk, self.kernel, learn_temperature=learn_temperature,
+                               beta_init=beta_init)  # fmt: skip
         self.load_pretrained_backbone(pretrained_backbone)
 
     def backbones(self) -> dict[str, DilatedResNet]:
@@ -172,7 +186,7 @@ class DifNet(SegmentationModel):
             importance = importance / importance.mean(dim=(-2, -1), keepdim=True)
         seed = importance * scores
         features, grid = self._diffusion_features(levels)
-        walks = self.cascade(features, flatten_nodes(upsample(seed, grid)))
+        walks = self.cascade(features, flatten_nodes(upsample(seed, grid)), grid)
         maps = [unflatten_nodes(y, grid) for y in walks]
         return DifNetOutput(
             logits=upsample(maps[-1], levels[0].shape[-2:]),
@@ -216,7 +230,13 @@ class DifNet(SegmentationModel):
         levels = self.similarity_branch(images) if levels is None else levels
         features, grid = self._diffusion_features(levels)
         flat = _flat_node_indices(nodes, grid, images.device)
-        rows = torch.stack([transition_rows(f, flat) for f in features], dim=1)
+        rows = torch.stack(
+            [
+                transition_rows(f, flat, kernel=self.kernel, grid=grid, temperature=walk.temperature)
+                for f, walk in zip(features, self.cascade.walks, strict=True)
+            ],
+            dim=1,
+        )
         return rows.unflatten(-1, grid)
 
     def walk_parameters(self) -> dict[str, list[float]]:

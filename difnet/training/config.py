@@ -18,7 +18,7 @@ from difnet.data import DATASETS, RESIZABLE, EvalTransform, TrainTransform, buil
 from difnet.data.base import SegmentationDataset, Transform
 from difnet.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from difnet.devices import default_device, parse_device
-from difnet.diffusion import WALK_METHODS
+from difnet.diffusion import SIMILARITIES, WALK_METHODS
 from difnet.models import MODELS, RESNET_DEPTHS
 from difnet.models.difnet import DIFFUSION_STRIDES
 from difnet.models.heads import DEFAULT_HEAD_INIT, HEAD_INITS, UNSATURATED_PSI_SCALE
@@ -74,6 +74,21 @@ class TrainConfig:
     )
     normalize_importance: bool = setting(
         False, "DifNet: divide the importance map by its per-image mean (relative weights only)", MODEL
+    )
+    kernel: str = setting(
+        "dot", "DifNet: the transition kernel, 'dot' f_i . f_j (the paper), 'distance' -||f_i - f_j||^2, "
+        "'identity' P = I (no diffusion: the seed alone, staged training's first stage)", MODEL,
+        choices=SIMILARITIES,
+    )  # fmt: skip
+    kernel_radius: int | None = setting(
+        None, "DifNet: connect each node only to the nodes within this many grid cells (default: all)",
+        MODEL, metavar="CELLS",
+    )  # fmt: skip
+    learn_temperature: bool = setting(
+        False, "DifNet: learn a factor on each walk's transition logits (a sharpening temperature)", MODEL
+    )
+    beta_init: float = setting(
+        0.5, "DifNet: initial step weight beta_t of every walk (near 0: walks start switched off)", MODEL
     )
     aux_seed_weight: float = setting(
         0.0,
@@ -216,12 +231,14 @@ class TrainConfig:
             raise ValueError(
                 f"in_channels {self.in_channels}: only the 'folder' dataset reads images other than RGB"
             )
-        difnet_only = {"shared_backbone": self.shared_backbone, "normalize_importance": self.normalize_importance,
-                       "aux_seed_weight": self.aux_seed_weight,
-                       "transition_loss_weight": self.transition_loss_weight}  # fmt: skip
-        used = [name for name, value in difnet_only.items() if value]
-        if self.model != "difnet" and used:
-            raise ValueError(f"{', '.join(used)}: DifNet options, but the model is {self.model!r}")
+        if self.model != "difnet":
+            defaults = {f.name: f.default for f in fields(self)}
+            used = [name for name in DIFNET_ONLY if getattr(self, name) != defaults[name]]
+            if used:
+                raise ValueError(
+                    f"{', '.join(f'{name}={getattr(self, name)!r}' for name in used)}: DifNet options, "
+                    f"but the model is {self.model!r}, which has no diffusion; leave them at their defaults"
+                )
         if self.in_channels != 3 and self.mean is None:
             raise ValueError(
                 f"in_channels {self.in_channels} needs the data's normalisation: --mean and --std "
@@ -238,6 +255,7 @@ class TrainConfig:
             "on_nonfinite": (self.on_nonfinite, NONFINITE_POLICIES),
             "precision": (self.precision, PRECISIONS),
             "head_init": (self.head_init, HEAD_INITS),
+            "kernel": (self.kernel, SIMILARITIES),
         }
         for name, (value, allowed) in choices.items():
             if value not in allowed:
@@ -249,6 +267,7 @@ class TrainConfig:
             "eval_every": self.eval_every, "log_every": self.log_every,
             "max_steps_per_epoch": self.max_steps_per_epoch, "num_classes": self.num_classes,
             "save_every": self.save_every, "in_channels": self.in_channels,
+            "kernel_radius": self.kernel_radius,
         }  # fmt: skip
         for name, value in positive.items():
             if value is not None and not _is_int(value, minimum=1):
@@ -272,6 +291,8 @@ class TrainConfig:
             if getattr(self, name) is not None and not _finite(getattr(self, name), name) >= 0:
                 raise ValueError(f"{name} must be non-negative (got {getattr(self, name)!r})")
         low, high = (_finite(value, "scale_range") for value in self.scale_range)
+        if not 0 < _finite(self.beta_init, "beta_init") < 1:
+            raise ValueError(f"beta_init must lie strictly between 0 and 1 (got {self.beta_init!r})")
         if not 0 < low <= high:
             raise ValueError(
                 f"scale_range must be (low, high) with 0 < low <= high (got {self.scale_range!r})"
@@ -287,7 +308,9 @@ class TrainConfig:
         if self.model == "difnet":
             arguments.update(aspp=self.aspp, walk=self.walk, diffusion_stride=self.diffusion_stride,
                              psi_scale_init=self.psi_scale_init, shared_backbone=self.shared_backbone,
-                             normalize_importance=self.normalize_importance)  # fmt: skip
+                             normalize_importance=self.normalize_importance, kernel=self.kernel,
+                             kernel_radius=self.kernel_radius, learn_temperature=self.learn_temperature,
+                             beta_init=self.beta_init)  # fmt: skip
         return arguments
 
     # --- datasets ------------------------------------------------------------------------------
@@ -413,6 +436,10 @@ class TrainConfig:
         return recipe, ignored
 
 
+# the options only DifNet takes: any other model refuses them unless they keep their defaults
+DIFNET_ONLY = ("aspp", "walk", "diffusion_stride", "psi_scale_init", "shared_backbone", "normalize_importance",
+               "kernel", "kernel_radius", "learn_temperature", "beta_init", "aux_seed_weight",
+               "transition_loss_weight", "walk_lr_mult", "walk_weight_decay")  # fmt: skip
 RESUME_CHANGEABLE = tuple(item.name for item in declared(TrainConfig) if item.setting.resumable)
 RUN_ONLY = tuple(item.name for item in declared(TrainConfig) if item.setting.run_only)
 
