@@ -20,7 +20,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from difnet.models import build_model
 from difnet.training.config import TrainConfig
-from difnet.training.loop import pixel_loss
+from difnet.training.losses import pixel_loss
 from difnet.training.optim import build_optimizer
 
 CLASSES = 5

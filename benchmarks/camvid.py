@@ -44,11 +44,12 @@ from PIL import Image
 from benchmarks._measure import machine_info, synchronize
 from difnet.data import CamVid, EvalTransform, TrainTransform
 from difnet.data.base import SegmentationDataset
-from difnet.diagnostics import diagnose, transition_mass
+from difnet.diagnostics import diagnose, transition_shares
 from difnet.evaluation import evaluate
 from difnet.models import DifNet, build_model
 from difnet.training import TrainConfig, train
-from difnet.training.loop import seed_everything, training_loss
+from difnet.training.losses import training_loss
+from difnet.training.sample_seeds import seed_everything
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "camvid"
@@ -63,11 +64,26 @@ HELD_ASIDE = {"screen": ("0001TP", 62), "remedy": ("0016E5", 60)}
 SMALL_CLASSES = ("Pole", "SignSymbol", "Fence", "Pedestrian", "Bicyclist")
 SCREEN_EPOCHS, VERDICT_EPOCHS, EVAL_EVERY = 8, 16, 2
 SEEDS = {"screen": (0, 1), "verdict": (0, 1, 2)}
-INIT_MASS_IMAGES = 64
 
 AUX = {"aux_seed_weight": 0.4}
 WALK_LR = {"walk_lr_mult": 30.0, "walk_weight_decay": 0.0}
 TRANSITIONS = {"transition_loss_weight": 0.4}
+DISTANCE_LOCAL = {"kernel": "distance", "kernel_radius": 3}
+# the second-stage candidates: a transition kernel, and how its walks start and learn
+STAGE_TWO: dict[str, dict] = {
+    "dot": {},
+    "dist": {"kernel": "distance"},
+    "dot-r3": {"kernel_radius": 3},
+    "dist-r3": DISTANCE_LOCAL,
+    "dist-r1": {"kernel": "distance", "kernel_radius": 1},
+    "dist-r3-temp": {**DISTANCE_LOCAL, "learn_temperature": True},
+    "dist-r3-off": {**DISTANCE_LOCAL, "beta_init": 0.05, **WALK_LR},
+    "dist-r3-trans": {**DISTANCE_LOCAL, **TRANSITIONS},
+    "dist-r3-trans1": {**DISTANCE_LOCAL, "transition_loss_weight": 1.0},
+    "dot-trans": TRANSITIONS,
+}
+STAGE_ONE = "seed-aux-shared"
+STAGE_ONE_EPOCHS = {"remedy": 8, "verdict": 16}
 # name: (model, recipe overrides); the DifNet remedies start from DeepLab's head init
 VARIANTS: dict[str, tuple[str, dict]] = {
     "sim-he": ("simdeeplab", {"head_init": "he"}),
@@ -89,6 +105,12 @@ VARIANTS: dict[str, tuple[str, dict]] = {
         "difnet",
         {"head_init": "normal", "shared_backbone": True, "kernel": "identity", **AUX},
     ),
+    # staged training's second stage: only Psi_t, the kernel and the walks train, on the frozen seed
+    # branch of the first stage's run of the same seed and phase (`stage_one_checkpoint`)
+    **{
+        f"walk-{name}": ("difnet", {"head_init": "normal", "shared_backbone": True, **options})
+        for name, options in STAGE_TWO.items()
+    },  # fmt: skip
     # the baseline's rate search (the recipe's rate is 0.01)
     **{f"sim-lr{lr}": ("simdeeplab", {"head_init": "normal", "lr": lr}) for lr in (0.007, 0.01, 0.014, 0.02)},
 }
@@ -168,7 +190,14 @@ def recipe(
         workers=0, device=device, output_dir=str(output / run_name(variant, seed, phase, epochs)),
         overwrite=True, eval_every=EVAL_EVERY, progress=False, max_steps_per_epoch=max_steps,
     )  # fmt: skip
+    if variant.startswith("walk-"):
+        overrides = {**overrides, "seed_from": str(stage_one_checkpoint(output, seed, phase))}
     return TrainConfig(**{**shared, **overrides})
+
+
+def stage_one_checkpoint(output: Path, seed: int, phase: str) -> Path:
+    """The final weights of the first-stage run a second-stage run of `seed` in `phase` starts from."""
+    return output / run_name(STAGE_ONE, seed, phase, STAGE_ONE_EPOCHS[phase]) / "last.pt"
 
 
 def run_name(variant: str, seed: int, phase: str, epochs: int) -> str:
@@ -202,16 +231,15 @@ def run_one(args: argparse.Namespace) -> dict:
     if args.phase in HELD_ASIDE:
         names = [s.image.name for s in data["val"].samples]
         record["held_aside"] = {"images": len(names), "first": names[0], "last": names[-1]}
-    if (
-        config.model == "difnet" and config.kernel != "identity"
-    ):  # how the transitions start, with the batch statistics training sees
+    if config.model == "difnet" and config.kernel != "identity":
+        # how the transitions start, with the batch statistics training sees, on the images the
+        # trained model is diagnosed on
         seed_everything(config.seed)
         fresh = build_model(**config.model_arguments(data["train"].num_classes)).to(args.device)
-        probe = CamVid(args.data_root, "train", EvalTransform(), resize=HALF_RESOLUTION)
-        probe.samples = probe.samples[:INIT_MASS_IMAGES]
-        small = [probe.class_names.index(name) for name in SMALL_CLASSES]
-        mass, small_mass = transition_mass(fresh, probe, small, batch_statistics=True, device=args.device)
-        record["init_in_class_mass"], record["init_small_class_mass"] = mass, small_mass
+        small = [data["val"].class_names.index(name) for name in SMALL_CLASSES]
+        record["init_transitions"] = transition_shares(
+            fresh, data["val"], small, batch_statistics=True, device=args.device
+        )
         del fresh
     start = time.perf_counter()
     result = train(config, dataset_overrides=data)

@@ -47,7 +47,7 @@ from benchmarks._measure import (
 )
 from difnet.models import DifNet, build_model, format_parameter_counts, parameter_counts
 from difnet.training.config import TrainConfig
-from difnet.training.loop import pixel_loss
+from difnet.training.losses import pixel_loss
 from difnet.training.optim import build_optimizer
 
 CLASSES = 21  # Pascal VOC

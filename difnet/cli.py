@@ -302,11 +302,27 @@ def add_evaluate_parser(subparsers: argparse._SubParsersAction) -> None:
         "--diagnose",
         nargs="*",
         metavar="CLASS",
-        help="DifNet: also score the seed, every walk and a label oracle per class, and the "
-        "in-class transition mass per level (difnet.diagnostics); CLASS names are shown apart "
-        "as small classes",
+        help="DifNet: also score the seed, every walk, a label oracle and the best of a grid of "
+        "walk-scalar settings per class, and each level's in-class share and self-weight "
+        "(difnet.diagnostics); CLASS names are shown apart as small classes; only with the default "
+        "protocol (one whole image at the scored size)",
     )
     parser.set_defaults(run=run_evaluate)
+
+
+def check_diagnose_protocol(args: argparse.Namespace) -> None:
+    """Refuse evaluation options under which `--diagnose` would score other inputs than the table:
+    the diagnostics run each whole image once at the scored size, as the default protocol does."""
+    given = [option for option, used in (("--native-size", args.native_size), ("--flip", args.flip),
+                                         ("--scales", tuple(args.scales) != (1.0,)),
+                                         ("--mode slide", args.mode == "slide"),
+                                         ("--max-size", args.max_size is not None)) if used]  # fmt: skip
+    if given:
+        raise ValueError(
+            f"--diagnose does not go with {', '.join(given)}: the diagnostics score each whole image "
+            "once at the size the table is scored at, so their walk-5 mIoU is the table's only under "
+            "the default protocol; run --diagnose without them"
+        )
 
 
 def run_evaluate(args: argparse.Namespace) -> None:
@@ -317,6 +333,8 @@ def run_evaluate(args: argparse.Namespace) -> None:
 
     if args.output is not None:
         output_paths_free([args.output], overwrite=args.overwrite)
+    if args.diagnose is not None:
+        check_diagnose_protocol(args)
     model, metadata = load_inference_model(args.checkpoint)
     if "config" not in metadata and args.dataset is None:
         raise ValueError(f"{args.checkpoint} holds no training recipe to take the dataset from; "

@@ -1,53 +1,123 @@
 """Where does DifNet's diffusion help and where does it hurt? Diagnostics of a model on labelled data.
 
-`diagnose` scores the seed and every walk class by class, measures how much of each transition
-row stays inside the node's ground-truth class (all nodes, and nodes of the small classes), and
-runs an oracle: the model's own seed diffused, with its learned mu and beta, through transition
-matrices built from the labels. The oracle's lead over the learned cascade is what a better
-similarity branch could still gain; a walk below the seed is a walk that erases.
+`diagnose` scores the seed and every walk class by class (the **walk gain** is the last walk's
+mIoU minus the seed's), and asks three questions of the transition matrices:
 
-Nodes and their labels: a node is a cell of the diffusion grid, the same cells adaptive pooling
-uses for Psi_t. Its label is the majority label of the labelled pixels in its cell; a node whose
-cell is more than half void (255) is void: it is left out of every statistic, and in the oracle
-its row keeps all its mass on itself. A label-built row is uniform over the labelled nodes of the
-node's class (itself included).
+- *Do they carry what the seed lacks?* The in-class share of each level (`difnet.transitions`):
+  of the mass a row sends to other nodes, the share that reaches the node's class. The
+  self-weight `P[i, i]` is reported apart; the identity scores no share at all.
+- *Could other walk scalars have made them help?* The cascade rerun on the same transition
+  matrices with each of `WALK_OVERRIDES` (a fixed grid of mu and beta, and the learned values
+  with some walks switched off): the best of them, and which it was. If no setting lifts the
+  cascade above the seed, the transitions are useless, not the scalars.
+- *What would better transitions give?* An oracle: the same seed through label-built transition
+  matrices with the learned mu and beta.
+
+Everything is computed from the model's public output (`DifNet(images, intermediates=True)`)
+and no `N x N` matrix is built.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from difnet.data.palettes import IGNORE_INDEX
-from difnet.diffusion import flatten_nodes, transition_matrix, unflatten_nodes, walk_step
+from difnet.diffusion import flatten_nodes, propagate, unflatten_nodes, walk_step
 from difnet.metrics import ConfusionMatrix
 from difnet.models import DifNet
+from difnet.models.difnet import DifNetOutput
 from difnet.models.heads import upsample
+from difnet.transitions import label_propagate, node_labels, row_statistics
 
-VOID_FRACTION = 0.5  # a node whose cell is more void than this is void
+Transition = Callable[[Tensor], Tensor]  # node values y [B, N, K] -> P y
+SCALAR_GRID_MU = (0.2, 0.5, 0.8, 0.95)
+SCALAR_GRID_BETA = (0.25, 0.5, 1.0)
+SWITCHED_OFF = ((1,), (1, 2), (1, 2, 3), (1, 2, 3, 4), (2, 3, 4, 5))  # walks (1-based) set to beta 0
+
+
+@dataclass(frozen=True)
+class WalkOverride:
+    """One setting of the walk scalars: `mu` and `beta` per walk, None meaning the learned value;
+    `off` names the walks (1-based) switched off (beta 0: the walk passes its input through)."""
+
+    name: str
+    mu: float | None = None
+    beta: float | None = None
+    off: tuple[int, ...] = ()
+
+    def scalars(self, mu: Sequence[float], beta: Sequence[float]) -> tuple[list[float], list[float]]:
+        """Per-walk `(mu, beta)` of this setting, given the learned ones."""
+        mus = [self.mu if self.mu is not None else m for m in mu]
+        betas = [0.0 if t + 1 in self.off else (self.beta if self.beta is not None else b)
+                 for t, b in enumerate(beta)]  # fmt: skip
+        return mus, betas
+
+
+def walk_overrides() -> list[WalkOverride]:
+    """The fixed grid: mu x beta for every walk, each with walk 1 on and off (24), then the learned
+    scalars with walks 1, 1-2, 1-3, 1-4 or 2-5 switched off (5)."""
+    grid = [
+        WalkOverride(f"mu {mu}, beta {beta}" + (", walk 1 off" if off else ""), mu, beta, (1,) if off else ())
+        for mu in SCALAR_GRID_MU
+        for beta in SCALAR_GRID_BETA
+        for off in (False, True)
+    ]
+    switched = [WalkOverride("learned, walks " + "-".join(map(str, (w[0], w[-1]))) + " off"
+                             if len(w) > 1 else "learned, walk 1 off", off=w) for w in SWITCHED_OFF]  # fmt: skip
+    return grid + switched
+
+
+WALK_OVERRIDES = walk_overrides()
+
+
+def run_cascade(
+    transitions: Sequence[Transition], seed: Tensor, mu: Sequence[float], beta: Sequence[float]
+) -> Tensor:
+    """The last output of the cascade of Eqs. 4-5 from seed nodes `[B, N, K]`, walk t moving values
+    with `transitions[t]` (`y -> P_t y`) and the scalars `mu[t]`, `beta[t]`."""
+    y = seed
+    for transition, m, b in zip(transitions, mu, beta, strict=True):
+        y = y if b == 0 else walk_step(transition(y), y, seed, float(m), float(b))
+    return y
+
+
+def model_transitions(out: DifNetOutput) -> list[Transition]:
+    """`y -> P_t y` for each level of a DifNet output, with its kernel and learned temperatures."""
+    grid = tuple(out.walks[-1].shape[-2:])
+    temperatures = out.temperatures or [None] * len(out.features)
+
+    def level(features: Tensor, temperature: Tensor | None) -> Transition:
+        return lambda y: propagate(features, y, kernel=out.kernel, grid=grid, temperature=temperature)
+
+    return [level(f, t) for f, t in zip(out.features, temperatures, strict=True)]
 
 
 @dataclass
 class DiffusionDiagnostics:
-    """Per-stage scores ("seed", "walk 1".."walk 5", "oracle") in [0, 1], and per level t = 0..4
-    the mean in-class transition mass over labelled nodes (`in_class_mass`) and over nodes of the
-    small classes (`small_class_mass`, None without such nodes); M's statistics; mu, beta."""
+    """Per-stage scores ("seed", "walk 1".."walk T", "oracle") in [0, 1]; `walk_gain`, the last
+    walk's mIoU minus the seed's; `overrides`, the mIoU of the cascade under each walk-scalar
+    setting, the `best_override` and its gain over the seed; per level t the mean in-class share
+    over labelled nodes (`in_class_share`, None where no node has one, as under the identity) and
+    over nodes of the small classes, and the mean self-weight `P_t[i, i]`; M's statistics; mu, beta."""
 
     class_names: list[str]
     small_classes: list[str]
     miou: dict[str, float]
     per_class_iou: dict[str, list[float | None]]
     small_class_miou: dict[str, float | None]
-    in_class_mass: list[float]
-    small_class_mass: list[float | None]
-    importance: dict[str, float]
+    walk_gain: float
+    overrides: dict[str, float]
+    best_override: dict[str, float | str]
+    in_class_share: list[float | None]
+    small_class_share: list[float | None]
     mean_self_weight: list[float]
+    importance: dict[str, float]
     mu: list[float]
     beta: list[float]
 
@@ -56,7 +126,8 @@ class DiffusionDiagnostics:
         return asdict(self)
 
     def format(self) -> str:
-        """Markdown: per-class IoU by stage, then the transition masses, M, mu and beta."""
+        """Markdown: per-class IoU by stage, then the walk gain, the best override, the transition
+        statistics, M, mu and beta."""
         stages = list(self.miou)
         lines = ["| class | " + " | ".join(stages) + " |", "|---" * (len(stages) + 1) + "|"]
         for index, name in enumerate(self.class_names):
@@ -69,16 +140,19 @@ class DiffusionDiagnostics:
                 + " | ".join(_percent(self.small_class_miou[s]) for s in stages)
                 + " |"
             )
-        m = self.importance
+        m, best = self.importance, self.best_override
         return "\n".join([
             *lines,
             "",
-            "In-class transition mass of levels 0-4 (1 = every row stays in its node's class): "
-            + ", ".join(f"{v:.3f}" for v in self.in_class_mass)
-            + "; nodes of small classes: " + ", ".join(_fraction(v) for v in self.small_class_mass) + ".",
-            f"Importance map M: mean {m['mean']:.3f}, min {m['min']:.3f}, max {m['max']:.3f}.",
+            f"Walk gain (last walk minus seed): {100 * self.walk_gain:+.1f} mIoU. Best of "
+            f"{len(self.overrides)} walk-scalar settings on the same transitions: {best['setting']}, "
+            f"{_percent(best['miou'])} ({100 * best['gain']:+.1f} over the seed).",
+            "In-class share of the mass sent to other nodes, levels 0-4: "
+            + ", ".join(_fraction(v) for v in self.in_class_share)
+            + "; nodes of small classes: " + ", ".join(_fraction(v) for v in self.small_class_share) + ".",
             "Mean self-weight P_t[i, i] of levels 0-4: " + ", ".join(f"{v:.3f}" for v in self.mean_self_weight)
             + ".",
+            f"Importance map M: mean {m['mean']:.3f}, min {m['min']:.3f}, max {m['max']:.3f}.",
             "mu: " + ", ".join(f"{v:.3f}" for v in self.mu) + "; beta: " + ", ".join(f"{v:.3f}" for v in self.beta)
             + ".",
         ])  # fmt: skip
@@ -92,53 +166,8 @@ def _fraction(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
-def self_weights(features: Tensor) -> Tensor:
-    """Diagonal `P[:, i, i]` `[B, N]` of `P = softmax(f f^T)` for features `[B, N, d]`, without P."""
-    logits = features @ features.transpose(1, 2)
-    return torch.exp(logits.diagonal(dim1=1, dim2=2) - logits.logsumexp(dim=-1))
-
-
-def node_labels(labels: Tensor, grid: Sequence[int], num_classes: int) -> Tensor:
-    """Labels `[B, H, W]` (255 = void) -> node labels `[B, h*w]` on the grid: the majority label of
-    each cell's labelled pixels, or 255 where more than half the cell is void."""
-    void = labels == IGNORE_INDEX
-    one_hot = F.one_hot(labels.masked_fill(void, num_classes).long(), num_classes + 1)
-    fractions = F.adaptive_avg_pool2d(one_hot.permute(0, 3, 1, 2).float(), tuple(grid))
-    majority = fractions[:, :num_classes].argmax(1)
-    majority[fractions[:, num_classes] > VOID_FRACTION] = IGNORE_INDEX
-    return majority.flatten(1)
-
-
-def label_transitions(nodes: Tensor) -> Tensor:
-    """Transition matrices `[B, N, N]` built from node labels `[B, N]`: each labelled node's row
-    uniform over the labelled nodes of its class, a void node's row all on itself."""
-    same = (nodes[:, :, None] == nodes[:, None, :]) & (nodes[:, :, None] != IGNORE_INDEX)
-    same = same | torch.eye(nodes.shape[1], dtype=torch.bool, device=nodes.device)
-    same = same.float()
-    return same / same.sum(-1, keepdim=True)
-
-
-def in_class_mass(matrices: Tensor, nodes: Tensor) -> Tensor:
-    """For `P` `[B, N, N]` and node labels `[B, N]`: each node's row mass on nodes of its own
-    class, `[B, N]` (NaN for void nodes)."""
-    same = (nodes[:, :, None] == nodes[:, None, :]).to(matrices.dtype)
-    mass = (matrices * same).sum(-1)
-    return mass.masked_fill(nodes == IGNORE_INDEX, float("nan"))
-
-
-def oracle_walks(seed: Tensor, nodes: Tensor, mu: Sequence[float], beta: Sequence[float]) -> list[Tensor]:
-    """The cascade of Eqs. 4-5 from seed nodes `[B, N, K]` with every P_t built from the node
-    labels (`label_transitions`) and the given mu_t, beta_t; returns `[y_1, ..., y_T]`."""
-    matrices = label_transitions(nodes).to(seed.dtype)
-    walks, y = [], seed
-    for m, b in zip(mu, beta, strict=True):
-        y = walk_step(matrices @ y, y, seed, float(m), float(b))
-        walks.append(y)
-    return walks
-
-
 class _StageScores:
-    """Confusion matrices of the seed, every walk and the oracle, at the labels' resolution."""
+    """Confusion matrices of named stages, at the labels' resolution."""
 
     def __init__(self, stages: Sequence[str], num_classes: int) -> None:
         self.matrices = {stage: ConfusionMatrix(num_classes) for stage in stages}
@@ -150,28 +179,43 @@ class _StageScores:
         return {stage: matrix.compute() for stage, matrix in self.matrices.items()}
 
 
-class _MassMeans:
-    """Running means of the in-class mass per level over all labelled nodes and small-class nodes."""
+class _LevelMeans:
+    """Running means per level of the in-class share (over labelled and over small-class nodes with
+    a share) and of the self-weight (over labelled nodes)."""
 
     def __init__(self, levels: int, small: Sequence[int]) -> None:
         self.small = torch.tensor(list(small), dtype=torch.long)
-        self.sums = torch.zeros(2, levels, dtype=torch.float64)
-        self.counts = torch.zeros(2, levels, dtype=torch.float64)
+        self.sums = torch.zeros(3, levels, dtype=torch.float64)
+        self.counts = torch.zeros(3, levels, dtype=torch.float64)
 
-    def update(self, level: int, mass: Tensor, nodes: Tensor) -> None:
+    def update(self, level: int, share: Tensor, self_weight: Tensor, nodes: Tensor) -> None:
         labelled = nodes != IGNORE_INDEX
-        small = torch.isin(nodes, self.small.to(nodes.device))
-        for row, chosen in enumerate((labelled, small)):
-            self.sums[row, level] += float(mass[chosen].double().sum())
+        defined = labelled & ~share.isnan()
+        small = defined & torch.isin(nodes, self.small.to(nodes.device))
+        for row, (values, chosen) in enumerate(((share, defined), (share, small), (self_weight, labelled))):
+            self.sums[row, level] += float(values[chosen].double().sum())
             self.counts[row, level] += int(chosen.sum())
 
-    def means(self) -> tuple[list[float], list[float | None]]:
-        values = (self.sums / self.counts).tolist()
-        small = [None if c == 0 else v for v, c in zip(values[1], self.counts[1].tolist(), strict=True)]
-        return values[0], small
+    def means(self) -> tuple[list[float | None], list[float | None], list[float | None]]:
+        values, counts = (self.sums / self.counts.clamp(min=1)).tolist(), self.counts.tolist()
+        return tuple(
+            [None if c == 0 else v for v, c in zip(values[row], counts[row], strict=True)] for row in range(3)
+        )
 
 
-def transition_mass(
+def _update_levels(means: _LevelMeans, out: DifNetOutput, labels: Tensor, num_classes: int) -> Tensor:
+    """Add one batch's transition statistics; returns its node labels."""
+    grid = tuple(out.walks[-1].shape[-2:])
+    nodes = node_labels(labels, grid, num_classes)
+    temperatures = out.temperatures or [None] * len(out.features)
+    for level, (features, temperature) in enumerate(zip(out.features, temperatures, strict=True)):
+        stats = row_statistics(features, nodes, kernel=out.kernel, grid=grid, temperature=temperature)
+        means.update(level, stats.share, stats.self_weight, nodes)
+    return nodes
+
+
+@torch.no_grad()
+def transition_shares(
     model: DifNet,
     dataset: Dataset,
     small_classes: Sequence[int] = (),
@@ -179,25 +223,18 @@ def transition_mass(
     batch_statistics: bool = False,
     batch_size: int = 8,
     device: str | torch.device = "cpu",
-) -> tuple[list[float], list[float | None]]:
-    """Mean in-class mass of each P_t over the labelled nodes of `dataset` (and over nodes of
-    `small_classes`). `batch_statistics=True` computes P_t with BN in training mode on batches of
-    `batch_size`, as training sees them (e.g. at init, whose running statistics are meaningless),
-    on a copy of the model so its running statistics stay as they were."""
-    if batch_statistics:
-        model = copy.deepcopy(model).train()
-    else:
-        model.eval()
-    means = _MassMeans(len(model.projections), small_classes)
-    loader = DataLoader(dataset, batch_size=batch_size if batch_statistics else 1)
-    with torch.no_grad():
-        for images, labels in loader:
-            images, labels = images.to(device), labels.to(device)
-            features, grid = model._diffusion_features(model.similarity_branch(images))
-            nodes = node_labels(labels, grid, model.num_classes)
-            for level, f in enumerate(features):
-                means.update(level, in_class_mass(transition_matrix(f.float()), nodes), nodes)
-    return means.means()
+) -> dict[str, list[float | None]]:
+    """Mean in-class share and self-weight of each P_t over the labelled nodes of `dataset`:
+    `{"in_class_share", "small_class_share", "mean_self_weight"}`. `batch_statistics=True`
+    computes P_t with BN in training mode on batches of `batch_size`, as training sees them (e.g.
+    at init, whose running statistics are meaningless), on a copy of the model."""
+    model = copy.deepcopy(model).train() if batch_statistics else model.eval()
+    means = _LevelMeans(len(model.projections), small_classes)
+    for images, labels in DataLoader(dataset, batch_size=batch_size if batch_statistics else 1):
+        out = model(images.to(device), intermediates=True)
+        _update_levels(means, out, labels.to(device), model.num_classes)
+    share, small, self_weight = means.means()
+    return {"in_class_share": share, "small_class_share": small, "mean_self_weight": self_weight}
 
 
 @torch.no_grad()
@@ -210,7 +247,8 @@ def diagnose(
     limit: int | None = None,
 ) -> DiffusionDiagnostics:
     """Diagnostics of `model` (in eval mode) over every whole `(image, label)` of `dataset` (the
-    first `limit` when given); `small_classes` names the classes also shown apart."""
+    first `limit` when given), each image scored as it comes; `small_classes` names the classes
+    also shown apart."""
     if not isinstance(model, DifNet):
         raise TypeError(f"diagnose needs a DifNet (got {type(model).__name__}): only DifNet diffuses")
     names = list(dataset.class_names)
@@ -221,29 +259,32 @@ def diagnose(
     model.eval().to(device)
     walk_names = [f"walk {t}" for t in range(1, len(model.cascade.walks) + 1)]
     scores = _StageScores(["seed", *walk_names, "oracle"], model.num_classes)
-    masses = _MassMeans(len(model.projections), small)
+    overridden = _StageScores([o.name for o in WALK_OVERRIDES], model.num_classes)
+    means = _LevelMeans(len(model.projections), small)
     mu, beta = model.cascade.mu.tolist(), model.cascade.beta.tolist()
-    importance, diagonals = [], []
+    importance = []
     items = dataset if limit is None else Subset(dataset, range(min(limit, len(dataset))))
     for images, labels in DataLoader(items, batch_size=1):
         images, labels = images.to(device), labels.to(device)
-        levels = model.similarity_branch(images)
-        out = model.diffuse(model.seed_branch(images), levels)
-        features, grid = model._diffusion_features(levels)
-        nodes = node_labels(labels, grid, model.num_classes)
-        for level, f in enumerate(features):
-            matrices = transition_matrix(f.float())
-            masses.update(level, in_class_mass(matrices, nodes), nodes)
-            diagonals.append(matrices.diagonal(dim1=1, dim2=2).mean())
+        out = model(images, intermediates=True)
+        nodes = _update_levels(means, out, labels, model.num_classes)
         for stage, maps in zip(["seed", *walk_names], [out.seed, *out.walks], strict=True):
             scores.update(stage, maps, labels)
-        seed_nodes = flatten_nodes(upsample(out.seed, grid)).float()
-        scores.update("oracle", unflatten_nodes(oracle_walks(seed_nodes, nodes, mu, beta)[-1], grid), labels)
+        grid = tuple(out.walks[-1].shape[-2:])
+        seed = flatten_nodes(upsample(out.seed, grid)).float()
+        oracle = [lambda y, nodes=nodes: label_propagate(nodes, y)] * len(mu)
+        scores.update("oracle", unflatten_nodes(run_cascade(oracle, seed, mu, beta), grid), labels)
+        transitions = model_transitions(out)
+        for override in WALK_OVERRIDES:
+            final = run_cascade(transitions, seed, *override.scalars(mu, beta))
+            overridden.update(override.name, unflatten_nodes(final, grid), labels)
         importance.append(out.importance.flatten())
     metrics = scores.metrics()
-    mass, small_mass = masses.means()
+    override_miou = {name: result.miou for name, result in overridden.metrics().items()}
+    best = max(override_miou, key=override_miou.get)
+    seed_miou = metrics["seed"].miou
+    share, small_share, self_weight = means.means()
     m = torch.cat(importance)
-    levels_count = len(model.projections)
     return DiffusionDiagnostics(
         class_names=names,
         small_classes=list(small_classes),
@@ -252,10 +293,13 @@ def diagnose(
         small_class_miou={
             stage: _mean_over(result.per_class_iou, small) for stage, result in metrics.items()
         },
-        in_class_mass=mass,
-        small_class_mass=small_mass,
+        walk_gain=metrics[walk_names[-1]].miou - seed_miou,
+        overrides=override_miou,
+        best_override={"setting": best, "miou": override_miou[best], "gain": override_miou[best] - seed_miou},
+        in_class_share=share,
+        small_class_share=small_share,
+        mean_self_weight=self_weight,
         importance={"mean": float(m.mean()), "min": float(m.min()), "max": float(m.max())},
-        mean_self_weight=torch.stack(diagonals).view(-1, levels_count).mean(0).tolist(),
         mu=mu,
         beta=beta,
     )

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.camvid import (
+    STAGE_ONE,
     VARIANTS,
     pack,
     recipe,
@@ -22,12 +23,20 @@ from difnet.data.base import Sample
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_every_variant_is_a_valid_recipe_differing_only_in_its_overrides(variant, tmp_path):
-    config = recipe(variant, 1, "screen", 8, tmp_path, "cpu", tmp_path)
-    baseline = recipe("sim-he", 1, "screen", 8, tmp_path, "cpu", tmp_path).to_dict()
+    config = recipe(variant, 1, "remedy", 8, tmp_path, "cpu", tmp_path)
+    baseline = recipe("sim-he", 1, "remedy", 8, tmp_path, "cpu", tmp_path).to_dict()
     model, overrides = VARIANTS[variant]
-    changed = {k for k, v in config.to_dict().items() if baseline[k] != v} - {"output_dir"}
+    changed = {k for k, v in config.to_dict().items() if baseline[k] != v} - {"output_dir", "seed_from"}
     assert changed <= {"model", *overrides} and config.model == model
     assert config.epochs == 8 and config.seed == 1 and config.depth == 18
+
+
+def test_a_second_stage_starts_from_the_first_stage_run_of_its_seed_and_phase(tmp_path):
+    second = recipe("walk-dist-r3", 2, "verdict", 4, tmp_path, "cpu", tmp_path)
+    assert second.seed_from == str(tmp_path / "verdict" / "seed-aux-shared-e16-seed2" / "last.pt")
+    first = recipe(STAGE_ONE, 2, "verdict", 16, tmp_path, "cpu", tmp_path)
+    assert (first.kernel, first.shared_backbone, first.aux_seed_weight) == ("identity", True, 0.4)
+    assert recipe("dif-aux-shared", 2, "verdict", 16, tmp_path, "cpu", tmp_path).seed_from is None
 
 
 class FakeSplit:

@@ -198,10 +198,19 @@ def test_evaluate_diagnose_prints_the_stages_and_stores_them(capsys, tmp_path, c
     status, out, _err = run(capsys, "evaluate", "--checkpoint", str(checkpoint), "--split", "test",
                          "--device", "cpu", "--limit", "4", "--diagnose", "orange disk", "--output", str(output))  # fmt: skip
     assert status == 0, _err
-    assert "oracle" in out and "In-class transition mass" in out
+    assert "oracle" in out and "In-class share" in out and "Walk gain" in out
     written = json.loads(output.read_text())
     assert written["diagnostics"]["small_classes"] == ["orange disk"]
     assert written["diagnostics"]["per_class_iou"]["walk 5"] == written["metrics"]["per_class_iou"]
+
+
+@pytest.mark.parametrize(
+    "options", [["--native-size"], ["--flip"], ["--scales", "0.75", "1"], ["--mode", "slide"]]
+)
+def test_evaluate_diagnose_refuses_a_protocol_the_diagnostics_do_not_follow(capsys, checkpoint, options):
+    status, _out, err = run(capsys, "evaluate", "--checkpoint", str(checkpoint), "--split", "test",
+                            "--device", "cpu", "--diagnose", *options)  # fmt: skip
+    assert status != 0 and f"--diagnose does not go with {options[0]}" in err
 
 
 # --- the rough edges of issue 17 -----------------------------------------------------------------

@@ -2,73 +2,63 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
+import torch.nn.functional as F
 
 from difnet.data import SyntheticShapes
 from difnet.data.palettes import IGNORE_INDEX
 from difnet.diagnostics import (
+    WALK_OVERRIDES,
+    WalkOverride,
     diagnose,
-    in_class_mass,
-    label_transitions,
-    node_labels,
-    oracle_walks,
-    transition_mass,
+    run_cascade,
+    transition_shares,
 )
+from difnet.diffusion import transition_matrix
 from difnet.evaluation import evaluate
 from difnet.models import DifNet, SimDeepLab
+from difnet.transitions import label_propagate, node_labels
 
 V = IGNORE_INDEX
 
 
-def test_node_labels_take_the_majority_and_leave_mostly_void_cells_void():
-    labels = torch.tensor([[
-        [0, 0, 1, V],
-        [0, 1, V, V],
-        [2, 2, 3, 3],
-        [2, V, 3, 1],
-    ]])  # fmt: skip
-    assert node_labels(labels, (2, 2), num_classes=4).tolist() == [[0, V, 2, 3]]
+def test_the_override_grid_is_24_scalar_settings_and_5_switch_offs():
+    assert len(WALK_OVERRIDES) == 29 and len({o.name for o in WALK_OVERRIDES}) == 29
+    learned = ([0.3] * 5, [0.6] * 5)
+    assert WalkOverride("x", 0.8, 0.25, (1,)).scalars(*learned) == ([0.8] * 5, [0.0] + [0.25] * 4)
+    off = [o for o in WALK_OVERRIDES if o.mu is None]
+    assert [o.off for o in off] == [(1,), (1, 2), (1, 2, 3), (1, 2, 3, 4), (2, 3, 4, 5)]
+    assert off[-1].scalars(*learned) == ([0.3] * 5, [0.6, 0.0, 0.0, 0.0, 0.0])
 
 
-def test_label_built_transitions_keep_every_row_in_class_and_void_nodes_on_themselves():
-    nodes = torch.tensor([[0, 1, 0, V, 1, 1]])
-    matrices = label_transitions(nodes)
-    torch.testing.assert_close(matrices.sum(-1), torch.ones(1, 6))
-    mass = in_class_mass(matrices, nodes)
-    labelled = nodes != V
-    torch.testing.assert_close(mass[labelled], torch.ones(int(labelled.sum())))
-    assert torch.isnan(mass[~labelled]).all()
-    assert matrices[0, 3].tolist() == [0, 0, 0, 1, 0, 0]
-    assert matrices[0, 1, 4] == pytest.approx(1 / 3)
-
-
-def test_in_class_mass_of_a_uniform_matrix_is_each_class_share():
-    nodes = torch.tensor([[0, 0, 0, 1]])
-    mass = in_class_mass(torch.full((1, 4, 4), 0.25), nodes)
-    torch.testing.assert_close(mass, torch.tensor([[0.75, 0.75, 0.75, 0.25]]))
-
-
-def test_the_oracle_on_a_one_hot_seed_from_the_labels_is_exact_at_the_grid():
-    generator = torch.Generator().manual_seed(0)
-    nodes = torch.randint(0, 4, (2, 50), generator=generator)
-    nodes[0, :5] = V
-    seed = torch.nn.functional.one_hot(nodes.clamp(max=3), 4).float() * torch.rand(
-        2, 50, 1, generator=generator
-    )
-    walks = oracle_walks(seed, nodes, mu=[0.9, 0.5, 0.3], beta=[0.5, 1.0, 0.7])
-    assert len(walks) == 3
-    labelled = nodes != V
-    assert torch.equal(walks[-1].argmax(-1)[labelled], nodes[labelled])
-
-
-def test_the_oracle_follows_eqs_4_and_5():
+def test_the_cascade_follows_eqs_4_and_5_and_a_walk_at_beta_0_passes_through():
     nodes = torch.tensor([[0, 0, 1]])
     seed = torch.tensor([[[1.0, 0.0], [0.0, 0.0], [0.0, 2.0]]])
-    (y,) = oracle_walks(seed, nodes, mu=[0.5], beta=[0.5])
+    walk = [lambda y: label_propagate(nodes, y)]
     walked = torch.tensor([[[0.5, 0.0], [0.5, 0.0], [0.0, 2.0]]])
     expected = 0.5 * (0.5 * walked + 0.5 * seed) + 0.5 * seed
-    torch.testing.assert_close(y, expected)
+    torch.testing.assert_close(run_cascade(walk, seed, [0.5], [0.5]), expected)
+    torch.testing.assert_close(run_cascade(walk * 2, seed, [0.5, 0.9], [0.0, 0.0]), seed)
+
+
+def test_with_label_built_transitions_the_best_override_beats_the_seed():
+    generator = torch.Generator().manual_seed(0)
+    nodes = torch.randint(0, 4, (1, 200), generator=generator)
+    truth = F.one_hot(nodes, 4).float()
+    seed = truth + 0.9 * torch.randn(1, 200, 4, generator=generator)  # a seed wrong on many nodes
+    walks = [lambda y: label_propagate(nodes, y)] * 5
+    learned = ([0.5] * 5, [0.5] * 5)
+
+    def accuracy(y: torch.Tensor) -> float:
+        return float((y.argmax(-1) == nodes).float().mean())
+
+    scores = {o.name: accuracy(run_cascade(walks, seed, *o.scalars(*learned))) for o in WALK_OVERRIDES}
+    assert accuracy(seed) < 0.8
+    assert max(scores.values()) == 1.0 > accuracy(seed)
+    assert scores["learned, walk 1 off"] > accuracy(seed)
 
 
 @pytest.fixture(scope="module")
@@ -79,23 +69,70 @@ def tiny():
     return model, scenes
 
 
-def test_diagnose_scores_walk_5_as_evaluate_does(tiny):
+def test_diagnose_scores_walk_5_as_evaluate_does_and_the_learned_setting_as_walk_5(tiny):
     model, scenes = tiny
     report = diagnose(model, scenes, small_classes=[scenes.class_names[2]])
     assert list(report.miou) == ["seed", *(f"walk {t}" for t in range(1, 6)), "oracle"]
     assert report.per_class_iou["walk 5"] == evaluate(model, scenes, progress=False).metrics.per_class_iou
-    assert len(report.in_class_mass) == len(report.small_class_mass) == 5
-    assert all(0 <= m <= 1 for m in report.in_class_mass)
-    assert "oracle" in report.format()
+    assert report.walk_gain == report.miou["walk 5"] - report.miou["seed"]
+    # a fresh model's walks are at mu = beta = 0.5: that grid point is the model itself
+    assert report.overrides["mu 0.5, beta 0.5"] == pytest.approx(report.miou["walk 5"], abs=1e-12)
+    assert report.overrides["learned, walks 1-4 off"] != report.overrides["mu 0.95, beta 1.0"]
+    best = report.best_override
+    assert best["miou"] == max(report.overrides.values())
+    assert best["gain"] == pytest.approx(best["miou"] - report.miou["seed"])
+    assert "Walk gain" in report.format() and "oracle" in report.format()
 
 
-def test_transition_mass_with_batch_statistics_leaves_the_model_untouched(tiny):
+@torch.no_grad()
+def explicit_level_means(model: DifNet, images: torch.Tensor, labels: torch.Tensor, small: int):
+    """Self-weight over labelled nodes and in-class share over small-class nodes, from explicit P."""
+    out = model(images, intermediates=True)
+    grid = tuple(out.walks[-1].shape[-2:])
+    nodes = node_labels(labels, grid, model.num_classes)[0]
+    others = ~torch.eye(len(nodes), dtype=torch.bool)
+    same = (nodes[:, None] == nodes[None]) & others
+    labelled = nodes != V
+    self_weights, small_shares = [], []
+    for features in out.features:
+        P = transition_matrix(features)[0]
+        self_weights.append(float(P.diagonal()[labelled].mean()))
+        share = (P * same).sum(-1) / (P * others).sum(-1)
+        chosen = (nodes == small) & same.any(-1)
+        small_shares.append(float(share[chosen].mean()) if chosen.any() else None)
+    return self_weights, small_shares
+
+
+def test_diagnose_reports_the_self_weight_and_small_class_share_of_the_explicit_matrices(tiny):
     model, scenes = tiny
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    mass, small = transition_mass(model, scenes, [1], batch_statistics=True, batch_size=3)
-    assert len(mass) == 5 and all(0 <= m <= 1 for m in mass)
+    images, labels = scenes[0]
+    report = diagnose(model, scenes, small_classes=[scenes.class_names[1]], limit=1)
+    self_weights, small_shares = explicit_level_means(model, images[None], labels[None], small=1)
+    assert report.mean_self_weight == pytest.approx(self_weights, rel=1e-5)
+    assert report.small_class_share == pytest.approx(small_shares, rel=1e-5)
+    assert report.small_class_share != report.in_class_share
+
+
+def test_the_identity_kernel_reports_self_weight_one_no_share_and_no_walk_gain(tiny):
+    _, scenes = tiny
+    torch.manual_seed(0)
+    model = DifNet(depth=18, num_classes=3, kernel="identity").eval()
+    report = diagnose(model, scenes, limit=2)
+    assert report.mean_self_weight == [1.0] * 5
+    assert report.in_class_share == [None] * 5
+    assert report.walk_gain == 0.0 and report.best_override["gain"] == 0.0
+
+
+def test_transition_shares_with_batch_statistics_leave_the_model_untouched(tiny):
+    model, scenes = tiny
+    before = copy.deepcopy(model.state_dict())
+    shares = transition_shares(model, scenes, [1], batch_statistics=True, batch_size=3)
+    assert set(shares) == {"in_class_share", "small_class_share", "mean_self_weight"}
+    assert all(0 <= s <= 1 for s in shares["in_class_share"])
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert not model.training
+    evaluated = transition_shares(model, scenes, [1])
+    assert evaluated["mean_self_weight"] != shares["mean_self_weight"]  # running vs batch statistics
 
 
 def test_diagnose_refuses_other_models_and_unknown_classes(tiny):

@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from difnet.data import EvalTransform, SyntheticShapes
-from difnet.diagnostics import self_weights
 from difnet.models import DifNet, SimDeepLab, dilated_resnet
 from difnet.models.heads import ASPP, UNSATURATED_PSI_SCALE
 from difnet.training import TrainConfig
 from difnet.training.optim import build_optimizer
+from difnet.transitions import row_statistics
 
 
 @pytest.mark.parametrize(("side", "grid"), [(64, 9), (65, 9), (320, 41), (321, 41), (504, 64), (505, 64)])
@@ -78,7 +78,8 @@ def test_unscaled_psi_saturates_the_deep_transitions_and_the_default_does_not():
         with torch.no_grad():
             features, _ = model._diffusion_features(model.similarity_branch(images))
         norms[scale] = [f.pow(2).sum(-1).mean().item() for f in features[3:]]  # not max-pooled
-        diagonal[scale] = [self_weights(f).mean().item() for f in features[2:]]
+        diagonal[scale] = [row_statistics(f, torch.zeros(f.shape[:2], dtype=torch.long)).self_weight.mean().item()
+                           for f in features[2:]]  # fmt: skip
     assert norms[1.0] == pytest.approx([64.0, 64.0], rel=1e-3)
     assert norms[UNSATURATED_PSI_SCALE] == pytest.approx([8.0, 8.0], rel=1e-3)
     assert min(diagonal[1.0]) > 0.95

@@ -8,11 +8,13 @@ from dataclasses import replace
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from difnet.data import SyntheticShapes
 from difnet.models import DifNet, SimDeepLab, build_model
 from difnet.models.heads import ASPP, DEEPLAB_HEAD_STD, score_conv
 from difnet.training import TrainConfig, train
+from difnet.training.losses import training_loss
 
 
 def score_convs(model) -> list[torch.nn.Conv2d]:
@@ -92,20 +94,31 @@ def small_config(tmp_path, **overrides) -> TrainConfig:
     return TrainConfig(**{**settings, **overrides})
 
 
-def test_the_auxiliary_seed_loss_adds_the_seed_cross_entropy(tmp_path, monkeypatch):
+def test_the_auxiliary_seed_loss_is_the_weighted_cross_entropy_of_the_upsampled_scores():
+    torch.manual_seed(0)
+    model = DifNet(depth=18, num_classes=3).eval()
+    images, labels = torch.randn(2, 3, 40, 48), torch.randint(0, 3, (2, 40, 48))
+    labels[0, :5] = 255
+    out = model(images, intermediates=True)
+    scores = F.interpolate(out.scores, size=(40, 48), mode="bilinear", align_corners=False)
+    by_hand = F.cross_entropy(out.logits, labels, ignore_index=255) + 0.4 * F.cross_entropy(
+        scores, labels, ignore_index=255
+    )
+    torch.testing.assert_close(training_loss(model, images, labels, aux_seed_weight=0.4), by_hand)
+
+
+def test_the_trainer_passes_the_recipes_loss_weights(tmp_path, monkeypatch):
     from difnet.training import loop
 
     seen = []
-    original = loop.pixel_loss
 
-    def recording(logits, labels):
-        loss = original(logits, labels)
-        seen.append(float(loss.detach()))
-        return loss
+    def recording(model, images, labels, aux_seed_weight, transition_weight):
+        seen.append((aux_seed_weight, transition_weight))
+        return training_loss(model, images, labels, aux_seed_weight, transition_weight)
 
-    monkeypatch.setattr(loop, "pixel_loss", recording)
-    result = train(small_config(tmp_path, aux_seed_weight=0.4))
-    assert len(seen) == 2  # y_5 and the seed scores
+    monkeypatch.setattr(loop, "training_loss", recording)
+    result = train(small_config(tmp_path, aux_seed_weight=0.4, transition_loss_weight=0.3))
+    assert seen == [(0.4, 0.3)]
     assert result.history[-1]["step"] == 1
 
 
@@ -136,3 +149,35 @@ def test_the_transition_loss_weight_trains_and_is_refused_for_the_baseline_or_be
         replace(config, model="simdeeplab")
     with pytest.raises(ValueError, match="transition_loss_weight must be non-negative"):
         replace(config, transition_loss_weight=-0.1)
+
+
+def test_staged_training_trains_only_the_diffusion_on_the_first_stages_frozen_seed(tmp_path):
+    first = train(
+        small_config(tmp_path / "one", kernel="identity", shared_backbone=True, aux_seed_weight=0.4)
+    )
+    out = first.model.eval()(torch.randn(1, 3, 32, 32), intermediates=True)
+    torch.testing.assert_close(out.walks[-1], out.seed)  # P = I: every walk returns the seed
+    stage_one = {k: v.clone() for k, v in first.model.state_dict().items()}
+    second = train(small_config(tmp_path / "two", kernel="distance", kernel_radius=2, shared_backbone=True,
+                                seed_from=str(first.checkpoint_paths["last"]), epochs=2))  # fmt: skip
+    state = second.model.state_dict()
+    seed_keys = [k for k in state if k.split(".")[0] in second.model.seed_branch_modules()]
+    assert seed_keys and all(torch.equal(state[k], stage_one[k]) for k in seed_keys)  # BN statistics too
+    moved = [
+        k
+        for k in state
+        if k.startswith(("projections.", "cascade.")) and not torch.equal(state[k], stage_one[k])
+    ]
+    assert any(k.startswith("projections.") for k in moved) and any(k.startswith("cascade.") for k in moved)
+    second.model.train()
+    assert not second.model.seed_backbone.training and second.model.projections.training
+
+
+def test_a_seed_branch_of_another_architecture_is_refused(tmp_path):
+    first = train(small_config(tmp_path / "one", kernel="identity", aspp=False))
+    with pytest.raises(ValueError, match="another seed branch .*aspp False there, True here"):
+        train(small_config(tmp_path / "two", seed_from=str(first.checkpoint_paths["last"])))
+    with pytest.raises(ValueError, match="seed_from and init_from"):
+        small_config(tmp_path, seed_from="a.pt", init_from="b.pt")
+    with pytest.raises(ValueError, match="identity kernel has no transitions"):
+        small_config(tmp_path, kernel="identity", transition_loss_weight=0.4)

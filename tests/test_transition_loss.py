@@ -1,15 +1,15 @@
-"""The opt-in loss on DifNet's transition matrices: -log of the in-class mass the diagnostics
-report, computed without building P, zero for class-aligned features, and added to the training loss."""
+"""The opt-in loss on DifNet's transition matrices: -log of the in-class share the diagnostics
+report (`difnet.transitions`), which self-weight cannot lower, and its place in the training loss."""
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
-from difnet.diagnostics import in_class_mass, node_labels
-from difnet.diffusion import transition_matrix
+from difnet.diffusion import TransitionKernel
 from difnet.models import DifNet
-from difnet.training.loop import training_loss
-from difnet.training.losses import transition_loss
+from difnet.training.losses import SHARE_FLOOR, training_loss, transition_loss
+from difnet.transitions import node_labels, row_statistics
 
 
 def labels_with_void(batch: int = 2, size: int = 16, classes: int = 3) -> torch.Tensor:
@@ -20,29 +20,47 @@ def labels_with_void(batch: int = 2, size: int = 16, classes: int = 3) -> torch.
     return labels
 
 
-def test_it_is_minus_log_of_the_diagnostics_in_class_mass_averaged_over_levels_and_labelled_nodes():
+def test_it_is_minus_log_of_the_in_class_share_averaged_over_levels_and_nodes_that_have_one():
     labels, grid = labels_with_void(), (4, 4)
     features = [torch.randn(2, 16, 8, generator=torch.Generator().manual_seed(t)) for t in range(3)]
     nodes = node_labels(labels, grid, 3)
     expected = []
     for f in features:
-        mass = in_class_mass(transition_matrix(f), nodes)
-        expected.append(-mass[~mass.isnan()].log().mean())
+        share = row_statistics(f, nodes).share
+        expected.append(-share[~share.isnan()].clamp(min=SHARE_FLOOR).log().mean())
     assert (nodes == 255).sum() == 2
     torch.testing.assert_close(transition_loss(features, grid, labels, 3), torch.stack(expected).mean())
 
 
-def test_class_aligned_features_cost_nothing_and_mixing_ones_cost_log_of_the_class_share():
+def test_label_aligned_features_cost_less_than_features_that_make_p_the_identity():
     labels, grid = labels_with_void(), (4, 4)
     nodes = node_labels(labels, grid, 3)
-    aligned = 30.0 * torch.nn.functional.one_hot(nodes.clamp(max=2), 3).float()
+    aligned = 30.0 * F.one_hot(nodes.clamp(max=2), 3).float()
     aligned[nodes == 255] = 0.0
-    assert transition_loss([aligned], grid, labels, 3).item() < 1e-6
-    uniform = torch.zeros(2, 16, 4)  # every row uniform: in-class mass = the class's share of nodes
-    labelled = nodes[nodes != 255].reshape(2, -1)
-    shares = [(row[:, None] == row[None]).float().sum(1) / 16 for row in labelled]
-    expected = -torch.cat(shares).log().mean()
+    identity_like = 40.0 * F.normalize(
+        torch.randn(2, 16, 16, generator=torch.Generator().manual_seed(3)), dim=-1
+    )
+    aligned_loss = transition_loss([aligned], grid, labels, 3)
+    identity_loss = transition_loss([identity_like], grid, labels, 3)
+    assert aligned_loss.item() < 1e-6
+    assert identity_loss.item() > 1.0  # self-weight near 1 lowers nothing
+    uniform = torch.zeros(2, 16, 4)  # every row uniform: the class's share of the other nodes
+    share = row_statistics(uniform, nodes).share
+    expected = -share[~share.isnan()].log().mean()
     torch.testing.assert_close(transition_loss([uniform], grid, labels, 3), expected)
+
+
+def test_a_local_kernel_and_temperatures_reach_the_loss_and_its_gradient():
+    labels, grid = labels_with_void(1), (4, 4)
+    features = torch.randn(1, 16, 8, requires_grad=True)
+    temperature = torch.tensor(0.5, requires_grad=True)
+    kernel = TransitionKernel("distance", 1)
+    loss = transition_loss([features], grid, labels, 3, kernel=kernel, temperatures=[temperature])
+    nodes = node_labels(labels, grid, 3)
+    share = row_statistics(features, nodes, kernel=kernel, grid=grid, temperature=temperature).share
+    torch.testing.assert_close(loss, -share[~share.isnan()].log().mean())
+    loss.backward()
+    assert features.grad.abs().sum() > 0 and temperature.grad != 0
 
 
 def test_an_all_void_batch_gives_zero_and_the_gradient_reaches_the_features():
@@ -53,9 +71,9 @@ def test_an_all_void_batch_gives_zero_and_the_gradient_reaches_the_features():
     assert features.grad.abs().sum() > 0
 
 
-def test_the_model_exposes_the_node_features_its_walks_use():
+def test_the_training_loss_adds_the_weighted_transition_loss_of_the_models_own_kernel():
     torch.manual_seed(0)
-    model = DifNet(depth=18, num_classes=3).eval()
+    model = DifNet(depth=18, num_classes=3, kernel="distance", kernel_radius=2, learn_temperature=True).eval()
     images = torch.randn(1, 3, 32, 32)
     out = model(images, intermediates=True)
     grid = tuple(out.walks[-1].shape[-2:])
@@ -64,4 +82,6 @@ def test_the_model_exposes_the_node_features_its_walks_use():
     labels = torch.randint(0, 3, (1, 32, 32))
     plain = training_loss(model, images, labels)
     both = training_loss(model, images, labels, transition_weight=0.5)
-    torch.testing.assert_close(both - plain, 0.5 * transition_loss(out.features, grid, labels, 3))
+    own = transition_loss(out.features, grid, labels, 3, kernel=model.kernel, temperatures=out.temperatures)
+    torch.testing.assert_close(both - plain, 0.5 * own)
+    assert own != transition_loss(out.features, grid, labels, 3)  # the paper's kernel differs

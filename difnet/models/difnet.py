@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from difnet.diffusion import (
+    PAPER_KERNEL,
     WALK_METHODS,
     Cascade,
     TransitionKernel,
@@ -44,7 +45,8 @@ class DifNetOutput:
     `scores` (x), `importance` (M) and `seed` (s = M x) lie on the output-stride-8 grid;
     `walks` (y_1..y_5) on the diffusion grid (stride 8, or 4 with `diffusion_stride=4`);
     `logits` is y_5 upsampled to the input size; `mu`, `beta` are `[5]` tensors; `features`
-    are the 5 levels' node features Psi_t `[B, N, 64]` that every P_t = softmax(f f^T) comes from.
+    are the 5 levels' node features Psi_t `[B, N, 64]` that every P_t comes from, through `kernel`
+    and each walk's learned logit factor in `temperatures` (None where it has none).
     """
 
     logits: Tensor
@@ -55,6 +57,8 @@ class DifNetOutput:
     mu: Tensor
     beta: Tensor
     features: list[Tensor] = field(default_factory=list)
+    kernel: TransitionKernel = PAPER_KERNEL
+    temperatures: list[Tensor | None] = field(default_factory=list)
 
 
 class DifNet(SegmentationModel):
@@ -134,6 +138,7 @@ class DifNet(SegmentationModel):
             )
         self.diffusion_stride = diffusion_stride
         self.normalize_importance = normalize_importance
+        self.seed_frozen = False
         self.seed_backbone = self.new_backbone()
         self.classifier = score_head(self.seed_backbone.out_channels[-1], num_classes, aspp, head_init)
         self.importance = ImportanceHead(num_classes)
@@ -152,6 +157,32 @@ class DifNet(SegmentationModel):
 
     def walk_parameters_module(self) -> nn.Module:
         return self.cascade
+
+    def seed_branch_modules(self) -> dict[str, nn.Module]:
+        """The modules that make the seed `s = M x`, by state-dict prefix: the seed backbone, the
+        score head and the importance map (staged training trains them first, then freezes them)."""
+        return {
+            "seed_backbone": self.seed_backbone,
+            "classifier": self.classifier,
+            "importance": self.importance,
+        }
+
+    def freeze_seed_branch(self, frozen: bool = True) -> DifNet:
+        """Stop (or resume) training the seed branch, whose BN layers then stay in eval mode: staged
+        training's second stage, where only Psi_t, the kernel and the walks (and a separate similarity
+        backbone) learn. With `shared_backbone` the similarity levels come from the frozen backbone.
+        Returns the model."""
+        self.seed_frozen = frozen
+        for module in self.seed_branch_modules().values():
+            module.requires_grad_(not frozen)
+        return self.train(self.training)
+
+    def train(self, mode: bool = True) -> DifNet:
+        super().train(mode)
+        if mode and self.seed_frozen:
+            for module in self.seed_branch_modules().values():
+                module.eval()
+        return self
 
     def forward(self, images: Tensor, *, intermediates: bool = False) -> Tensor | DifNetOutput:
         """Images `[B, C, H, W]` (normalised floats) -> logits `[B, K, H, W]`, or with
@@ -197,6 +228,8 @@ class DifNet(SegmentationModel):
             mu=self.cascade.mu,
             beta=self.cascade.beta,
             features=features,
+            kernel=self.kernel,
+            temperatures=[walk.temperature for walk in self.cascade.walks],
         )
 
     def _diffusion_features(self, levels: Sequence[Tensor]) -> tuple[list[Tensor], tuple[int, int]]:

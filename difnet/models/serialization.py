@@ -142,6 +142,31 @@ def initialize_from(model: nn.Module, source: str | Path) -> FineTuneReport:
     return report
 
 
+# what must agree for a seed branch to fit another DifNet: what the seed backbone, score head and
+# importance map are (the kernel, the walks and the similarity branch may differ)
+SEED_ARCHITECTURE = ("name", "depth", "num_classes", "in_channels", "aspp")
+
+
+def load_seed_branch(model: nn.Module, source: str | Path) -> None:
+    """Copy the seed branch (`model.seed_branch_modules()`: seed backbone, score head, importance
+    map) of the trained DifNet `source` (checkpoint, folder or Hub repo id) into DifNet `model`:
+    staged training's second stage starts from the first stage's seed. The rest of `model` keeps
+    its fresh initialisation."""
+    saved, own = read_saved(source), unwrap(model)
+    differing = [key for key in SEED_ARCHITECTURE if saved.config.get(key) != own.config.get(key)]
+    if differing:
+        changes = "; ".join(f"{key} {saved.config.get(key)!r} there, {own.config.get(key)!r} here"
+                            for key in differing)  # fmt: skip
+        raise ValueError(f"cannot take the seed branch of {source}: it holds another seed branch ({changes})")
+    for prefix, module in own.seed_branch_modules().items():
+        state = {
+            key[len(prefix) + 1 :]: value
+            for key, value in saved.state.items()
+            if key.startswith(prefix + ".")
+        }
+        load_state(module, state, saved.weights)
+
+
 def saved_preprocessing(metadata: Mapping[str, Any]) -> Preprocessing:
     """The `Preprocessing` saved beside a model; for files written before it was, the
     normalisation of a folder or the recipe of a checkpoint (CamVid's `image_size` resized)."""

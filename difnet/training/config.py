@@ -113,6 +113,13 @@ class TrainConfig:
         "unlike --resume, a new run with its own recipe",
         MODEL, metavar="CHECKPOINT_OR_FOLDER",
     )  # fmt: skip
+    seed_from: str | None = setting(
+        None,
+        "DifNet, staged training: take the seed branch (backbone, score head, importance map) of this "
+        "trained DifNet (.pt or save_pretrained folder) and freeze it, so that only Psi_t, the kernel "
+        "and the walks train (e.g. on a first stage trained with --kernel identity)",
+        MODEL, metavar="CHECKPOINT_OR_FOLDER",
+    )  # fmt: skip
     gradient_checkpointing: bool = setting(
         False, "recompute the backbones' stages in backward: less memory, more time", MODEL, resumable=True
     )
@@ -239,6 +246,10 @@ class TrainConfig:
                     f"{', '.join(f'{name}={getattr(self, name)!r}' for name in used)}: DifNet options, "
                     f"but the model is {self.model!r}, which has no diffusion; leave them at their defaults"
                 )
+        if self.transition_loss_weight and self.kernel == "identity":
+            raise ValueError("transition_loss_weight: the identity kernel has no transitions to supervise")
+        if self.seed_from is not None and self.init_from is not None:
+            raise ValueError("seed_from and init_from both set the starting weights; give one of them")
         if self.in_channels != 3 and self.mean is None:
             raise ValueError(
                 f"in_channels {self.in_channels} needs the data's normalisation: --mean and --std "
@@ -439,7 +450,7 @@ class TrainConfig:
 # the options only DifNet takes: any other model refuses them unless they keep their defaults
 DIFNET_ONLY = ("aspp", "walk", "diffusion_stride", "psi_scale_init", "shared_backbone", "normalize_importance",
                "kernel", "kernel_radius", "learn_temperature", "beta_init", "aux_seed_weight",
-               "transition_loss_weight", "walk_lr_mult", "walk_weight_decay")  # fmt: skip
+               "transition_loss_weight", "walk_lr_mult", "walk_weight_decay", "seed_from")  # fmt: skip
 RESUME_CHANGEABLE = tuple(item.name for item in declared(TrainConfig) if item.setting.resumable)
 RUN_ONLY = tuple(item.name for item in declared(TrainConfig) if item.setting.run_only)
 

@@ -17,26 +17,22 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import random
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
-from difnet.data.palettes import IGNORE_INDEX
 from difnet.evaluation import evaluate
 from difnet.models import build_model
-from difnet.models.heads import upsample
 from difnet.models.serialization import (
     initialize_from,
+    load_seed_branch,
     load_state,
     read_checkpoint,
     save_pretrained,
@@ -46,11 +42,11 @@ from difnet.progress import progress_bar
 from difnet.training import distributed
 from difnet.training.checkpoint import remove_partial_saves, save_model
 from difnet.training.config import TrainConfig
-from difnet.training.losses import transition_loss
+from difnet.training.losses import training_loss
 from difnet.training.optim import build_optimizer, set_learning_rate
 from difnet.training.preflight import check_first_samples
 from difnet.training.records import LOG_NAME, RunLog, keep_steps
-from difnet.training.sample_seeds import SampleSeeded
+from difnet.training.sample_seeds import SampleSeeded, epoch_seed, seed_everything
 
 LAST, BEST = "last.pt", "best.pt"
 BEST_FOLDER = "best"  # the best model again as a save_pretrained folder, for sharing
@@ -93,46 +89,6 @@ class EpochSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return self.size // self.world_size
-
-
-def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
-    """The seed of one process's generators in one epoch."""
-    return (seed * 1_000_003 + epoch * 1_009 + rank) % 2**63
-
-
-def seed_everything(seed: int) -> None:
-    """Seed torch (CPU and CUDA), NumPy and Python's `random`."""
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)
-    random.seed(seed)
-
-
-def pixel_loss(logits: Tensor, labels: Tensor) -> Tensor:
-    """Cross-entropy averaged over labelled pixels (0, not NaN, for a batch with none)."""
-    total = F.cross_entropy(logits.float(), labels, ignore_index=IGNORE_INDEX, reduction="sum")
-    return total / (labels != IGNORE_INDEX).sum().clamp(min=1)
-
-
-def training_loss(
-    model: nn.Module,
-    images: Tensor,
-    labels: Tensor,
-    aux_seed_weight: float = 0.0,
-    transition_weight: float = 0.0,
-) -> Tensor:
-    """Cross-entropy of the prediction, plus DifNet's opt-in auxiliary terms: `aux_seed_weight`
-    times the cross-entropy of its seed scores upsampled to the labels (deep supervision of the
-    seed branch), and `transition_weight` times `transition_loss` (label-supervised P_t)."""
-    if not aux_seed_weight and not transition_weight:
-        return pixel_loss(model(images), labels)
-    out = model(images, intermediates=True)
-    loss = pixel_loss(out.logits, labels)
-    if aux_seed_weight:
-        loss = loss + aux_seed_weight * pixel_loss(upsample(out.scores, labels.shape[-2:]), labels)
-    if transition_weight:
-        grid = tuple(out.walks[-1].shape[-2:])
-        loss = loss + transition_weight * transition_loss(out.features, grid, labels, out.scores.shape[1])
-    return loss
 
 
 def gradient_norm(parameters: list[nn.Parameter]) -> Tensor:
@@ -178,6 +134,9 @@ class Trainer:
         if config.init_from is not None:
             initialize_from(model, config.init_from)
         model.freeze_backbones(config.freeze_backbone).set_norm_eval(config.norm_eval)
+        if config.seed_from is not None:
+            load_seed_branch(model, config.seed_from)
+            model.freeze_seed_branch()
         if context.distributed and self.device.type == "cuda":
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         model.to(self.device)

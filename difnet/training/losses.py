@@ -1,11 +1,11 @@
-"""DifNet's opt-in auxiliary loss on its transition matrices, supervised by the labels.
+"""Every training loss in one place: the paper's cross-entropy on the prediction, and DifNet's
+opt-in auxiliary terms (a cross-entropy on the seed scores, a loss on the transition matrices).
 
-The paper leaves every P_t = softmax(f f^T) unsupervised; Bertasius et al. (CVPR 2017) learn
-their affinities from the labels instead. `transition_loss` offers that route: each node's row
-should put its mass on nodes of its own class. Nodes are labelled as `difnet.diagnostics` labels
-them (a cell's majority label; mostly-void cells are left out), so this loss is -log of the
-quantity the diagnostics report as "in-class transition mass". P is never built: `P Y` for the
-one-hot node labels Y goes through the same matrix-free `propagate` as the walks.
+The transition loss: the paper leaves every P_t unsupervised; Bertasius et al. (CVPR 2017) and
+PSA (Ahn and Kwak 2018) learn affinities from the labels instead. Here each row of P_t should
+send the mass it gives *other* nodes to nodes of its own class: the loss is `-log` of the
+in-class share of `difnet.transitions`, which leaves the self-weight `P[i, i]` out, so a P that
+collapses to the identity (no diffusion) cannot lower it. P is never built whole.
 """
 
 from __future__ import annotations
@@ -14,28 +14,62 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from difnet.data.palettes import IGNORE_INDEX
-from difnet.diagnostics import node_labels
-from difnet.diffusion import propagate
+from difnet.diffusion import PAPER_KERNEL, TransitionKernel
+from difnet.models.heads import upsample
+from difnet.transitions import mean_share_loss, node_labels, row_statistics
 
-MASS_FLOOR = 1e-6  # keeps -log finite for a row with no mass on its class
+SHARE_FLOOR = 1e-6  # keeps -log finite for a row that sends nothing to its class
+
+
+def pixel_loss(logits: Tensor, labels: Tensor) -> Tensor:
+    """Cross-entropy averaged over labelled pixels (0, not NaN, for a batch with none)."""
+    total = F.cross_entropy(logits.float(), labels, ignore_index=IGNORE_INDEX, reduction="sum")
+    return total / (labels != IGNORE_INDEX).sum().clamp(min=1)
 
 
 def transition_loss(
-    features: Sequence[Tensor], grid: Sequence[int], labels: Tensor, num_classes: int
+    features: Sequence[Tensor],
+    grid: Sequence[int],
+    labels: Tensor,
+    num_classes: int,
+    *,
+    kernel: TransitionKernel = PAPER_KERNEL,
+    temperatures: Sequence[Tensor | None] | None = None,
 ) -> Tensor:
-    """Mean over the levels t and the labelled nodes i of `-log sum_j P_t[i, j] [y_j = y_i]`, from
-    node features `[B, N, d]` per level (`DifNetOutput.features`) and pixel labels `[B, H, W]`.
-    0 for a batch with no labelled node."""
+    """Mean over the levels t and the nodes i with a defined share of `-log` (the share of the mass
+    row `i` of `P_t` sends to other nodes that reaches nodes of `i`'s class), from node features
+    `[B, N, d]` per level (`DifNetOutput.features`) and pixel labels `[B, H, W]`."""
     nodes = node_labels(labels, grid, num_classes)
-    labelled = nodes != IGNORE_INDEX
-    classes = nodes.masked_fill(~labelled, 0)
-    one_hot = F.one_hot(classes, num_classes).to(torch.float32) * labelled[..., None]
-    count = labelled.sum().clamp(min=1)
-    losses = []
-    for level in features:
-        mass = propagate(level, one_hot).gather(-1, classes[..., None]).squeeze(-1)
-        losses.append(-(mass.clamp(min=MASS_FLOOR).log() * labelled).sum() / count)
+    temperatures = temperatures or [None] * len(features)
+    losses = [
+        mean_share_loss(row_statistics(f, nodes, kernel=kernel, grid=grid, temperature=t), SHARE_FLOOR)
+        for f, t in zip(features, temperatures, strict=True)
+    ]
     return torch.stack(losses).mean()
+
+
+def training_loss(
+    model: nn.Module,
+    images: Tensor,
+    labels: Tensor,
+    aux_seed_weight: float = 0.0,
+    transition_weight: float = 0.0,
+) -> Tensor:
+    """Cross-entropy of the prediction, plus DifNet's opt-in auxiliary terms: `aux_seed_weight`
+    times the cross-entropy of its seed scores upsampled to the labels (deep supervision of the
+    seed branch), and `transition_weight` times `transition_loss` (label-supervised P_t)."""
+    if not aux_seed_weight and not transition_weight:
+        return pixel_loss(model(images), labels)
+    out = model(images, intermediates=True)
+    loss = pixel_loss(out.logits, labels)
+    if aux_seed_weight:
+        loss = loss + aux_seed_weight * pixel_loss(upsample(out.scores, labels.shape[-2:]), labels)
+    if transition_weight:
+        grid = tuple(out.walks[-1].shape[-2:])
+        loss = loss + transition_weight * transition_loss(
+            out.features, grid, labels, out.scores.shape[1], kernel=out.kernel, temperatures=out.temperatures
+        )
+    return loss

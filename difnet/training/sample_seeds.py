@@ -52,3 +52,15 @@ class SampleSeeded(Dataset[Item]):
     def __getitem__(self, index: int) -> Item:
         with seeded_random_state(sample_seed(self.seed, self.epoch, index)):
             return self.dataset[index]
+
+
+def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
+    """The seed of one process's generators in one epoch."""
+    return (seed * 1_000_003 + epoch * 1_009 + rank) % 2**63
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch (CPU and CUDA), NumPy and Python's `random`."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
