@@ -27,15 +27,40 @@ class Problem:
     Ps: list[numpy.ndarray]
 
 
+@dataclass(frozen=True)
+class Kernel:
+    """The reference kernel the problems' transition matrices are built with (`transition_matrix`)."""
+
+    name: str = "dot"
+    radius: int | None = None
+    grid: tuple[int, int] | None = None
+
+    def matrix(self, features: numpy.ndarray) -> numpy.ndarray:
+        return transition_matrix(features, self.name, radius=self.radius, grid=self.grid)
+
+    def describe(self) -> str:
+        local = "" if self.radius is None else f", radius {self.radius} on {self.grid[0]}x{self.grid[1]}"
+        return self.name + local
+
+
 def draw_problem(
-    rng: numpy.random.Generator, *, count: int, batch: tuple[int, ...], n: int, k: int, d: int, dtype: str
+    rng: numpy.random.Generator,
+    *,
+    count: int,
+    batch: tuple[int, ...],
+    n: int,
+    k: int,
+    d: int,
+    dtype: str,
+    kernel: Kernel = Kernel(),
 ) -> Problem:
-    """Features `[*batch, n, d]` (normal, scaled by d^-1/4) per walk, seed `[*batch, n, k]`, mus, betas."""
+    """Features `[*batch, n, d]` (normal, scaled by d^-1/4) per walk, seed `[*batch, n, k]`, mus, betas;
+    the float64 `Ps` from `kernel`."""
     features = [(rng.standard_normal(batch + (n, d)) * d**-0.25).astype(dtype) for _ in range(count)]
     s = rng.standard_normal(batch + (n, k)).astype(dtype)
     mus = [float(mu) for mu in rng.uniform(*PARAMETER_RANGE, size=count)]
     betas = [float(beta) for beta in rng.uniform(*PARAMETER_RANGE, size=count)]
-    Ps = [transition_matrix(f.astype(numpy.float64)) for f in features]
+    Ps = [kernel.matrix(f.astype(numpy.float64)) for f in features]
     return Problem(features, s, mus, betas, Ps)
 
 

@@ -11,6 +11,7 @@ from typing import Any, Literal
 import numpy
 
 from reference._problems import (
+    Kernel,
     Problem,
     Tolerance,
     VariantCall,
@@ -79,6 +80,7 @@ class VariantReport:
     trials: tuple[TrialResult, ...]
     probes: tuple[ProbeResult, ...] = ()
     tolerance: str = ""
+    kernel: str = "dot"
 
     @property
     def max_abs_error(self) -> float:
@@ -106,7 +108,7 @@ class VariantReport:
         held = len(self.probes) - len(self.failed_probes)
         lines = [
             f"check_variant {self.name} (kind={self.kind!r}, {self.dtype}, n={self.n}, "
-            f"k={self.k}, d={self.d}, batch={self.batch}): {verdict} {passed}/"
+            f"k={self.k}, d={self.d}, batch={self.batch}, kernel {self.kernel}): {verdict} {passed}/"
             f"{len(self.trials)} trials, {held}/{len(self.probes)} probes",
             f"  tolerance: {self.tolerance}",
             "  probes (relative error <= allowed):",
@@ -158,13 +160,18 @@ def check_variant(
     rtol: float | None = None,
     atol: float | None = None,
     pass_features: bool = False,
+    kernel: str = "dot",
+    radius: int | None = None,
+    grid: tuple[int, int] | None = None,
     xp: ModuleType = numpy,
 ) -> VariantReport:
     """Probe `fn` for the diffusion's properties, then compare it with the reference on random problems.
 
     Each problem draws features `f` `[*batch, n, d]` (standard normal scaled by d^-1/4), a seed
     `s` `[*batch, n, k]` (standard normal), and mu, beta uniform in (0.05, 0.95); P is
-    `transition_matrix(f)`. Arrays reach `fn` as `xp` arrays of `dtype`:
+    `transition_matrix(f, kernel, radius=radius, grid=grid)`: the paper's `softmax(f f^T)` by default,
+    or the reference of another kernel ("distance", "identity", a radius on the `(h, w)` grid, which
+    then sets `n = h w`). Arrays reach `fn` as `xp` arrays of `dtype`:
 
     - `kind="closed_form"`: `fn(P, s, mu) -> y` must equal `closed_form(P, s, mu)`;
     - `kind="cascade"`: `fn(Ps, s, mus, betas) -> y_T` must equal `cascade(Ps, s, mus, betas)[-1]`;
@@ -193,6 +200,11 @@ def check_variant(
         if check_count(value, name) == 0:
             raise ValueError(f"{name} must be at least 1 (got {value!r})")
     batch = tuple(check_count(size, "batch") for size in batch)
+    if grid is not None:
+        grid = (check_count(grid[0], "grid"), check_count(grid[1], "grid"))
+        n = grid[0] * grid[1]
+    reference_kernel = Kernel(kernel, radius, grid)
+    reference_kernel.matrix(numpy.zeros((n, 1)))  # refuses an unknown kernel or a radius without a grid
     rtol = None if rtol is None else _check_tolerance(rtol, "rtol")
     atol = float(numpy.finfo(dtype).eps) if atol is None else _check_tolerance(atol, "atol")
     tolerance = Tolerance(dtype, n, rtol, atol)
@@ -202,7 +214,9 @@ def check_variant(
 
     def draw(*key: int) -> Problem:
         rng = numpy.random.default_rng([seed, *key])
-        return draw_problem(rng, count=count, batch=batch, n=n, k=k, d=d, dtype=dtype)
+        return draw_problem(
+            rng, count=count, batch=batch, n=n, k=k, d=d, dtype=dtype, kernel=reference_kernel
+        )
 
     try:
         probes = run_probes(call, draw(0, 1), tolerance)
@@ -210,7 +224,19 @@ def check_variant(
     except WrongShape as error:
         raise VariantMismatch(f"check_variant {name} (kind={kind!r}): {error}") from None
     report = VariantReport(
-        name, kind, dtype, n, k, d, batch, rtol, atol, results, probes, tolerance.describe()
+        name,
+        kind,
+        dtype,
+        n,
+        k,
+        d,
+        batch,
+        rtol,
+        atol,
+        results,
+        probes,
+        tolerance.describe(),
+        reference_kernel.describe(),
     )
     if not report.passed:
         raise VariantMismatch(str(report), report)

@@ -12,8 +12,10 @@ from torch.utils._pytree import tree_flatten
 
 import reference
 from difnet.diffusion import (
+    SIMILARITIES,
     Cascade,
     RandomWalk,
+    TransitionKernel,
     flatten_nodes,
     propagate,
     transition_matrix,
@@ -80,6 +82,88 @@ def test_fused_walk_never_holds_an_n_by_n_tensor(batch):
             out = propagate(features, values, walk=walk)
             torch.autograd.grad(out, (features, values), torch.ones_like(out))
         assert (largest.numel >= batch * nodes * nodes) == holds_matrix, (walk, largest.numel)
+
+
+@given(
+    similarity=st.sampled_from(SIMILARITIES),
+    radius=st.sampled_from([None, 1, 2, 4]),
+    height=st.integers(1, 9),
+    width=st.integers(1, 9),
+    classes=st.integers(1, 20),
+    learned_temperature=st.booleans(),
+)
+def test_every_kernel_fused_matches_materialized_in_values_and_gradients(
+    similarity, radius, height, width, classes, learned_temperature
+):
+    kernel, grid = TransitionKernel(similarity, radius), (height, width)
+    features, values = walk_inputs(2, height * width, 8, classes, scale=0.5)
+    temperature = torch.tensor(0.8, requires_grad=True) if learned_temperature else None
+    upstream = torch.randn(2, height * width, classes)
+    results = []
+    for walk in ("fused", "materialized"):
+        out = propagate(features, values, walk=walk, kernel=kernel, grid=grid, temperature=temperature)
+        if kernel.is_identity:  # P = I: the values themselves
+            assert out is values
+            continue
+        inputs = (features, values, temperature) if learned_temperature else (features, values)
+        results.append((out, *torch.autograd.grad(out, inputs, upstream)))
+    for a, b in zip(*results, strict=True) if results else ():
+        assert_agree(a, b)
+
+
+@pytest.mark.parametrize(
+    ("similarity", "radius"), [("dot", None), ("distance", None), ("dot", 3), ("distance", 3)]
+)
+def test_every_kernels_walk_never_holds_an_n_by_n_tensor_at_4096_nodes(similarity, radius):
+    nodes, grid = 4096, (64, 64)
+    features, values = walk_inputs(1, nodes, 64, 21)
+    temperature = torch.tensor(1.0, requires_grad=True)
+    with LargestTensor() as largest:
+        out = propagate(features, values, kernel=TransitionKernel(similarity, radius), grid=grid,
+                        temperature=temperature)  # fmt: skip
+        torch.autograd.grad(out, (features, values, temperature), torch.ones_like(out))
+    assert largest.numel < nodes * nodes // 16, largest.numel
+
+
+def test_a_local_kernel_connects_only_nodes_within_its_radius():
+    features, _ = walk_inputs(1, 20, 4, 1, scale=1.0)
+    P = transition_matrix(features.detach(), kernel=TransitionKernel("distance", 1), grid=(4, 5))
+    rows, cols = torch.arange(20) // 5, torch.arange(20) % 5
+    near = ((rows[:, None] - rows[None]).abs() <= 1) & ((cols[:, None] - cols[None]).abs() <= 1)
+    assert bool((P[0][~near] == 0).all()) and bool((P[0][near] > 0).all())
+    torch.testing.assert_close(P.sum(-1), torch.ones(1, 20))
+
+
+def test_the_distance_kernel_does_not_favour_high_norm_nodes():
+    features = torch.tensor([[[1.0, 0.0], [1.1, 0.0], [8.0, 0.0]]])
+    dot = transition_matrix(features)[0, 0]
+    distance = transition_matrix(features, kernel=TransitionKernel("distance"))[0, 0]
+    assert dot.argmax() == 2 and distance[1] > distance[2]  # the inner product prefers the long vector
+
+
+@pytest.mark.parametrize(
+    ("kernel", "match"),
+    [
+        (lambda: TransitionKernel("cosine"), "similarity must be one of"),
+        (lambda: TransitionKernel("dot", 0), "radius must be a positive number"),
+        (
+            lambda: propagate(torch.randn(1, 6, 2), torch.randn(1, 6, 1), kernel=TransitionKernel("dot", 1)),
+            "a local kernel needs the \\(h, w\\) grid",
+        ),  # fmt: skip
+        (lambda: RandomWalk(beta_init=1.0), "beta_init must lie strictly between 0 and 1"),
+    ],
+)
+def test_bad_kernel_settings_are_refused_by_name(kernel, match):
+    with pytest.raises(ValueError, match=match):
+        kernel()
+
+
+def test_a_walk_starting_near_switched_off_barely_moves_its_input():
+    walk = RandomWalk(beta_init=0.01)
+    features, values = walk_inputs(1, 30, 8, 3)
+    out = walk(features, values, values)
+    assert walk.beta.item() == pytest.approx(0.01)
+    assert (out - values).abs().max() < 0.02 * (propagate(features, values) - values).abs().max() + 1e-6
 
 
 def test_walk_is_row_stochastic_and_keeps_constants():

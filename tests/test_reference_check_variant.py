@@ -340,3 +340,53 @@ def test_self_checks_catch_wrong_implementations(capsys, monkeypatch, name, wron
     failed = [line for line in capsys.readouterr().out.splitlines() if "FAIL" in line]
     for check in caught:
         assert sum(check in line for line in failed) == 2, f"{check} passed with a wrong {name}"
+
+
+def kernel_cascade(similarity, radius=None, grid=None):
+    """difnet's Cascade with the given transition kernel, as a `pass_features` cascade variant."""
+    torch = pytest.importorskip("torch")
+    from difnet.diffusion import Cascade, TransitionKernel
+
+    def run(features, s, mus, betas):
+        features = [torch.from_numpy(np.asarray(f))[None] for f in features]
+        cascade_ = Cascade(len(features), kernel=TransitionKernel(similarity, radius)).to(features[0].dtype)
+        with torch.no_grad():
+            for walk, mu, beta in zip(cascade_.walks, mus, betas):
+                walk.raw_mu.fill_(float(torch.logit(torch.tensor(mu, dtype=torch.float64))))
+                walk.raw_beta.fill_(float(torch.logit(torch.tensor(beta, dtype=torch.float64))))
+            return cascade_(features, torch.from_numpy(np.asarray(s))[None], grid)[-1][0]
+
+    return run
+
+
+KERNEL_CASES = [("dot", None), ("distance", None), ("dot", 2), ("distance", 1), ("identity", None)]
+
+
+@pytest.mark.parametrize(("similarity", "radius"), KERNEL_CASES)
+def test_every_production_kernel_matches_its_reference(similarity, radius):
+    grid = (4, 6)
+    report = check_variant(kernel_cascade(similarity, radius, grid), kind="cascade", pass_features=True,
+                           kernel=similarity, radius=radius, grid=grid, trials=2)  # fmt: skip
+    assert report.passed and report.n == 24 and report.kernel.startswith(similarity)
+
+
+@pytest.mark.parametrize(
+    ("production", "reference_kernel"),
+    [
+        (("dot", None), ("distance", None)),
+        (("distance", 1), ("distance", 2)),
+        (("distance", None), ("distance", 2)),
+    ],
+)
+def test_check_variant_fails_when_the_production_kernel_is_not_the_reference(production, reference_kernel):
+    grid = (4, 6)
+    with pytest.raises(VariantMismatch):
+        check_variant(kernel_cascade(*production, grid), kind="cascade", pass_features=True,
+                      kernel=reference_kernel[0], radius=reference_kernel[1], grid=grid, trials=2)  # fmt: skip
+
+
+def test_a_radius_needs_a_grid_and_the_kernel_must_be_known():
+    with pytest.raises(ValueError, match="radius needs the"):
+        check_variant(closed_form, radius=2)
+    with pytest.raises(ValueError, match="kernel must be one of"):
+        check_variant(closed_form, kernel="cosine")
