@@ -9,8 +9,13 @@ against a float32 sgemm measured in the same run. The cascade share times Psi_0.
 importance head and the 5 walks inside an eval forward of DifNet-18 at 505x505 (forward hooks).
 Prints the tables and writes walk.{json,md} under benchmarks/results/.
 
+With `--kernels`, instead: the fused walk of every transition kernel (the paper's dot product,
+the negative squared distance, both global and within 3 grid cells) at N = 64^2, the grid of a
+505x505 image at stride 8, against today's walk; written to walk_kernels.{json,md}.
+
     python -m benchmarks.walk                         # everything, CPU (and CUDA when present)
     python -m benchmarks.walk --sizes 4096 --skip-cascade
+    python -m benchmarks.walk --kernels               # the kernels at 505x505 (N = 4096)
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ from benchmarks._measure import (
     time_calls,
     write_results,
 )
-from difnet.diffusion import WALK_METHODS, propagate
+from difnet.diffusion import PAPER_KERNEL, WALK_METHODS, TransitionKernel, propagate
 from difnet.models import DifNet
 
 FEATURE_DIM = 64
@@ -70,8 +75,31 @@ CASCADE_COLUMNS = {
 }
 
 
-def walk_case(n: int, walk: str, mode: str, device: str) -> Callable[[], Any]:
-    """A call running one walk of `n` nodes: forward (no grad) or forward+backward."""
+KERNELS = {
+    "dot (paper)": PAPER_KERNEL,
+    "distance": TransitionKernel("distance"),
+    "dot, radius 3": TransitionKernel("dot", 3),
+    "distance, radius 3": TransitionKernel("distance", 3),
+}
+KERNEL_COLUMNS = {
+    "device": "device",
+    "n": "N",
+    "mode": "pass",
+    "kernel": "kernel",
+    "median_ms": "median (ms)",
+    "vs_paper": "time / paper kernel's",
+    "peak_extra_mib": "peak extra (MiB)",
+    "peak_vs_nxn": "peak / one NxN fp32",
+}
+
+
+def walk_case(
+    n: int, walk: str, mode: str, device: str, kernel: TransitionKernel = PAPER_KERNEL
+) -> Callable[[], Any]:
+    """A call running one walk of `n` nodes (a square grid for a local kernel): forward (no grad)
+    or forward+backward."""
+    side = round(n**0.5)
+    grid = (side, n // side) if side * (n // side) == n else None
     generator = torch.Generator(device=device).manual_seed(n)
     features = torch.randn(1, n, FEATURE_DIM, device=device, generator=generator) * FEATURE_DIM**-0.25
     values = torch.randn(1, n, CLASSES, device=device, generator=generator)
@@ -80,14 +108,14 @@ def walk_case(n: int, walk: str, mode: str, device: str) -> Callable[[], Any]:
 
         def forward() -> Any:
             with torch.no_grad():
-                return propagate(features, values, walk=walk)
+                return propagate(features, values, walk=walk, kernel=kernel, grid=grid)
 
         return forward
     features.requires_grad_(True)
     values.requires_grad_(True)
 
     def forward_backward() -> Any:
-        out = propagate(features, values, walk=walk)
+        out = propagate(features, values, walk=walk, kernel=kernel, grid=grid)
         return torch.autograd.grad(out, (features, values), upstream)
 
     return forward_backward
@@ -99,20 +127,57 @@ def useful_flops(n: int, mode: str) -> float:
     return forward if mode == "forward" else 3 * forward
 
 
-def memory_worker(n: int, walk: str, mode: str, device: str) -> dict[str, int]:
+def memory_worker(n: int, walk: str, mode: str, device: str, kernel: str = "dot (paper)") -> dict[str, int]:
     """Run in a fresh process: warm the kernels up on a tiny case, then measure one call."""
-    walk_case(WARMUP_NODES, walk, mode, device)()
-    case = walk_case(n, walk, mode, device)
+    walk_case(WARMUP_NODES, walk, mode, device, KERNELS[kernel])()
+    case = walk_case(n, walk, mode, device, KERNELS[kernel])
     return {"peak_extra_bytes": measure_peak_extra_memory(case, device)}
 
 
-def peak_extra_bytes(n: int, walk: str, mode: str, device: str) -> int:
+def peak_extra_bytes(n: int, walk: str, mode: str, device: str, kernel: str = "dot (paper)") -> int:
     """Peak extra memory of one call: in this process on CUDA, where max_memory_allocated counts only
     live tensors, and in a fresh process on CPU, where peak RSS would include earlier cases."""
     if torch.device(device).type == "cuda":
-        return memory_worker(n, walk, mode, device)["peak_extra_bytes"]
-    argv = ["-m", "benchmarks.walk", "--memory-worker", str(n), walk, mode, device]
+        return memory_worker(n, walk, mode, device, kernel)["peak_extra_bytes"]
+    argv = ["-m", "benchmarks.walk", "--memory-worker", str(n), walk, mode, device, kernel]
     return run_in_subprocess(argv)["peak_extra_bytes"]
+
+
+def measure_kernels(n: int, device: str, budget_s: float) -> list[dict[str, Any]]:
+    """One row per (pass, kernel): the fused walk's median time and peak extra memory."""
+    rows = []
+    for mode in MODES:
+        for name, kernel in KERNELS.items():
+            timing = time_calls(walk_case(n, "fused", mode, device, kernel), device=device, budget_s=budget_s)
+            memory = peak_extra_bytes(n, "fused", mode, device, name)
+            rows.append({"device": device, "n": n, "mode": mode, "kernel": name,
+                         "median_ms": timing["median_s"] * 1e3, "times_ms": [t * 1e3 for t in timing["times_s"]],
+                         "peak_extra_mib": memory / 2**20,
+                         "peak_vs_nxn": memory / (n * n * NXN_BYTES_PER_ELEMENT)})  # fmt: skip
+            rows[-1]["vs_paper"] = rows[-1]["median_ms"] / next(
+                row["median_ms"] for row in rows if row["mode"] == mode and row["kernel"] == "dot (paper)"
+            )
+            print(markdown_table(rows[-1:], KERNEL_COLUMNS).splitlines()[-1], flush=True)
+    return rows
+
+
+def kernels_main(args: argparse.Namespace, devices: list[str]) -> None:
+    """The `--kernels` comparison: print it and write walk_kernels.{json,md}."""
+    info = machine_info()
+    print(f"machine: {info}")
+    print(markdown_table([], KERNEL_COLUMNS))
+    rows = [row for device in devices for n in args.sizes for row in measure_kernels(n, device, args.budget)]
+    info["load_average_after"] = list(os.getloadavg())
+    markdown = "\n\n".join([
+        "# One fused walk P y per transition kernel",
+        f"Measured {info['date']} on {info['cpu']} ({info['torch_threads']} torch threads), torch "
+        f"{info['torch']}; load average before {info['load_average_1m_5m_15m']}, after "
+        f"{info['load_average_after']} (the CPU is shared). Features [N, 64], values [N, 21], float32; a "
+        "local kernel's N nodes form a square grid (64 x 64 for N = 4096, a 505x505 image at stride 8).",
+        markdown_table(rows, KERNEL_COLUMNS),
+    ])  # fmt: skip
+    paths = write_results("walk_kernels", {"machine": info, "kernels": rows}, markdown, args.output_dir)
+    print("\n" + markdown + f"\n\nwrote {paths[0]} and {paths[1]}")
 
 
 def measure_walks(sizes: tuple[int, ...], device: str, sgemm: float, budget_s: float) -> list[dict[str, Any]]:
@@ -219,17 +284,23 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--image-size", type=int, default=505, help="image side for the cascade share")
     parser.add_argument("--sgemm-size", type=int, default=4096, help="side of the reference sgemm")
     parser.add_argument("--skip-cascade", action="store_true", help="only the walk cases")
+    parser.add_argument("--kernels", action="store_true", help="compare the transition kernels instead")
     parser.add_argument("--output-dir", type=Path, default=RESULTS_DIR, help="where walk.{json,md} go")
     parser.add_argument(
-        "--memory-worker", nargs=4, metavar=("N", "WALK", "MODE", "DEVICE"), help=argparse.SUPPRESS
+        "--memory-worker", nargs=5, metavar=("N", "WALK", "MODE", "DEVICE", "KERNEL"), help=argparse.SUPPRESS
     )
     args = parser.parse_args(argv)
     if args.memory_worker:
-        n, walk, mode, device = args.memory_worker
-        print(json.dumps(memory_worker(int(n), walk, mode, device)))
+        n, walk, mode, device, kernel = args.memory_worker
+        print(json.dumps(memory_worker(int(n), walk, mode, device, kernel)))
         return
 
     devices = args.devices or ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    if args.kernels:
+        if args.sizes == list(SIZES):
+            args.sizes = [64**2]
+        kernels_main(args, devices)
+        return
     info = machine_info()
     print(f"machine: {info}")
     sgemm = {device: sgemm_gflops(args.sgemm_size, device) for device in devices}
