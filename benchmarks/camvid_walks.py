@@ -1,0 +1,175 @@
+"""Tables of the staged walk experiments on CamVid (`benchmarks.camvid`, variants `seed-*`, `walk-*`,
+`sim-lr*`) from their run records: the first-stage seeds, the second-stage screen scored by the
+walk gain, the baseline's rate search and the control. Every table lists the commits behind it.
+
+    python -m benchmarks.camvid_walks --output /work/runs/camvid   # writes results/camvid_walks.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from benchmarks.camvid import RESULTS, RUNS, SMALL_CLASSES, STAGE_ONE
+from difnet.data.camvid import CAMVID_CLASSES
+
+
+def load(output: Path, phase: str, prefix: str) -> dict[str, list[dict]]:
+    """The records of `phase` whose variant starts with `prefix`, by variant, in seed order."""
+    groups: dict[str, list[dict]] = {}
+    for path in sorted((output / phase).glob(f"{prefix}*.json")):
+        record = json.loads(path.read_text())
+        groups.setdefault(record["variant"] + f"-e{record['epochs']}", []).append(record)
+    return {name: sorted(runs, key=lambda r: r["seed"]) for name, runs in sorted(groups.items())}
+
+
+def pct(value: float | None, signed: bool = False) -> str:
+    if value is None:
+        return "-"
+    return f"{100 * value:+.1f}" if signed else f"{100 * value:.1f}"
+
+
+def mean(values: Sequence[float]) -> float | None:
+    return statistics.mean(values) if values else None
+
+
+def small_miou(per_class: list[float | None], names: list[str]) -> float | None:
+    """Mean IoU over the small classes present (absent ones are skipped, as mIoU skips them)."""
+    present = [per_class[names.index(n)] for n in SMALL_CLASSES if per_class[names.index(n)] is not None]
+    return statistics.mean(present) if present else None
+
+
+def commits(runs: Sequence[dict]) -> str:
+    return ", ".join(sorted({r["provenance"]["commit"][:7] for r in runs}))
+
+
+def minutes(runs: Sequence[dict]) -> str:
+    return " / ".join(f"{r['train_seconds'] / 60:.0f}" for r in runs)
+
+
+def table(header: Sequence[str], rows: list[list[str]]) -> list[str]:
+    return [
+        "| " + " | ".join(header) + " |",
+        "|---" * len(header) + "|",
+        *("| " + " | ".join(r) + " |" for r in rows),
+    ]
+
+
+def levels(values: Sequence[float | None] | None) -> str:
+    return "-" if values is None else ", ".join("-" if v is None else f"{v:.2f}" for v in values)
+
+
+def screen_rows(groups: dict[str, list[dict]], names: list[str]) -> list[list[str]]:
+    """One row per second-stage candidate: the walk gain per seed and its mean, the best override,
+    the small classes from seed to walk 5, the in-class share and the self-weight (seed 0)."""
+    rows = []
+    for variant, runs in groups.items():
+        diagnostics = [r["diagnostics"] for r in runs]
+        gains = [d["walk_gain"] for d in diagnostics]
+        small: Callable[[str], float | None] = lambda stage: mean(  # noqa: E731
+            [v for d in diagnostics if (v := small_miou(d["per_class_iou"][stage], names)) is not None]
+        )
+        best = diagnostics[0]["best_override"]
+        rows.append([
+            variant, " / ".join(pct(d["miou"]["seed"]) for d in diagnostics),
+            " / ".join(pct(g, signed=True) for g in gains), f"**{pct(mean(gains), signed=True)}**",
+            f"{best['setting']} ({pct(best['gain'], signed=True)})",
+            f"{pct(small('seed'))} -> {pct(small('walk 5'))}",
+            levels(diagnostics[0]["in_class_share"]), levels(diagnostics[0]["mean_self_weight"]),
+            " / ".join(f"{min(d['beta']):.2f}-{max(d['beta']):.2f}" for d in diagnostics),
+            minutes(runs), commits(runs),
+        ])  # fmt: skip
+    return rows
+
+
+def report(output: Path, results: Path) -> Path:
+    """Write `camvid_walks.md` under `results` from the records under `output`; returns its path."""
+    stage_one = load(output, "remedy", STAGE_ONE)
+    screen = load(output, "remedy", "walk-")
+    rates = load(output, "remedy", "sim-lr")
+    control = load(output, "verdict", STAGE_ONE)
+    names = list(CAMVID_CLASSES)
+    lines = ["# CamVid: staged walks, the baseline's rate and the control", ""]
+    lines += ["## First stage (the seed alone: every P_t = I), 8 epochs on the remedy split", ""]
+    lines += table(
+        ["run", "held-aside mIoU per seed", "small-class mIoU", "train min", "commit"],
+        [
+            [
+                v,
+                " / ".join(pct(r["holdout"]["miou"]) for r in runs),
+                " / ".join(pct(small_miou(r["holdout"]["per_class_iou"], names)) for r in runs),
+                minutes(runs),
+                commits(runs),
+            ]
+            for v, runs in stage_one.items()
+        ],  # fmt: skip
+    )
+    lines += [
+        "",
+        "## Second stage: the screen (walk gain = walk 5 minus the seed, on the held-aside frames)",
+        "",
+    ]
+    lines += table(
+        ["candidate", "seed mIoU per seed", "walk gain per seed", "mean gain", "best override (seed 0)",
+         "small classes seed -> walk 5", "in-class share, levels 0-4 (seed 0)", "self-weight (seed 0)",
+         "beta range", "train min", "commit"],
+        screen_rows(screen, names),
+    )  # fmt: skip
+    lines += ["", "## Sim-DeepLab-18's rate search, 8 epochs on the remedy split", ""]
+    lines += table(
+        ["rate", "held-aside mIoU per seed", "mean", "train min", "commit"],
+        [
+            [
+                v,
+                " / ".join(pct(r["holdout"]["miou"]) for r in runs),
+                pct(mean([r["holdout"]["miou"] for r in runs])),
+                minutes(runs),
+                commits(runs),
+            ]
+            for v, runs in rates.items()
+        ],  # fmt: skip
+    )
+    lines += ["", "## Control: the first stage on all of train, 16 epochs, scored on val", ""]
+    lines += table(
+        [
+            "run",
+            "val mIoU per seed",
+            "mean",
+            "small-class mIoU",
+            "val every 2 epochs (seed 0)",
+            "train min",
+            "commit",
+        ],
+        [
+            [
+                v,
+                " / ".join(pct(r["val"]["miou"]) for r in runs),
+                pct(mean([r["val"]["miou"] for r in runs])),
+                " / ".join(pct(small_miou(r["val"]["per_class_iou"], names)) for r in runs),
+                ", ".join(pct(c["miou"]) for c in runs[0]["curve"]),
+                minutes(runs),
+                commits(runs),
+            ]
+            for v, runs in control.items()
+        ],  # fmt: skip
+    )
+    path = results / "camvid_walks.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--output", type=Path, default=RUNS, help="the run folders and their records")
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    print(report(args.output, args.results).read_text())
+
+
+if __name__ == "__main__":
+    main()
