@@ -86,6 +86,8 @@ STAGE_TWO: dict[str, dict] = {
     "dist-r3-s4": {**DISTANCE_LOCAL, "diffusion_stride": 4},
     "dist-r3-s4-fast": {**DISTANCE_LOCAL, "diffusion_stride": 4, "lr": 0.05, **WALK_LR},
     "dist-r3-trans-fast": {**DISTANCE_LOCAL, **TRANSITIONS, "lr": 0.05, **WALK_LR},
+    "dist-trans": {"kernel": "distance", **TRANSITIONS},
+    "dist-trans-fast": {"kernel": "distance", **TRANSITIONS, "lr": 0.05, **WALK_LR},
 }
 STAGE_ONE = "seed-aux-shared"
 STAGE_ONE_EPOCHS = {"remedy": 8, "verdict": 16}
