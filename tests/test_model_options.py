@@ -181,3 +181,14 @@ def test_a_seed_branch_of_another_architecture_is_refused(tmp_path):
         small_config(tmp_path, seed_from="a.pt", init_from="b.pt")
     with pytest.raises(ValueError, match="identity kernel has no transitions"):
         small_config(tmp_path, kernel="identity", transition_loss_weight=0.4)
+
+
+def test_a_separate_similarity_backbone_starts_from_a_shared_first_stages_backbone(tmp_path):
+    first = train(small_config(tmp_path / "one", kernel="identity", shared_backbone=True))
+    second = train(small_config(tmp_path / "two", seed_from=str(first.checkpoint_paths["last"]), epochs=1,
+                                max_steps_per_epoch=1, lr=1e-12))  # fmt: skip
+    stage_one = first.model.seed_backbone.state_dict()
+    similarity = second.model.similarity_backbone.state_dict()
+    assert all(torch.allclose(similarity[k].float(), stage_one[k].float(), atol=1e-6)
+               for k in similarity if not k.endswith("num_batches_tracked") and "running" not in k)  # fmt: skip
+    assert any(p.requires_grad for p in second.model.similarity_backbone.parameters())

@@ -150,21 +150,29 @@ SEED_ARCHITECTURE = ("name", "depth", "num_classes", "in_channels", "aspp")
 def load_seed_branch(model: nn.Module, source: str | Path) -> None:
     """Copy the seed branch (`model.seed_branch_modules()`: seed backbone, score head, importance
     map) of the trained DifNet `source` (checkpoint, folder or Hub repo id) into DifNet `model`:
-    staged training's second stage starts from the first stage's seed. The rest of `model` keeps
-    its fresh initialisation."""
+    staged training's second stage starts from the first stage's seed. A separate similarity
+    backbone starts from the source's similarity backbone, or from its seed backbone when the
+    source shares one; the rest of `model` keeps its fresh initialisation."""
     saved, own = read_saved(source), unwrap(model)
     differing = [key for key in SEED_ARCHITECTURE if saved.config.get(key) != own.config.get(key)]
     if differing:
         changes = "; ".join(f"{key} {saved.config.get(key)!r} there, {own.config.get(key)!r} here"
                             for key in differing)  # fmt: skip
         raise ValueError(f"cannot take the seed branch of {source}: it holds another seed branch ({changes})")
-    for prefix, module in own.seed_branch_modules().items():
-        state = {
+
+    def part(prefix: str) -> dict[str, torch.Tensor]:
+        return {
             key[len(prefix) + 1 :]: value
             for key, value in saved.state.items()
             if key.startswith(prefix + ".")
         }
-        load_state(module, state, saved.weights)
+
+    for prefix, module in own.seed_branch_modules().items():
+        load_state(module, part(prefix), saved.weights)
+    if own.similarity_backbone is not None:
+        load_state(
+            own.similarity_backbone, part("similarity_backbone") or part("seed_backbone"), saved.weights
+        )
 
 
 def saved_preprocessing(metadata: Mapping[str, Any]) -> Preprocessing:
