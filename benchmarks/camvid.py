@@ -69,6 +69,7 @@ AUX = {"aux_seed_weight": 0.4}
 WALK_LR = {"walk_lr_mult": 30.0, "walk_weight_decay": 0.0}
 TRANSITIONS = {"transition_loss_weight": 0.4}
 DISTANCE_LOCAL = {"kernel": "distance", "kernel_radius": 3}
+SEPARATE = {"shared_backbone": False}
 # the second-stage candidates: a transition kernel, and how its walks start and learn
 STAGE_TWO: dict[str, dict] = {
     "dot": {},
@@ -88,6 +89,11 @@ STAGE_TWO: dict[str, dict] = {
     "dist-r3-trans-fast": {**DISTANCE_LOCAL, **TRANSITIONS, "lr": 0.05, **WALK_LR},
     "dist-trans": {"kernel": "distance", **TRANSITIONS},
     "dist-trans-fast": {"kernel": "distance", **TRANSITIONS, "lr": 0.05, **WALK_LR},
+    # the paper's separate similarity backbone, trained from the first stage's backbone
+    "dist-r1-sep": {**SEPARATE, "kernel": "distance", "kernel_radius": 1},
+    "dist-r3-sep": {**SEPARATE, **DISTANCE_LOCAL},
+    "dist-r3-sep-trans1": {**SEPARATE, **DISTANCE_LOCAL, "transition_loss_weight": 1.0},
+    "dist-sep-trans1": {**SEPARATE, "kernel": "distance", "transition_loss_weight": 1.0},
 }
 STAGE_ONE = "seed-aux-shared"
 STAGE_ONE_EPOCHS = {"remedy": 8, "verdict": 16}
