@@ -20,7 +20,8 @@ Three phases, every run resumable and recorded with the commit that produced it:
 A run whose record exists is not repeated; one killed mid-way resumes from its `last.pt`. Records
 go to `benchmarks/results/camvid/<phase>/`, where they are committed, so a later session (or a
 GPU) carries on with the runs still missing; the run folders beside them hold weights and are
-git-ignored. Every record names the commit, and whether the tree differed from it.
+git-ignored. Every record names the commit of each segment of its run (a resumed run has one per
+process that trained it, kept in the run folder's segments.json), and whether the tree differed.
 """
 
 from __future__ import annotations
@@ -36,12 +37,14 @@ import sys
 import tarfile
 import time
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import torch
 from PIL import Image
 
 from benchmarks._measure import machine_info, synchronize
+from benchmarks.camvid_variants import INIT_VARIANTS, SMALL_CLASSES, STAGE_ONE, STAGE_ONE_EPOCHS, VARIANTS
 from difnet.data import CamVid, EvalTransform, TrainTransform
 from difnet.data.base import SegmentationDataset
 from difnet.diagnostics import diagnose, transition_shares
@@ -61,73 +64,9 @@ RECIPE_SCALES = (0.75, 1.25)
 # stretch of video whose neighbouring frames are not trained on. 0001TP is at dusk and scores
 # 7-12 mIoU for every model (too hard to rank them); 0016E5's first minutes are daytime, like val.
 HELD_ASIDE = {"screen": ("0001TP", 62), "remedy": ("0016E5", 60)}
-SMALL_CLASSES = ("Pole", "SignSymbol", "Fence", "Pedestrian", "Bicyclist")
 SCREEN_EPOCHS, VERDICT_EPOCHS, EVAL_EVERY = 8, 16, 2
 SEEDS = {"screen": (0, 1), "verdict": (0, 1, 2)}
-
-AUX = {"aux_seed_weight": 0.4}
-WALK_LR = {"walk_lr_mult": 30.0, "walk_weight_decay": 0.0}
-TRANSITIONS = {"transition_loss_weight": 0.4}
-DISTANCE_LOCAL = {"kernel": "distance", "kernel_radius": 3}
-SEPARATE = {"shared_backbone": False}
-# the second-stage candidates: a transition kernel, and how its walks start and learn
-STAGE_TWO: dict[str, dict] = {
-    "dot": {},
-    "dist": {"kernel": "distance"},
-    "dot-r3": {"kernel_radius": 3},
-    "dist-r3": DISTANCE_LOCAL,
-    "dist-r1": {"kernel": "distance", "kernel_radius": 1},
-    "dist-r3-temp": {**DISTANCE_LOCAL, "learn_temperature": True},
-    "dist-r3-off": {**DISTANCE_LOCAL, "beta_init": 0.05, **WALK_LR},
-    "dist-r3-trans": {**DISTANCE_LOCAL, **TRANSITIONS},
-    "dist-r3-trans1": {**DISTANCE_LOCAL, "transition_loss_weight": 1.0},
-    "dot-trans": TRANSITIONS,
-    "dot-fast": {"lr": 0.05, **WALK_LR},
-    "dist-r3-fast": {**DISTANCE_LOCAL, "lr": 0.05, **WALK_LR},
-    "dist-r3-s4": {**DISTANCE_LOCAL, "diffusion_stride": 4},
-    "dist-r3-s4-fast": {**DISTANCE_LOCAL, "diffusion_stride": 4, "lr": 0.05, **WALK_LR},
-    "dist-r3-trans-fast": {**DISTANCE_LOCAL, **TRANSITIONS, "lr": 0.05, **WALK_LR},
-    "dist-trans": {"kernel": "distance", **TRANSITIONS},
-    "dist-trans-fast": {"kernel": "distance", **TRANSITIONS, "lr": 0.05, **WALK_LR},
-    # the paper's separate similarity backbone, trained from the first stage's backbone
-    "dist-r1-sep": {**SEPARATE, "kernel": "distance", "kernel_radius": 1},
-    "dist-r3-sep": {**SEPARATE, **DISTANCE_LOCAL},
-    "dist-r3-sep-trans1": {**SEPARATE, **DISTANCE_LOCAL, "transition_loss_weight": 1.0},
-    "dist-sep-trans1": {**SEPARATE, "kernel": "distance", "transition_loss_weight": 1.0},
-}
-STAGE_ONE = "seed-aux-shared"
-STAGE_ONE_EPOCHS = {"remedy": 8, "verdict": 16}
-# name: (model, recipe overrides); the DifNet remedies start from DeepLab's head init
-VARIANTS: dict[str, tuple[str, dict]] = {
-    "sim-he": ("simdeeplab", {"head_init": "he"}),
-    "sim-normal": ("simdeeplab", {"head_init": "normal"}),
-    "dif-he": ("difnet", {"head_init": "he"}),
-    "dif-normal": ("difnet", {"head_init": "normal"}),
-    "dif-aux": ("difnet", {"head_init": "normal", **AUX}),
-    "dif-shared": ("difnet", {"head_init": "normal", "shared_backbone": True}),
-    "dif-walklr": ("difnet", {"head_init": "normal", **WALK_LR}),
-    "dif-stride4": ("difnet", {"head_init": "normal", "diffusion_stride": 4}),
-    "dif-imp": ("difnet", {"head_init": "normal", "normalize_importance": True}),
-    "dif-aux-shared": ("difnet", {"head_init": "normal", "shared_backbone": True, **AUX}),
-    "dif-aux-walklr": ("difnet", {"head_init": "normal", **AUX, **WALK_LR}),
-    "dif-aux-imp": ("difnet", {"head_init": "normal", "normalize_importance": True, **AUX}),
-    "dif-trans": ("difnet", {"head_init": "normal", **TRANSITIONS}),
-    "dif-aux-trans": ("difnet", {"head_init": "normal", **AUX, **TRANSITIONS}),
-    # staged training's first stage: the selected DifNet with every P_t = I, so y_5 is its seed
-    "seed-aux-shared": (
-        "difnet",
-        {"head_init": "normal", "shared_backbone": True, "kernel": "identity", **AUX},
-    ),
-    # staged training's second stage: only Psi_t, the kernel and the walks train, on the frozen seed
-    # branch of the first stage's run of the same seed and phase (`stage_one_checkpoint`)
-    **{
-        f"walk-{name}": ("difnet", {"head_init": "normal", "shared_backbone": True, **options})
-        for name, options in STAGE_TWO.items()
-    },  # fmt: skip
-    # the baseline's rate search (the recipe's rate is 0.01)
-    **{f"sim-lr{lr}": ("simdeeplab", {"head_init": "normal", "lr": lr}) for lr in (0.007, 0.01, 0.014, 0.02)},
-}
-INIT_VARIANTS = ("sim-he", "sim-normal", "dif-he", "dif-normal")
+SEGMENTS = "segments.json"  # in a run folder: the provenance of each process that trained it
 
 
 # --- data --------------------------------------------------------------------------------------
@@ -230,6 +169,19 @@ def provenance() -> dict:
     return {"commit": commit, "dirty": dirty, "numpy": np.__version__, **machine_info()}
 
 
+def start_segment(out: Path, resumed: bool) -> list[dict]:
+    """Append this process's provenance to the run folder's `SEGMENTS` file (a fresh run starts it
+    anew) and return every segment so far, so a resumed run keeps the commit of each part."""
+    path = out / SEGMENTS
+    earlier = json.loads(path.read_text()) if resumed and path.is_file() else []
+    if resumed and not earlier:
+        earlier = [{"commit": "unknown", "dirty": "unknown", "note": f"ran before {SEGMENTS} was kept"}]
+    segments = [*earlier, provenance()]
+    out.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(segments, indent=2) + "\n")
+    return segments
+
+
 def run_one(args: argparse.Namespace) -> dict:
     """Train one variant and seed (resuming from its last.pt), score it, write its record."""
     config = recipe(args.variant, args.seed, args.phase, args.epochs, args.output, args.device,
@@ -238,6 +190,7 @@ def run_one(args: argparse.Namespace) -> dict:
     last = out / "last.pt"
     if last.is_file():
         config.resume, config.overwrite = str(last), False
+    segments = start_segment(out, resumed=last.is_file())
     data = phase_datasets(args.data_root, args.phase, config.crop_size)
     record: dict = {"variant": args.variant, "seed": args.seed, "phase": args.phase, "epochs": args.epochs,
                     "command": " ".join(sys.argv), "resumed": last.is_file()}  # fmt: skip
@@ -271,7 +224,7 @@ def run_one(args: argparse.Namespace) -> dict:
         ).to_dict()
         record["diagnostics"]["split"] = split
     record["config"] = config.to_dict()
-    record["provenance"] = provenance()
+    record["provenance"], record["segments"] = segments[-1], segments
     path = record_path(args.output, args.variant, args.seed, args.phase, args.epochs)
     path.write_text(json.dumps(record, indent=2) + "\n")
     return record
@@ -315,6 +268,9 @@ def step_seconds(variant: str, device: str, crop: tuple[int, int], steps: int = 
 class Runs:
     """Child processes, `parallel` at a time, each one `run` of this script, logging to a file."""
 
+    poll_s = 5.0  # how often `wait` looks at the runs
+    stop_grace_s = 30.0  # how long a run stopped at the deadline may take to exit before SIGKILL
+
     def __init__(self, args: argparse.Namespace) -> None:
         self.args, self.pending, self.running, self.failed = args, [], [], []
 
@@ -322,35 +278,59 @@ class Runs:
         if not record_path(self.args.output, variant, seed, phase, epochs).is_file():
             self.pending.append((variant, seed, phase, epochs))
 
-    def spawn(self, variant: str, seed: int, phase: str, epochs: int) -> subprocess.Popen:
+    def command(self, variant: str, seed: int, phase: str, epochs: int) -> list[str]:
+        """The command line of one `run` of this script."""
         a = self.args
         command = [sys.executable, "-m", "benchmarks.camvid", "run", "--variant", variant, "--seed", str(seed),
                    "--phase", phase, "--epochs", str(epochs), "--device", a.device, "--data-root",
                    str(a.data_root), "--output", str(a.output), "--crop", *map(str, a.crop)]  # fmt: skip
         if a.max_steps:
             command += ["--max-steps", str(a.max_steps)]
-        log = record_path(a.output, variant, seed, phase, epochs).with_suffix(".log").open("w")
-        env = {**os.environ, "OMP_NUM_THREADS": str(a.threads), "MKL_NUM_THREADS": str(a.threads)}
-        return subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        return command
+
+    def spawn(self, variant: str, seed: int, phase: str, epochs: int) -> tuple[subprocess.Popen, IO[str]]:
+        """Start one run writing to its log file; the process and the open log, closed once it ends."""
+        log = record_path(self.args.output, variant, seed, phase, epochs).with_suffix(".log").open("w")
+        threads = str(self.args.threads)
+        env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+        try:
+            command = self.command(variant, seed, phase, epochs)
+            return subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT), log
+        except BaseException:
+            log.close()
+            raise
 
     def wait(self, deadline: float, on_tick) -> bool:  # noqa: ANN001
         """Run everything pending; False if the deadline stopped unfinished runs."""
         while self.pending or self.running:
             while self.pending and len(self.running) < self.args.parallel:
                 entry = self.pending.pop(0)
-                self.running.append((entry, self.spawn(*entry)))
-            time.sleep(5)
+                self.running.append((entry, *self.spawn(*entry)))
+            time.sleep(self.poll_s)
             on_tick()
             for item in [item for item in self.running if item[1].poll() is not None]:
                 self.running.remove(item)
+                item[2].close()
                 if item[1].returncode != 0:
                     self.failed.append(item[0])
             if time.time() > deadline:
-                for _, process in self.running:
-                    process.send_signal(signal.SIGTERM)
-                self.running, self.pending = [], []
+                self.stop()
                 return False
         return True
+
+    def stop(self) -> None:
+        """SIGTERM every running run and reap it (SIGKILL after `stop_grace_s`), close its log, and
+        drop what is pending."""
+        for _, process, _ in self.running:
+            process.send_signal(signal.SIGTERM)
+        for _, process, log in self.running:
+            try:
+                process.wait(timeout=self.stop_grace_s)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+            log.close()
+        self.running, self.pending = [], []
 
 
 def mean_score(output: Path, phase: str, split: str, variant: str, epochs: int) -> float | None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import statistics
+from collections.abc import Iterable
 from pathlib import Path
 
 import matplotlib
@@ -15,7 +16,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from benchmarks.camvid import SMALL_CLASSES, VARIANTS  # noqa: E402
+from benchmarks.camvid_variants import SMALL_CLASSES  # noqa: E402
 
 
 def load_records(output: Path) -> list[dict]:
@@ -26,22 +27,24 @@ def pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f}"
 
 
-def mean_std(values: list[float]) -> str:
+def mean_present(values: Iterable[float | None]) -> float | None:
+    """The mean of the values that are not None (an IoU is None for a class absent from a split
+    and never predicted, and the diagnostics skip it too); None when none is."""
+    present = [v for v in values if v is not None]
+    return statistics.mean(present) if present else None
+
+
+def mean_std(values: list[float | None]) -> str:
+    values = [v for v in values if v is not None]
     if not values:
         return "-"
     spread = f" ± {100 * statistics.stdev(values):.1f}" if len(values) > 1 else ""
     return f"{100 * statistics.mean(values):.1f}{spread}"
 
 
-def small_miou(metrics: dict, names: list[str]) -> float:
-    values = [metrics["per_class_iou"][names.index(n)] for n in SMALL_CLASSES]
-    return statistics.mean(v or 0.0 for v in values)
-
-
-def describe(variant: str) -> str:
-    model, overrides = VARIANTS[variant]
-    name = "Sim-DeepLab-18" if model == "simdeeplab" else "DifNet-18"
-    return f"{name} ({', '.join(f'{k}={v}' for k, v in overrides.items())})"
+def small_miou(metrics: dict, names: list[str]) -> float | None:
+    """The mean IoU of the small classes that have one (None if none has)."""
+    return mean_present(metrics["per_class_iou"][names.index(n)] for n in SMALL_CLASSES)
 
 
 def screen_table(records: list[dict], names: list[str]) -> list[str]:
@@ -100,9 +103,9 @@ def report(output: Path, results: Path) -> None:
     lines = ["# CamVid verdict: Sim-DeepLab-18 against DifNet-18 from scratch", ""]
     provenance = records[0]["provenance"]
     lines += [
-        f"Code: commit {provenance['commit']} (tree differed from it: {provenance['dirty']}); torch "
-        f"{provenance['torch']}, {provenance.get('cuda_device', provenance['cpu'])}; every run's own "
-        "provenance is in camvid_verdict.json.",
+        f"torch {provenance['torch']}, {provenance.get('cuda_device', provenance['cpu'])}. Under each table, "
+        "the commits its runs came from (every segment of a resumed run); each run's own provenance "
+        "is in camvid_verdict.json.",
         "",
     ]
     if any(r.get("resumed") for r in records):
@@ -112,20 +115,20 @@ def report(output: Path, results: Path) -> None:
         lines += ["## Step time, each variant alone (a batch of 8 crops, forward + backward + SGD)", "",
                   "| variant | ms per step |", "|---|---|"]  # fmt: skip
         lines += [f"| {v} | {1000 * s:.1f} |" for v, s in timing["seconds"].items()]
-        lines.append("")
+        lines += ["", commits_line([{"provenance": timing["provenance"]}]), ""]
     lines += ["## Init screen (train without 0001TP; each model keeps the init better on val)", ""]
     lines += screen_table(screen, names) + [""]
     init_runs = verdict_groups([r for r in screen if "val" in r])
     if init_runs:
         lines += per_class_table(init_runs, names) + [""]
-    lines += diagnostics_table(verdict_groups(screen), names) + [""]
+    lines += diagnostics_table(verdict_groups(screen), names) + [commits_line(screen), ""]
     if remedy:
         lines += [
             "## Remedy screen (train without the first 60 frames of 0016E5, scored on those 60 only)",
             "",
         ]
         lines += screen_table(remedy, names) + [""]
-        lines += diagnostics_table(verdict_groups(remedy), names) + [""]
+        lines += diagnostics_table(verdict_groups(remedy), names) + [commits_line(remedy), ""]
     if selection:
         lines += [f"Selected (inits on val, DifNet's remedy on the held-aside frames): {selection['best']}; "
                   f"equal-time budget for the baseline: {selection['equal_time_epochs']} epochs.", ""]  # fmt: skip
@@ -146,13 +149,31 @@ def report(output: Path, results: Path) -> None:
         gaps = verdict_gaps(groups, selection, names)
         lines += [""] + [f"- {line}" for line in gaps["lines"]] + [""]
         lines += per_class_table(groups, names) + [""]
-        lines += diagnostics_table(groups, names) + [""]
+        lines += diagnostics_table(groups, names) + [commits_line(verdict), ""]
         curves(groups, results / "camvid_curves.png")
         lines += ["Learning curves: camvid_curves.png (val mIoU every 2 epochs, each run).", ""]
     (results / "camvid_verdict.md").write_text("\n".join(lines) + "\n")
     summary = {"selection": selection, "timing": timing, "gaps": gaps, "runs": records}
     (results / "camvid_verdict.json").write_text(json.dumps(summary, indent=2) + "\n")
     print("\n".join(lines))
+
+
+def record_commits(record: dict) -> list[str]:
+    """The commits a run came from, one per segment (a resumed run has several; records written
+    before segments were kept name the last only), marked where the tree differed from it."""
+    segments = record.get("segments") or [record["provenance"]]
+    return [s["commit"][:7] + ("" if s.get("dirty", "no") == "no" else f" (tree differed: {s['dirty']})")
+            for s in segments]  # fmt: skip
+
+
+def commits_line(records: list[dict]) -> str:
+    """Every commit behind the runs of a table, with how many runs each produced (part of)."""
+    runs: dict[str, int] = {}
+    for record in records:
+        for commit in dict.fromkeys(record_commits(record)):
+            runs[commit] = runs.get(commit, 0) + 1
+    listed = ", ".join(f"{commit} ({count} run{'s' * (count > 1)})" for commit, count in runs.items())
+    return f"Code: {listed}."
 
 
 def train_seconds(record: dict) -> str:
@@ -194,15 +215,14 @@ def verdict_gaps(groups: dict[str, list[dict]], selection: dict, names: list[str
         gap = statistics.mean(r["val"]["miou"] for r in difnet) - statistics.mean(
             r["val"]["miou"] for r in baseline
         )
-        small = statistics.mean(small_miou(r["val"], names) for r in difnet) - statistics.mean(
-            small_miou(r["val"], names) for r in baseline
-        )
+        small_means = [mean_present(small_miou(r["val"], names) for r in runs) for runs in (difnet, baseline)]
+        small = None if None in small_means else small_means[0] - small_means[1]
         out[budget] = {"miou_gap": gap, "small_class_gap": small, "difnet_seeds": len(difnet),
                        "baseline_seeds": len(baseline)}  # fmt: skip
         out["lines"].append(
             f"{budget}: DifNet-18 minus Sim-DeepLab-18 = {100 * gap:+.1f} mIoU (means over {len(difnet)} and "
             f"{len(baseline)} seeds; target >= +2.0 at equal steps, >= 0 at equal time); small classes "
-            f"{100 * small:+.1f} (target >= 0)"
+            + ("without an IoU" if small is None else f"{100 * small:+.1f} (target >= 0)")
         )
     return out
 
@@ -212,14 +232,12 @@ def per_class_table(groups: dict[str, list[dict]], names: list[str]) -> list[str
     lines = ["Per-class val IoU, mean over seeds:", "", "| class | " + " | ".join(labels) + " |",
              "|---" * (len(labels) + 1) + "|"]  # fmt: skip
     for index, name in enumerate(names):
-        cells = [
-            pct(statistics.mean(r["val"]["per_class_iou"][index] or 0.0 for r in groups[g])) for g in labels
-        ]
+        cells = [pct(mean_present(r["val"]["per_class_iou"][index] for r in groups[g])) for g in labels]
         lines.append(f"| {name}{' (small)' if name in SMALL_CLASSES else ''} | " + " | ".join(cells) + " |")
     for label, key in (("**mIoU**", "miou"), ("pixel accuracy", "pixel_accuracy")):
         cells = [pct(statistics.mean(r["val"][key] for r in groups[g])) for g in labels]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    small = [pct(statistics.mean(small_miou(r["val"], names) for r in groups[g])) for g in labels]
+    small = [pct(mean_present(small_miou(r["val"], names) for r in groups[g])) for g in labels]
     lines.append("| small-class mIoU | " + " | ".join(small) + " |")
     lines.append("| seeds | " + " | ".join(str(len(groups[g])) for g in labels) + " |")
     return lines
@@ -236,32 +254,50 @@ def diagnostics_table(groups: dict[str, list[dict]], names: list[str]) -> list[s
         lines += [f"DifNet diagnostics on {split}, {label}, mean over {len(diag)} seeds (per-class IoU by stage):", "",
                   "| class | " + " | ".join(stages) + " |", "|---" * (len(stages) + 1) + "|"]  # fmt: skip
         for index, name in enumerate(names):
-            cells = [pct(statistics.mean(d["per_class_iou"][s][index] or 0.0 for d in diag)) for s in stages]
+            cells = [pct(mean_present(d["per_class_iou"][s][index] for d in diag)) for s in stages]
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
         lines.append(
             "| **mIoU** | "
             + " | ".join(pct(statistics.mean(d["miou"][s] for d in diag)) for s in stages)
             + " |"
         )
-        init = [r["init_in_class_mass"] for r in runs if "init_in_class_mass" in r]
-        init_small = [r["init_small_class_mass"] for r in runs if "init_small_class_mass" in r]
-
-        def levels(rows: list[list[float | None]]) -> str:
-            return ", ".join(
-                f"{statistics.mean(v for v in column if v is not None):.2f}" for column in zip(*rows)
-            )
-
+        lines.append("")
+        lines += transition_lines(runs, diag)
         lines += [
-            "",
-            f"In-class transition mass, levels 0-4 (all labelled nodes): at init {levels(init)}; "
-            f"after training {levels([d['in_class_mass'] for d in diag])}.",
-            f"Nodes of small classes: at init {levels(init_small)}; after training "
-            f"{levels([d['small_class_mass'] for d in diag])}.",
             f"mu after training: {levels([d['mu'] for d in diag])}; beta: {levels([d['beta'] for d in diag])}; "
             f"importance map mean {statistics.mean(d['importance']['mean'] for d in diag):.3f}.",
             "",
         ]
     return lines
+
+
+def levels(rows: list[list[float | None]]) -> str:
+    """Per-level means over runs of per-level figures, skipping the undefined ones."""
+    return ", ".join(f"{statistics.mean(v for v in column if v is not None):.2f}" for column in zip(*rows))
+
+
+def transition_lines(runs: list[dict], diag: list[dict]) -> list[str]:
+    """The transitions' figures, levels 0-4: the in-class share of the mass sent to other nodes and
+    the self-weight where the records have them; older records' in-class mass counted self-weight."""
+    if "in_class_share" in diag[0]:
+        init = [r["init_transitions"] for r in runs if "init_transitions" in r]
+        return [
+            f"In-class share of the mass sent to other nodes (labelled nodes): at init "
+            f"{levels([i['in_class_share'] for i in init])}; after training "
+            f"{levels([d['in_class_share'] for d in diag])}.",
+            f"Nodes of small classes: at init {levels([i['small_class_share'] for i in init])}; after "
+            f"training {levels([d['small_class_share'] for d in diag])}.",
+            f"Self-weight P_t[i, i]: at init {levels([i['mean_self_weight'] for i in init])}; after "
+            f"training {levels([d['mean_self_weight'] for d in diag])}.",
+        ]
+    init = [r["init_in_class_mass"] for r in runs if "init_in_class_mass" in r]
+    init_small = [r["init_small_class_mass"] for r in runs if "init_small_class_mass" in r]
+    return [
+        f"In-class transition mass counting self-weight (an identity P scores 1), levels 0-4: at init "
+        f"{levels(init)}; after training {levels([d['in_class_mass'] for d in diag])}.",
+        f"Nodes of small classes, counting self-weight: at init {levels(init_small)}; after training "
+        f"{levels([d['small_class_mass'] for d in diag])}.",
+    ]
 
 
 def curves(groups: dict[str, list[dict]], path: Path) -> None:

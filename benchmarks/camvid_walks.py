@@ -13,7 +13,8 @@ import statistics
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from benchmarks.camvid import RESULTS, RUNS, SMALL_CLASSES, STAGE_ONE
+from benchmarks.camvid import RESULTS, RUNS
+from benchmarks.camvid_variants import SMALL_CLASSES, STAGE_ONE
 from difnet.data.camvid import CAMVID_CLASSES
 
 

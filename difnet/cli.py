@@ -19,11 +19,13 @@ import torch
 from difnet import __version__
 from difnet.data import DATASETS
 from difnet.devices import default_device
+from difnet.export import ExportMismatchError
 from difnet.models.preprocessing import Preprocessing
 from difnet.training.loop import NonFiniteLossError
 from difnet.training.settings import Default
 
 TRAINING_FAILED = 1
+EXPORT_FAILED = 1
 SOME_INPUTS_FAILED = 1
 USAGE_ERROR = 2
 INTERRUPTED = 130
@@ -592,7 +594,9 @@ examples:
   difnet predict --checkpoint difnet.onnx --input street.jpg --output masks
 
 DifNet's height and width are fixed at export (its Psi pooling windows depend on them; by
-default the size the model was trained at); the file refuses other sizes. The weights are
+default the size the model was trained at, another size with a warning); the file refuses
+other sizes. The export fails when onnxruntime's logits differ from PyTorch's beyond 1e-3 of the
+largest logit (at least 1). The weights are
 inside the file (one self-contained file) up to protobuf's 2 GB limit, and its
 metadata_props hold the difnet version, input size, mean/std, class names and palette.
 Needs pip install 'difnet[onnx]'.
@@ -644,7 +648,7 @@ def run_export(args: argparse.Namespace) -> None:
     if result.max_abs_difference is not None:
         print(
             f"onnxruntime vs PyTorch: max |logit difference| {result.max_abs_difference:.2e} "
-            f"(logits up to {result.max_abs_logit:.3g} in magnitude)"
+            f"(logits up to {result.max_abs_logit:.3g} in magnitude), within the tolerance"
         )
 
 
@@ -691,6 +695,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except NonFiniteLossError as error:
         print(f"difnet: training stopped: {error}", file=sys.stderr)
         return TRAINING_FAILED
+    except ExportMismatchError as error:
+        print(f"difnet: export failed: {error}", file=sys.stderr)
+        return EXPORT_FAILED
     except KeyboardInterrupt:
         print("difnet: interrupted", file=sys.stderr)
         return INTERRUPTED

@@ -14,8 +14,10 @@ Needs the `[onnx]` extra (onnx, onnxscript; onnxruntime to verify and run the fi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +32,11 @@ from difnet.models.validation import MIN_IMAGE_SIZE
 EXAMPLE_BATCH = 2  # a batch of 1 would let the exporter specialise the batch dimension to 1
 PROTOBUF_LIMIT = 2**31 - 2**20  # bytes an ONNX file can hold with its weights inside (2 GB, less the graph)
 DEFAULT_SIZE = (321, 321)
+VERIFY_TOLERANCE = 1e-3  # the largest |ONNX - eager| logit accepted, relative to max(1, largest |logit|)
+
+
+class ExportMismatchError(RuntimeError):
+    """The exported file's logits differ from eager PyTorch's beyond `VERIFY_TOLERANCE`."""
 
 
 @dataclass(frozen=True)
@@ -58,17 +65,26 @@ def export_onnx(
 ) -> ExportResult:
     """Export `model` (put in eval mode) to the ONNX file `output` for inputs
     `[batch, in_channels, height, width]`, input "images", output "logits"; with `verify`,
-    run the file in onnxruntime on random images and compare with eager PyTorch.
+    run the file in onnxruntime on random images and compare with eager PyTorch, raising an
+    `ExportMismatchError` beyond `VERIFY_TOLERANCE`.
 
     `height` and `width` default to the size the model was trained at
-    (`model.preprocessing.image_size`), else 321x321.
+    (`model.preprocessing.image_size`), else 321x321; another fixed size than the trained one
+    is exported with a warning.
     """
-    trained = model.preprocessing.image_size or DEFAULT_SIZE
-    height = trained[0] if height is None else height
-    width = trained[1] if width is None else width
+    trained = model.preprocessing.image_size
+    height = (trained or DEFAULT_SIZE)[0] if height is None else height
+    width = (trained or DEFAULT_SIZE)[1] if width is None else width
     for name, value in (("height", height), ("width", width)):
         if isinstance(value, bool) or not isinstance(value, int) or value < MIN_IMAGE_SIZE:
             raise ValueError(f"{name} must be an integer >= {MIN_IMAGE_SIZE} (got {value!r})")
+    if trained is not None and not dynamic_size and (height, width) != tuple(trained):
+        warnings.warn(
+            f"exporting for {height}x{width} inputs, but the model was trained on images resized to "
+            f"{trained[0]}x{trained[1]}: images will be resized to {height}x{width}, a scale it was not "
+            "trained at (omit --height/--width to export the trained size)",
+            stacklevel=2,
+        )
     if dynamic_size and isinstance(model, DifNet):
         raise ValueError(
             "DifNet cannot be exported with a dynamic height and width: its Psi max-pooling "
@@ -79,9 +95,7 @@ def export_onnx(
     model = model.eval()
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    images = torch.randn(
-        EXAMPLE_BATCH, model.in_channels, height, width, generator=torch.Generator().manual_seed(0)
-    )
+    images = example_images(model, EXAMPLE_BATCH, height, width, seed=0)
     dims = {0: torch.export.Dim("batch", min=1, max=1024)}
     if dynamic_size:
         dims |= {
@@ -99,8 +113,23 @@ def export_onnx(
     external = weight_bytes(model) > PROTOBUF_LIMIT
     program.save(str(output), external_data=external)
     checked = _verify(model, output, height, width) if verify and _has("onnxruntime") else ()
+    if checked and checked[0] > VERIFY_TOLERANCE * max(1.0, checked[1]):
+        raise ExportMismatchError(
+            f"{output}: onnxruntime's logits differ from PyTorch's by up to {checked[0]:.3g} (logits up to "
+            f"{checked[1]:.3g}), beyond the tolerance {VERIFY_TOLERANCE:g} x max(1, largest |logit|); the "
+            "file was written but does not compute what the model does"
+        )
     data = output.with_name(output.name + ".data") if external else None
     return ExportResult(output, *size, data, *checked)
+
+
+def example_images(model: nn.Module, batch: int, height: int, width: int, seed: int) -> Tensor:
+    """Seeded random images for `model`, on the model's device (a CUDA model exports from CUDA inputs)."""
+    device = next(model.parameters()).device
+    images = torch.randn(
+        batch, model.in_channels, height, width, generator=torch.Generator().manual_seed(seed)
+    )
+    return images.to(device)
 
 
 def weight_bytes(model: nn.Module) -> int:
@@ -166,11 +195,23 @@ def _verify(model: SegmentationModel, path: Path, height: int, width: int) -> tu
     import onnxruntime
 
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    images = torch.randn(3, model.in_channels, height, width, generator=torch.Generator().manual_seed(1))
-    (logits,) = session.run(["logits"], {"images": images.numpy()})
-    with torch.no_grad():
-        expected = model(images)
+    images = example_images(model, 3, height, width, seed=1)
+    (logits,) = session.run(["logits"], {"images": images.cpu().numpy()})
+    with torch.no_grad(), _without_tf32():
+        expected = model(images).float().cpu()
     return float((torch.from_numpy(logits) - expected).abs().max()), float(expected.abs().max())
+
+
+@contextlib.contextmanager
+def _without_tf32() -> Iterator[None]:
+    """CUDA's float32 matmuls and convolutions in full precision (TF32 would differ from the file
+    by more than the tolerance), restored afterwards."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
 def _has(module: str) -> bool:

@@ -2,23 +2,31 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+import signal
+import sys
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
 
+from benchmarks import camvid
 from benchmarks.camvid import (
+    SEGMENTS,
     STAGE_ONE,
     VARIANTS,
     pack,
     recipe,
     record_path,
     select,
+    start_segment,
     with_samples,
 )
-from benchmarks.camvid_report import verdict_gaps
+from benchmarks.camvid_report import report, small_miou, verdict_gaps
 from difnet.data.base import Sample
+from difnet.data.camvid import CAMVID_CLASSES
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
@@ -104,3 +112,113 @@ def test_the_gaps_wait_for_difnets_verdict_runs():
     selection = {"best": {"simdeeplab": "sim-normal", "difnet": "dif-aux"}, "equal_time_epochs": 18}
     gaps = verdict_gaps({"sim-normal @ 16 epochs": baseline}, selection, [])
     assert gaps == {"lines": ["dif-aux: no verdict run finished yet, no gaps"]}
+
+
+def test_each_segment_of_a_resumed_run_keeps_its_commit(tmp_path, monkeypatch):
+    commits = iter(["aaa", "bbb", "ccc", "ddd"])
+    monkeypatch.setattr(camvid, "provenance", lambda: {"commit": next(commits), "dirty": "no"})
+    run = tmp_path / "screen" / "sim-he-e8-seed0"
+    assert [s["commit"] for s in start_segment(run, resumed=False)] == ["aaa"]
+    assert [s["commit"] for s in start_segment(run, resumed=True)] == ["aaa", "bbb"]
+    assert [s["commit"] for s in json.loads((run / SEGMENTS).read_text())] == ["aaa", "bbb"]
+    assert [s["commit"] for s in start_segment(run, resumed=False)] == ["ccc"]  # a fresh run starts anew
+    (run / SEGMENTS).unlink()  # resumed from a checkpoint written before segments were kept
+    assert [s["commit"] for s in start_segment(run, resumed=True)] == ["unknown", "ddd"]
+
+
+NAMES = list(CAMVID_CLASSES)
+
+
+def metrics(miou: float, small: dict[str, float | None]) -> dict:
+    """A split's metrics: IoU 0.8 for the large classes, `small` for the small ones."""
+    per_class = [small.get(name, 0.8) for name in NAMES]
+    return {"miou": miou, "pixel_accuracy": 0.9, "per_class_iou": per_class}
+
+
+SMALL_D = {"Pole": 0.2, "SignSymbol": 0.3, "Fence": None, "Pedestrian": 0.4, "Bicyclist": 0.1}  # mean 0.25
+SMALL_S = dict.fromkeys(["Pole", "SignSymbol", "Fence", "Pedestrian", "Bicyclist"], 0.1)
+
+
+def verdict_record(
+    variant: str, seed: int, epochs: int, miou: float, small: dict, commits: list[str]
+) -> dict:
+    segments = [{"commit": c, "dirty": "no", "torch": "2.x", "cpu": "a CPU"} for c in commits]
+    return {"variant": variant, "seed": seed, "phase": "verdict", "epochs": epochs, "steps": 10 * epochs,
+            "train_seconds": 100.0, "resumed": len(commits) > 1, "val": metrics(miou, small),
+            "curve": [{"epoch": epochs, "miou": miou}], "provenance": segments[-1], "segments": segments}  # fmt: skip
+
+
+SELECTION = {"best": {"simdeeplab": "sim-normal", "difnet": "dif-aux-shared"}, "equal_time_epochs": 18}
+RECORDS = [
+    verdict_record("dif-aux-shared", 0, 16, 0.50, SMALL_D, ["1111111aaa", "2222222bbb"]),
+    verdict_record("dif-aux-shared", 1, 16, 0.60, SMALL_D, ["2222222bbb"]),
+    verdict_record("sim-normal", 0, 16, 0.50, SMALL_S, ["3333333ccc"]),
+    verdict_record("sim-normal", 1, 16, 0.52, SMALL_S, ["3333333ccc"]),
+    verdict_record("sim-normal", 0, 18, 0.54, SMALL_S, ["2222222bbb"]),
+]
+
+
+def test_the_small_class_mean_skips_an_absent_iou_as_the_diagnostics_do():
+    assert small_miou(metrics(0.5, SMALL_D), NAMES) == pytest.approx(0.25)
+    assert small_miou(metrics(0.5, dict.fromkeys(SMALL_S)), NAMES) is None
+
+
+def test_the_verdict_gaps_are_differences_of_the_means_over_seeds():
+    groups: dict[str, list[dict]] = {}
+    for r in RECORDS:
+        groups.setdefault(f"{r['variant']} @ {r['epochs']} epochs", []).append(r)
+    gaps = verdict_gaps(groups, SELECTION, NAMES)
+    assert gaps["equal steps"]["miou_gap"] == pytest.approx(0.55 - 0.51)
+    assert gaps["equal time"]["miou_gap"] == pytest.approx(0.55 - 0.54)
+    assert gaps["equal steps"]["small_class_gap"] == pytest.approx(0.25 - 0.1)
+    assert (gaps["equal steps"]["difnet_seeds"], gaps["equal time"]["baseline_seeds"]) == (2, 1)
+    assert gaps["lines"][0].startswith("equal steps: DifNet-18 minus Sim-DeepLab-18 = +4.0 mIoU")
+    assert "small classes +15.0" in gaps["lines"][0]
+
+
+def test_the_report_tables_name_every_commit_behind_them(tmp_path):
+    runs, results = tmp_path / "runs", tmp_path / "results"
+    for r in RECORDS:
+        record_path(runs, r["variant"], r["seed"], "verdict", r["epochs"]).write_text(json.dumps(r))
+    screen = {**RECORDS[2], "phase": "screen", "holdout": metrics(0.3, SMALL_S), "segments": None,
+              "provenance": {"commit": "4444444ddd", "dirty": "yes", "torch": "2.x", "cpu": "a CPU"}}  # fmt: skip
+    record_path(runs, "sim-normal", 0, "screen", 8).write_text(json.dumps(screen))
+    (runs / "selection.json").write_text(json.dumps(SELECTION))
+    report(runs, results)
+    page = (results / "camvid_verdict.md").read_text()
+    assert "Code: 4444444 (tree differed: yes) (1 run)." in page  # under the screen's tables
+    assert "Code: 1111111 (1 run), 2222222 (3 runs), 3333333 (2 runs)." in page  # under the verdict's
+    verdict = page[page.index("## Verdict") :]
+    assert (
+        "| dif-aux-shared @ 16 epochs | 50.0 / 60.0 | **55.0 ± 7.1** | 25.0 ± 0.0 | 160 | 100* / 100 |"
+        in verdict
+    )
+    assert "| Fence (small) | - | 10.0 | 10.0 |" in verdict  # absent for DifNet: no IoU, not 0
+    assert "| small-class mIoU | 25.0 | 10.0 | 10.0 |" in verdict
+    assert (results / "camvid_curves.png").is_file()
+    summary = json.loads((results / "camvid_verdict.json").read_text())
+    assert summary["gaps"]["equal steps"]["miou_gap"] == pytest.approx(0.04)
+
+
+def test_runs_close_their_logs_and_reap_the_runs_the_deadline_stops(tmp_path, monkeypatch):
+    scripts = {"quick": "print('done')", "slow": "import time; print('started', flush=True); time.sleep(600)"}
+    monkeypatch.setattr(
+        camvid.Runs, "command", lambda self, variant, *_: [sys.executable, "-c", scripts[variant]]
+    )
+    monkeypatch.setattr(camvid.Runs, "poll_s", 0.2)
+    spawned = []
+    spawn = camvid.Runs.spawn
+
+    def recording_spawn(self, *entry):  # noqa: ANN001, ANN202
+        spawned.append(spawn(self, *entry))
+        return spawned[-1]
+
+    monkeypatch.setattr(camvid.Runs, "spawn", recording_spawn)
+    runs = camvid.Runs(argparse.Namespace(output=tmp_path, parallel=2, threads=1))
+    runs.pending = [("quick", 0, "screen", 8), ("slow", 0, "screen", 8)]
+    assert runs.wait(time.time() + 3, on_tick=lambda: None) is False
+    assert all(process.returncode is not None for process, _ in spawned)  # reaped, no zombie left
+    assert all(log.closed for _, log in spawned)
+    assert spawned[0][0].returncode == 0 and spawned[1][0].returncode == -signal.SIGTERM
+    assert record_path(tmp_path, "quick", 0, "screen", 8).with_suffix(".log").read_text() == "done\n"
+    assert runs.running == [] and runs.pending == []

@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from difnet.diffusion import propagate
-from difnet.models import DifNet
+from difnet.models import DifNet, build_model
 from difnet.training import TrainConfig, read_checkpoint, train
+from difnet.training.loop import seed_everything
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA is not available")
 
@@ -93,9 +94,18 @@ def test_difnet_eval_forward_on_cuda_matches_cpu(monkeypatch):
 
 @pytest.mark.parametrize("precision", ["fp16", "bf16"])
 def test_mixed_precision_training_steps_on_cuda(tmp_path, precision):
-    train(TrainConfig(**TINY, precision=precision, output_dir=str(tmp_path / "run")))
+    # enough steps for the fp16 scaler to settle from 2^16 (each overflow skips a step and halves it)
+    config = TrainConfig(
+        **{**TINY, "max_steps_per_epoch": 8}, precision=precision, output_dir=str(tmp_path / "run")
+    )
+    result = train(config)
     saved = read_checkpoint(tmp_path / "run" / "last.pt")
-    assert saved["step"] == 2 and saved["config"]["device"] == "cuda"
+    assert saved["step"] == 8 and saved["config"]["device"] == "cuda"
     assert all(torch.isfinite(v).all() for v in saved["model"].values() if v.is_floating_point())
-    if precision == "fp16":  # the scaler is on and kept; bf16 needs none
+    seed_everything(config.seed)  # the weights the run started from, as the trainer built them
+    initial = dict(build_model(**config.model_arguments(3)).named_parameters())
+    moved = [name for name, value in initial.items() if not torch.equal(value, saved["model"][name].cpu())]
+    assert len(moved) > len(initial) / 2, f"only {len(moved)} of {len(initial)} parameters changed"
+    if precision == "fp16":  # the scaler is on and kept, and it ran most steps; bf16 needs none
         assert saved["grad_scaler"]["scale"] > 0
+        assert result.history[-1]["fp16_skipped_steps"] < 4

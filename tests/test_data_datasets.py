@@ -10,6 +10,7 @@ import pytest
 import torch
 from data_fixtures import (
     CAMVID_FOREIGN_ROOT,
+    write_ade20k_fixture,
     write_camvid_fixture,
     write_context_fixture,
     write_folder_fixture,
@@ -305,3 +306,18 @@ def test_images_losing_bands_as_rgb_warn_once_per_dataset(tmp_path, mode, says):
     with pytest.warns(UserWarning, match=rf"image .*a\.\w+ is a mode-'{mode}' image") as caught:
         dataset[0], dataset[1]
     assert len(caught) == 1 and says in str(caught[0].message)
+
+
+@pytest.mark.parametrize("dataset", ["voc", "context", "ade20k", "folder"])
+def test_image_size_resizes_every_file_dataset_on_load(tmp_path, dataset):
+    """`image_size` is not dropped for any dataset: each resizes its items, and the model saves it."""
+    from difnet.training import TrainConfig
+
+    writers = {"voc": write_voc_fixture, "context": write_context_fixture, "ade20k": write_ade20k_fixture,
+               "folder": lambda root: write_folder_fixture(root / "train") and root}  # fmt: skip
+    root = writers[dataset](tmp_path)
+    config = TrainConfig(dataset=dataset, data_root=str(root), image_size=(24, 30), crop_size=24, device="cpu",
+                         num_classes=4 if dataset == "folder" else None)  # fmt: skip
+    image, label = config.build_dataset("train")[0]
+    assert image.shape == (3, 24, 30) and label.shape == (24, 30)
+    assert config.preprocessing().image_size == (24, 30)

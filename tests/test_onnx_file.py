@@ -82,6 +82,48 @@ def test_predict_runs_the_onnx_file_like_the_model(exported, tmp_path, capsys):
     assert Image.open(tmp_path / "onnx" / "street.png").getpalette()[3:6] == [10, 20, 30]
 
 
+def test_the_onnx_file_computes_the_models_logits(exported):
+    """An untrained DifNet's argmax is nearly constant, so equal masks say little: compare logits."""
+    from difnet.export import OnnxSegmenter
+
+    path, model, _ = exported
+    images = torch.randn(2, 3, *SIZE, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        expected = model.eval()(images)
+    difference = (OnnxSegmenter(path)(images) - expected).abs().max()
+    assert expected.std() > 0.1 and difference <= 1e-4 * max(1.0, float(expected.abs().max()))
+
+
+def test_exporting_another_size_than_the_trained_one_warns(tmp_path):
+    from difnet.export import export_onnx
+
+    model = SimDeepLab(depth=18, num_classes=3).eval()
+    model.preprocessing = Preprocessing(SIZE)
+    with pytest.warns(UserWarning, match="trained on images resized to 32x40"):
+        result = export_onnx(model, tmp_path / "m.onnx", height=48, width=48, verify=False)
+    assert (result.height, result.width) == (48, 48)
+
+
+def test_an_export_that_differs_from_the_model_beyond_the_tolerance_fails(tmp_path, monkeypatch, capsys):
+    import difnet.export
+
+    SimDeepLab(depth=18, num_classes=3).save_pretrained(tmp_path / "model")
+    monkeypatch.setattr(difnet.export, "_verify", lambda *_: (0.5, 3.0))  # as if a graph op were wrong
+    output = tmp_path / "m.onnx"
+    assert main(["export", "--checkpoint", str(tmp_path / "model"), "--output", str(output)]) == 1
+    error = capsys.readouterr().err
+    assert "difnet: export failed:" in error and "differ from PyTorch's by up to 0.5" in error
+    assert "tolerance 0.001" in error
+
+
+def test_example_inputs_are_built_on_the_models_device():
+    from difnet.export import example_images
+
+    model = SimDeepLab(depth=18, num_classes=3).to("meta")  # stands in for a CUDA model here
+    images = example_images(model, 2, 33, 35, seed=0)
+    assert images.device.type == "meta" and images.shape == (2, 3, 33, 35)
+
+
 def model_folder(onnx_path):
     return onnx_path.parents[1] / "model"
 

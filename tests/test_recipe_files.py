@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from dataclasses import fields
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import pytest
 
 from difnet.cli import main
 from difnet.training import TrainConfig
-from difnet.training.config import RESUME_CHANGEABLE, RUN_ONLY
+from difnet.training.config import DIFNET_ONLY, RESUME_CHANGEABLE, RUN_ONLY
 from difnet.training.settings import declared
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "voc_recipe.toml"
@@ -122,3 +123,27 @@ def test_one_declaration_per_setting_drives_every_reader():
     assert set(RUN_ONLY) == {"device", "output_dir", "overwrite", "resume", "log_every", "progress"}
     assert set(RESUME_CHANGEABLE) == {"epochs", "workers", "data_root", "eval_every", "on_nonfinite",
                                       "save_every", "gradient_checkpointing", *RUN_ONLY}  # fmt: skip
+
+
+def test_difnet_options_are_refused_for_another_model_naming_each():
+    with pytest.raises(ValueError, match=re.escape(
+        "aspp=False, walk='materialized', diffusion_stride=4, psi_scale_init=1.0: DifNet options, but the "
+        "model is 'simdeeplab', which has no diffusion"
+    )):  # fmt: skip
+        TrainConfig(
+            model="simdeeplab", aspp=False, diffusion_stride=4, walk="materialized", psi_scale_init=1.0
+        )
+    assert TrainConfig(model="simdeeplab", aspp=True, walk="fused", diffusion_stride=8).model == "simdeeplab"
+
+
+NOT_DEFAULT = {"aspp": False, "walk": "materialized", "diffusion_stride": 4, "psi_scale_init": 1.0,
+               "shared_backbone": True, "normalize_importance": True, "kernel": "distance", "kernel_radius": 2,
+               "learn_temperature": True, "beta_init": 0.1, "aux_seed_weight": 0.4, "transition_loss_weight": 0.4,
+               "walk_lr_mult": 10.0, "walk_weight_decay": 0.0}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", DIFNET_ONLY)
+def test_every_difnet_only_option_is_refused_for_simdeeplab(name):
+    assert TrainConfig(**{name: NOT_DEFAULT[name]}).model == "difnet"
+    with pytest.raises(ValueError, match=f"^{name}=.*: DifNet options"):
+        TrainConfig(model="simdeeplab", **{name: NOT_DEFAULT[name]})

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -14,11 +15,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.utils.data import Subset
 
 from difnet.data import SyntheticShapes, TrainTransform
 from difnet.models import DifNet
 from difnet.training import TrainConfig, load_model, read_checkpoint, train
-from difnet.training.loop import EpochSampler, Trainer
+from difnet.training.loop import EpochSampler, NonFiniteLossError, Trainer
 from difnet.training.optim import build_optimizer, poly_lr, set_learning_rate
 from difnet.training.records import read_log
 
@@ -192,6 +194,26 @@ def test_resume_takes_the_recipe_from_the_checkpoint_alone(tmp_path, capsys):
     assert read_checkpoint(last)["step"] == 2  # nothing ran
 
 
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"lr": 0.5}, "lr=0.5 (the run used 0.0025)"),
+        ({"seed": 3}, "seed=3 (the run used 0)"),
+        ({"aux_seed_weight": 0.4}, "aux_seed_weight=0.4 (the run used 0.0)"),
+    ],
+)
+def test_the_library_resume_refuses_another_recipe_naming_the_setting(tmp_path, change, message):
+    config = tiny_config(tmp_path, epochs=1, max_steps_per_epoch=1)
+    train(config)
+    last = tmp_path / "run" / "last.pt"
+    with pytest.raises(ValueError, match=re.escape(message)):
+        train(replace(config, resume=str(last), overwrite=False, epochs=2, **change))
+    assert read_checkpoint(last)["step"] == 1  # nothing ran
+    # what --resume may change (as benchmarks/camvid.py resumes a freshly built recipe) still resumes
+    resumed = train(replace(config, resume=str(last), overwrite=False, epochs=2, workers=0, log_every=3))
+    assert resumed.history[-1]["step"] == 2
+
+
 def test_train_voc_example_resumes_from_the_checkpoint_alone(tmp_path):
     spec = importlib.util.spec_from_file_location("train_voc", PROJECT_ROOT / "examples" / "train_voc.py")
     example = importlib.util.module_from_spec(spec)
@@ -284,6 +306,65 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+@pytest.mark.parametrize("role", ["train", "val"])
+def test_an_empty_override_dataset_is_refused_not_replaced_by_the_configs(tmp_path, role):
+    empty = Subset(SyntheticShapes(4, size=32, num_classes=3), [])
+    scenes = SyntheticShapes(8, size=32, num_classes=3)
+    config = tiny_config(tmp_path, dataset="voc", data_root=str(tmp_path / "no-voc"), image_size=None)
+    overrides = {"train": scenes, "val": scenes, role: empty}
+    with pytest.raises(ValueError, match=f"the {'training' if role == 'train' else 'validation'} dataset "
+                                         r"\(Subset\) holds no images"):  # fmt: skip
+        train(config, dataset_overrides=overrides)
+
+
+class SkippingScaler:
+    """A gradient scaler whose every step overflows: it skips the step and halves its scale."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        self.value = 2.0**16
+
+    def is_enabled(self) -> bool:
+        return True
+
+    def scale(self, loss: torch.Tensor) -> torch.Tensor:
+        return loss
+
+    def step(self, optimizer: torch.optim.Optimizer) -> None:
+        pass  # skipped: the weights stay
+
+    def update(self) -> None:
+        self.value /= 2
+
+    def get_scale(self) -> float:
+        return self.value
+
+    def state_dict(self) -> dict:
+        return {"scale": self.value}
+
+
+@pytest.mark.parametrize("policy", ["stop", "skip"])
+def test_fp16_steps_the_scaler_skips_are_logged_and_most_skipped_stops_or_warns(
+    tmp_path, monkeypatch, capsys, policy
+):
+    monkeypatch.setattr(torch.amp, "GradScaler", SkippingScaler)
+    monkeypatch.setattr("difnet.training.loop.SKIP_WINDOW", 4)
+    config = tiny_config(tmp_path, model="simdeeplab", epochs=1, max_steps_per_epoch=4, on_nonfinite=policy)
+    if policy == "stop":
+        with pytest.raises(NonFiniteLossError, match="skipped 4 of the last 4 steps"):
+            train(config)
+    else:
+        result = train(config)
+        assert result.history[-1]["fp16_skipped_steps"] == 4
+        assert "warning: the fp16 gradient scaler skipped 4 of the last 4 steps" in capsys.readouterr().out
+    skipped = [r for r in read_log(config.output_dir) if r["event"] == "fp16_skipped"]
+    assert [(r["step"], r["scale"]) for r in skipped] == [
+        (1, 2.0**16),
+        (2, 2.0**15),
+        (3, 2.0**14),
+        (4, 2.0**13),
+    ]
 
 
 def test_two_process_ddp_on_cpu_with_gloo(tmp_path):

@@ -4,6 +4,7 @@ report (`difnet.transitions`), which self-weight cannot lower, and its place in 
 from __future__ import annotations
 
 import math
+
 import torch
 import torch.nn.functional as F
 

@@ -39,7 +39,7 @@ from difnet.data.transforms import (
 from difnet.data.voc import VOC_CLASSES, VOCSegmentation
 
 DATASETS = ("voc", "context", "camvid", "cityscapes", "ade20k", "folder", "synthetic")
-RESIZABLE = ("camvid", "cityscapes")  # the datasets that take the option `resize`
+RESIZABLE = ("voc", "context", "camvid", "cityscapes", "ade20k", "folder")  # take the option `resize`
 FILE_DATASETS: dict[str, type[FilePairDataset]] = {
     "voc": VOCSegmentation, "context": PascalContext, "camvid": CamVid, "cityscapes": Cityscapes,
     "ade20k": ADE20K, "folder": FolderDataset,
@@ -56,8 +56,8 @@ def build_dataset(
 ) -> SegmentationDataset:
     """The `split` of dataset `name` (one of `DATASETS`) stored under `root`.
 
-    "folder" reads `root/<split>/images` and `root/<split>/masks` and needs the option
-    `num_classes`. "synthetic" ignores `root`; its options are those of `SyntheticShapes`, with
+    Every file dataset takes the option `resize=(H, W)` (each item resized on load). "folder"
+    reads `root/<split>/images` and `root/<split>/masks` and needs the option `num_classes`. "synthetic" ignores `root`; its options are those of `SyntheticShapes`, with
     400 train / 100 val / 100 test scenes by default and seeds `seed`, `seed + 1`, `seed + 2`.
     """
     if name == "synthetic":
@@ -78,8 +78,8 @@ def build_dataset(
             raise ValueError("dataset 'folder' needs the option num_classes")
         root = Path(root)
         return FolderDataset(root / split / "images", root / split / "masks", transform=transform, **options)
-    if options and name not in RESIZABLE:
-        raise TypeError(f"dataset {name!r} takes no options (got {', '.join(sorted(options))})")
+    if set(options) - {"resize"}:
+        raise TypeError(f"dataset {name!r} takes only the option resize (got {', '.join(sorted(options))})")
     return FILE_DATASETS[name](root, split, transform, **options)
 
 

@@ -49,14 +49,23 @@ class ADE20K(FilePairDataset):
 
     SPLITS = {"train": "training", "val": "validation"}
 
-    def __init__(self, root: str | Path, split: str = "train", transform: Transform | None = None) -> None:
+    def __init__(
+        self,
+        root: str | Path,
+        split: str = "train",
+        transform: Transform | None = None,
+        *,
+        resize: tuple[int, int] | None = None,
+    ) -> None:
         check_split(split, tuple(self.SPLITS), "ADE20K")
         self.root = dataset_root(root, "images", nested=("ADEChallengeData2016",), expected=LAYOUT)
         self.split = split
         images = require_dir(self.root / "images" / self.SPLITS[split], LAYOUT)
         labels = require_dir(self.root / "annotations" / self.SPLITS[split], LAYOUT)
         samples = (Sample(path, labels / f"{path.stem}.png") for path in sorted(images.glob("*.jpg")))
-        super().__init__(samples, ADE20K_CLASSES, ADE20K_PALETTE, transform, source=str(images))
+        super().__init__(
+            samples, ADE20K_CLASSES, ADE20K_PALETTE, transform, source=str(images), resize=resize
+        )
 
     def class_ids(self, raw: np.ndarray, path: Path) -> np.ndarray:
         stray = np.unique(raw[raw > len(ADE20K_CLASSES)])

@@ -49,7 +49,14 @@ class PascalContext(FilePairDataset):
 
     SPLITS = ("train", "val")
 
-    def __init__(self, root: str | Path, split: str = "train", transform: Transform | None = None) -> None:
+    def __init__(
+        self,
+        root: str | Path,
+        split: str = "train",
+        transform: Transform | None = None,
+        *,
+        resize: tuple[int, int] | None = None,
+    ) -> None:
         check_split(split, self.SPLITS, "Pascal Context")
         self.root = dataset_root(root, "JPEGImages", nested=("VOC2010", "VOCdevkit/VOC2010"), expected=LAYOUT)
         self.split = split
@@ -57,4 +64,6 @@ class PascalContext(FilePairDataset):
         list_file = self.root / "ImageSets" / "SegmentationContext" / f"{split}.txt"
         ids = [foreign_path(fields[0]).stem for fields in read_list(list_file, LAYOUT)]
         samples = (Sample(self.root / "JPEGImages" / f"{i}.jpg", masks / f"{i}.png") for i in ids)
-        super().__init__(samples, CONTEXT_CLASSES, CONTEXT_PALETTE, transform, source=str(list_file))
+        super().__init__(
+            samples, CONTEXT_CLASSES, CONTEXT_PALETTE, transform, source=str(list_file), resize=resize
+        )

@@ -20,7 +20,7 @@ class FolderDataset(FilePairDataset):
     """Images of `images_dir` paired by file stem with the masks of `masks_dir`
     (`a.jpg` with `a.png`); masks hold class ids in `[0, num_classes)`, 255 = ignore.
     `channels` other than 3 reads grey (1) or multi-band images such as RGB-NIR PNGs (4); give
-    the transform one `mean` / `std` value per channel."""
+    the transform one `mean` / `std` value per channel. `resize=(H, W)` resizes each item on load."""
 
     def __init__(
         self,
@@ -32,6 +32,7 @@ class FolderDataset(FilePairDataset):
         class_names: Sequence[str] | None = None,
         palette: Sequence[Colour] | None = None,
         channels: int = 3,
+        resize: tuple[int, int] | None = None,
     ) -> None:
         if isinstance(num_classes, bool) or not isinstance(num_classes, int):
             raise TypeError(f"num_classes must be an int (got {num_classes!r})")
@@ -53,6 +54,7 @@ class FolderDataset(FilePairDataset):
             palette or generic_palette(num_classes),
             transform,
             source=f"folder {self.images_dir}",
+            resize=resize,
         )
 
 

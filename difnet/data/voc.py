@@ -47,7 +47,14 @@ class VOCSegmentation(FilePairDataset):
 
     SPLITS = ("train", "val", "trainval", "train_aug")
 
-    def __init__(self, root: str | Path, split: str = "train", transform: Transform | None = None) -> None:
+    def __init__(
+        self,
+        root: str | Path,
+        split: str = "train",
+        transform: Transform | None = None,
+        *,
+        resize: tuple[int, int] | None = None,
+    ) -> None:
         check_split(split, self.SPLITS, "VOC")
         self.root = dataset_root(root, "JPEGImages", nested=("VOC2012", "VOCdevkit/VOC2012"), expected=LAYOUT)
         self.split = split
@@ -62,4 +69,4 @@ class VOCSegmentation(FilePairDataset):
             for fields in read_list(list_file, TRAIN_AUG if augmented else LAYOUT)
         ]
         samples = (Sample(self.root / "JPEGImages" / f"{i}.jpg", masks / f"{i}.png") for i in ids)
-        super().__init__(samples, VOC_CLASSES, VOC_PALETTE, transform, source=str(list_file))
+        super().__init__(samples, VOC_CLASSES, VOC_PALETTE, transform, source=str(list_file), resize=resize)

@@ -146,7 +146,7 @@ class TrainConfig:
         None, "number of classes (folder: required; synthetic: default 5)", DATA
     )
     image_size: tuple[int, int] | None = setting(
-        None, "resize every image on load (camvid, cityscapes) or the scene size (synthetic)", DATA,
+        None, "resize every image (and label) on load, or the scene size (synthetic)", DATA,
         metavar=("H", "W"),
     )  # fmt: skip
     crop_size: tuple[int, int] = setting(
@@ -202,7 +202,8 @@ class TrainConfig:
     )  # fmt: skip
     eval_every: int = setting(1, "evaluate every N epochs", RUN, resumable=True)
     on_nonfinite: str = setting(
-        "stop", "on a NaN/inf loss or gradient: stop the run, or skip that step", OPTIMISATION,
+        "stop", "on a NaN/inf loss or gradient: stop the run, or skip that step (fp16: when the gradient "
+        "scaler skipped most recent steps, stop, or warn)", OPTIMISATION,
         choices=NONFINITE_POLICIES, resumable=True,
     )  # fmt: skip
     log_every: int = setting(10, "log the loss every N steps", RUN, resumable=True, run_only=True)
@@ -334,11 +335,12 @@ class TrainConfig:
                 "size": self.image_size or SYNTHETIC_DEFAULT_SIZE,
                 "seed": self.seed,
             }
+        options: dict[str, Any] = {}
         if self.dataset == "folder":
-            return {"num_classes": self.num_classes, "channels": self.in_channels}
+            options = {"num_classes": self.num_classes, "channels": self.in_channels}
         if self.dataset in RESIZABLE and self.image_size is not None:
-            return {"resize": self.image_size}
-        return {}
+            options["resize"] = self.image_size
+        return options
 
     def normalization(self) -> dict[str, tuple[float, ...]]:
         """`{"mean": ..., "std": ...}` per channel: the config's, or ImageNet's for RGB."""
@@ -348,7 +350,7 @@ class TrainConfig:
 
     def preprocessing(self) -> Preprocessing:
         """How this run prepares images, saved with the model: its normalisation, and
-        `image_size` where the dataset resizes every image to it (CamVid, Cityscapes)."""
+        `image_size` where the dataset resizes every image to it (every dataset but synthetic)."""
         resized = self.image_size if self.dataset in RESIZABLE else None
         return Preprocessing(resized, **self.normalization())
 
@@ -459,25 +461,42 @@ def resume_config(path: str | Path, options: Mapping[str, Any]) -> TrainConfig:
     """The recipe stored in checkpoint `path`, set to resume from it, with `options` applied.
 
     Options may only change what `RESUME_CHANGEABLE` names (more epochs, another device, ...);
-    any other that differs from the stored recipe is refused, naming it and both values. The
+    any other that differs from the stored recipe is refused (`check_resume_recipe`). The
     output folder defaults to the checkpoint's own.
     """
-    stored = TrainConfig.from_dict(read_checkpoint(path)["config"])
+    stored = read_checkpoint(path)["config"]
     resumed = TrainConfig.from_dict(
-        {**stored.to_dict(), "output_dir": str(Path(path).parent), **options, "resume": str(path)}
-    )
-    before, after = stored.to_dict(), resumed.to_dict()
-    refused = [name for name in after if name not in RESUME_CHANGEABLE and after[name] != before[name]]
-    if refused:
-        changes = "; ".join(
-            f"--{name.replace('_', '-')} {after[name]!r} (the run used {before[name]!r})" for name in refused
-        )
-        raise ValueError(
-            f"cannot resume {path} with a different recipe: {changes}. Beside --resume only "
-            + ", ".join("--" + name.replace("_", "-") for name in RESUME_CHANGEABLE if name != "resume")
-            + " may change; start a new run for anything else"
-        )
+        {**TrainConfig.from_dict(stored).to_dict(), "output_dir": str(Path(path).parent), **options,
+         "resume": str(path)}
+    )  # fmt: skip
+    check_resume_recipe(path, stored, resumed, as_options=True)
     return resumed
+
+
+def check_resume_recipe(
+    path: str | Path, stored: Mapping[str, Any], config: TrainConfig, *, as_options: bool = False
+) -> None:
+    """Refuse to resume checkpoint `path`, trained with the recipe `stored` (its `config`), with a
+    `config` that changes a setting outside `RESUME_CHANGEABLE`: a `ValueError` naming each such
+    setting (as a command-line option with `as_options`), its stored and its new value. The CLI and
+    the library (`Trainer`) share this check, so neither resumes a run with another recipe."""
+    before, after = TrainConfig.from_dict(dict(stored)).to_dict(), config.to_dict()
+    refused = [name for name in after if name not in RESUME_CHANGEABLE and after[name] != before[name]]
+    if not refused:
+        return
+
+    def spelled(name: str) -> str:
+        return "--" + name.replace("_", "-") if as_options else name
+
+    changes = "; ".join(
+        f"{spelled(name)}{' ' if as_options else '='}{after[name]!r} (the run used {before[name]!r})"
+        for name in refused
+    )
+    raise ValueError(
+        f"cannot resume {path} with a different recipe: {changes}. Beside {spelled('resume')} only "
+        + ", ".join(spelled(name) for name in RESUME_CHANGEABLE if name != "resume")
+        + " may change; start a new run for anything else"
+    )
 
 
 class _DeprecatedBf16(argparse.Action):

@@ -18,6 +18,7 @@ import contextlib
 import json
 import math
 import time
+from collections import deque
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,7 +42,7 @@ from difnet.models.serialization import (
 from difnet.progress import progress_bar
 from difnet.training import distributed
 from difnet.training.checkpoint import remove_partial_saves, save_model
-from difnet.training.config import TrainConfig
+from difnet.training.config import TrainConfig, check_resume_recipe
 from difnet.training.losses import training_loss
 from difnet.training.optim import build_optimizer, set_learning_rate
 from difnet.training.preflight import check_first_samples
@@ -51,10 +52,14 @@ from difnet.training.sample_seeds import SampleSeeded, epoch_seed, seed_everythi
 LAST, BEST = "last.pt", "best.pt"
 BEST_FOLDER = "best"  # the best model again as a save_pretrained folder, for sharing
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+# fp16: when the gradient scaler skipped more than half of the last SKIP_WINDOW steps, the run stops
+# or warns (--on-nonfinite); a few skips while the scale settles from 2^16 are normal
+SKIP_WINDOW = 50
 
 
 class NonFiniteLossError(RuntimeError):
-    """A step produced a NaN or infinite loss or gradient; the weights were left untouched."""
+    """A step produced a NaN or infinite loss or gradient (the weights were left untouched), or the
+    fp16 gradient scaler skipped most of the recent steps."""
 
 
 @dataclass
@@ -114,15 +119,22 @@ class Trainer:
         self.config, self.context = config, context
         self.device = context.device
         datasets = dict(datasets or {})
-        self.train_set = datasets.get("train") or config.build_dataset(
-            config.train_split, config.train_transform()
-        )
+        if datasets.get("train") is not None:
+            self.train_set = datasets["train"]
+        else:
+            self.train_set = config.build_dataset(config.train_split, config.train_transform())
         if "val" in datasets:
             self.val_set = datasets["val"]
         elif config.val_split is not None:
             self.val_set = config.build_dataset(config.val_split, config.eval_transform())
         else:
             self.val_set = None
+        for role, dataset in (("training", self.train_set), ("validation", self.val_set)):
+            if dataset is not None and len(dataset) == 0:
+                raise ValueError(
+                    f"the {role} dataset ({type(dataset).__name__}) holds no images"
+                    + ("; pass None as the override to skip evaluation" if role == "validation" else "")
+                )
         self.num_classes = self._num_classes()
         check_first_samples(self.train_set, self.val_set, config.crop_size, config.scale_range)
         self.output_dir = Path(config.output_dir)
@@ -176,6 +188,10 @@ class Trainer:
 
         self.epoch, self.step = 0, 0
         self.steps_into_epoch = 0  # > 0 only when resuming from a mid-epoch checkpoint
+        self.recent_skips: deque[bool] = deque(
+            maxlen=SKIP_WINDOW
+        )  # fp16: whether each recent step was skipped
+        self.epoch_skips = 0
         self.best_miou: float | None = None
         self.history: list[dict] = []
         if config.resume:
@@ -198,6 +214,7 @@ class Trainer:
 
     def _resume(self, path: Path) -> None:
         payload = read_checkpoint(path)
+        check_resume_recipe(path, payload["config"], self.config)
         expected = unwrap(self.model).config
         # options added later take their default in checkpoints written before them
         later = {key: value for key, value in LATER_MODEL_OPTIONS.items() if key in expected}
@@ -267,6 +284,8 @@ class Trainer:
                 self._train_epoch()
                 self.epoch += 1
                 record = {"epoch": self.epoch, "step": self.step}
+                if self.scaler.is_enabled():
+                    record["fp16_skipped_steps"] = self.epoch_skips
                 if self.val_set is not None and (
                     self.epoch % self.config.eval_every == 0 or self.epoch == self.config.epochs
                 ):
@@ -314,7 +333,7 @@ class Trainer:
         self.seeded_train_set.epoch = self.epoch
         self.loader_generator.manual_seed(epoch_seed(config.seed, self.epoch, rank))
         self.model.train()
-        start, self.steps_into_epoch = self.steps_into_epoch, 0
+        start, self.steps_into_epoch, self.epoch_skips = self.steps_into_epoch, 0, 0
         bar = progress_bar(
             total=self.steps_per_epoch,
             initial=start,
@@ -379,10 +398,38 @@ class Trainer:
             finite = finite and bool(torch.isfinite(gradient_norm(self.parameters)))
         if distributed.any_true(not finite, self.context):
             return self._nonfinite(index, float(loss))
+        scale = self.scaler.get_scale() if self.scaler.is_enabled() else None
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.step += 1
+        if scale is not None:  # the scaler lowers its scale exactly when it skipped the step
+            self._count_skip(index, scale, skipped=self.scaler.get_scale() < scale)
         return float(loss)
+
+    def _count_skip(self, index: int, scale: float, skipped: bool) -> None:
+        """Log a step the fp16 gradient scaler skipped (its gradients overflowed at `scale`), and
+        stop or warn (per `on_nonfinite`) when it skipped most of the last `SKIP_WINDOW` steps."""
+        self.recent_skips.append(skipped)
+        if not skipped:
+            return
+        self.epoch_skips += 1
+        if self.log is not None:
+            self.log.write("fp16_skipped", self.step, epoch=self.epoch + 1, batch=index + 1, scale=scale)
+        count = sum(self.recent_skips)
+        if len(self.recent_skips) < SKIP_WINDOW or 2 * count <= SKIP_WINDOW:
+            return
+        what = (
+            f"the fp16 gradient scaler skipped {count} of the last {SKIP_WINDOW} steps (up to step "
+            f"{self.step}, epoch {self.epoch + 1}; scale now {self.scaler.get_scale():g}): the gradients "
+            "overflow or are NaN at every scale, so the weights barely train"
+        )
+        if self.config.on_nonfinite == "stop":
+            raise NonFiniteLossError(
+                f"{what}; stopped, the last checkpoint in {self.output_dir} is intact (--precision bf16 or "
+                "fp32 need no scaler; --on-nonfinite skip would only warn)"
+            )
+        tqdm.write(f"warning: {what}")
+        self.recent_skips.clear()  # warn once per window
 
     def _nonfinite(self, index: int, loss: float) -> float:
         config = self.config

@@ -1,0 +1,71 @@
+"""The CamVid verdict's variants and the classes it reports apart: shared by the runner
+(`benchmarks.camvid`) and the report (`benchmarks.camvid_report`), which import this module and
+not each other."""
+
+from __future__ import annotations
+
+SMALL_CLASSES = ("Pole", "SignSymbol", "Fence", "Pedestrian", "Bicyclist")
+
+AUX = {"aux_seed_weight": 0.4}
+WALK_LR = {"walk_lr_mult": 30.0, "walk_weight_decay": 0.0}
+TRANSITIONS = {"transition_loss_weight": 0.4}
+DISTANCE_LOCAL = {"kernel": "distance", "kernel_radius": 3}
+SEPARATE = {"shared_backbone": False}
+# the second-stage candidates: a transition kernel, and how its walks start and learn
+STAGE_TWO: dict[str, dict] = {
+    "dot": {},
+    "dist": {"kernel": "distance"},
+    "dot-r3": {"kernel_radius": 3},
+    "dist-r3": DISTANCE_LOCAL,
+    "dist-r1": {"kernel": "distance", "kernel_radius": 1},
+    "dist-r3-temp": {**DISTANCE_LOCAL, "learn_temperature": True},
+    "dist-r3-off": {**DISTANCE_LOCAL, "beta_init": 0.05, **WALK_LR},
+    "dist-r3-trans": {**DISTANCE_LOCAL, **TRANSITIONS},
+    "dist-r3-trans1": {**DISTANCE_LOCAL, "transition_loss_weight": 1.0},
+    "dot-trans": TRANSITIONS,
+    "dot-fast": {"lr": 0.05, **WALK_LR},
+    "dist-r3-fast": {**DISTANCE_LOCAL, "lr": 0.05, **WALK_LR},
+    "dist-r3-s4": {**DISTANCE_LOCAL, "diffusion_stride": 4},
+    "dist-r3-s4-fast": {**DISTANCE_LOCAL, "diffusion_stride": 4, "lr": 0.05, **WALK_LR},
+    "dist-r3-trans-fast": {**DISTANCE_LOCAL, **TRANSITIONS, "lr": 0.05, **WALK_LR},
+    "dist-trans": {"kernel": "distance", **TRANSITIONS},
+    "dist-trans-fast": {"kernel": "distance", **TRANSITIONS, "lr": 0.05, **WALK_LR},
+    # the paper's separate similarity backbone, trained from the first stage's backbone
+    "dist-r1-sep": {**SEPARATE, "kernel": "distance", "kernel_radius": 1},
+    "dist-r3-sep": {**SEPARATE, **DISTANCE_LOCAL},
+    "dist-r3-sep-trans1": {**SEPARATE, **DISTANCE_LOCAL, "transition_loss_weight": 1.0},
+    "dist-sep-trans1": {**SEPARATE, "kernel": "distance", "transition_loss_weight": 1.0},
+}
+STAGE_ONE = "seed-aux-shared"
+STAGE_ONE_EPOCHS = {"remedy": 8, "verdict": 16}
+# name: (model, recipe overrides); the DifNet remedies start from DeepLab's head init
+VARIANTS: dict[str, tuple[str, dict]] = {
+    "sim-he": ("simdeeplab", {"head_init": "he"}),
+    "sim-normal": ("simdeeplab", {"head_init": "normal"}),
+    "dif-he": ("difnet", {"head_init": "he"}),
+    "dif-normal": ("difnet", {"head_init": "normal"}),
+    "dif-aux": ("difnet", {"head_init": "normal", **AUX}),
+    "dif-shared": ("difnet", {"head_init": "normal", "shared_backbone": True}),
+    "dif-walklr": ("difnet", {"head_init": "normal", **WALK_LR}),
+    "dif-stride4": ("difnet", {"head_init": "normal", "diffusion_stride": 4}),
+    "dif-imp": ("difnet", {"head_init": "normal", "normalize_importance": True}),
+    "dif-aux-shared": ("difnet", {"head_init": "normal", "shared_backbone": True, **AUX}),
+    "dif-aux-walklr": ("difnet", {"head_init": "normal", **AUX, **WALK_LR}),
+    "dif-aux-imp": ("difnet", {"head_init": "normal", "normalize_importance": True, **AUX}),
+    "dif-trans": ("difnet", {"head_init": "normal", **TRANSITIONS}),
+    "dif-aux-trans": ("difnet", {"head_init": "normal", **AUX, **TRANSITIONS}),
+    # staged training's first stage: the selected DifNet with every P_t = I, so y_5 is its seed
+    "seed-aux-shared": (
+        "difnet",
+        {"head_init": "normal", "shared_backbone": True, "kernel": "identity", **AUX},
+    ),
+    # staged training's second stage: only Psi_t, the kernel and the walks train, on the frozen seed
+    # branch of the first stage's run of the same seed and phase (`stage_one_checkpoint`)
+    **{
+        f"walk-{name}": ("difnet", {"head_init": "normal", "shared_backbone": True, **options})
+        for name, options in STAGE_TWO.items()
+    },  # fmt: skip
+    # the baseline's rate search (the recipe's rate is 0.01)
+    **{f"sim-lr{lr}": ("simdeeplab", {"head_init": "normal", "lr": lr}) for lr in (0.007, 0.01, 0.014, 0.02)},
+}
+INIT_VARIANTS = ("sim-he", "sim-normal", "dif-he", "dif-normal")
