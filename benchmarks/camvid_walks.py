@@ -63,9 +63,19 @@ def levels(values: Sequence[float | None] | None) -> str:
     return "-" if values is None else ", ".join("-" if v is None else f"{v:.2f}" for v in values)
 
 
+def error_shares(diagnostics: dict) -> str:
+    """At the nodes the seed gets wrong, per level: share to the true class / to the seed's class
+    ("-" for records written before the diagnostics kept them)."""
+    true, chosen = diagnostics.get("seed_error_share"), diagnostics.get("seed_error_seed_share")
+    if true is None or chosen is None:
+        return "-"
+    return ", ".join(levels([t]) + " / " + levels([c]) for t, c in zip(true, chosen, strict=True))
+
+
 def screen_rows(groups: dict[str, list[dict]], names: list[str]) -> list[list[str]]:
     """One row per second-stage candidate: the walk gain per seed and its mean, the best override,
-    the small classes from seed to walk 5, the in-class share and the self-weight (seed 0)."""
+    the small classes from seed to walk 5, the in-class share, the shares at the seed's errors and
+    the self-weight (seed 0)."""
     rows = []
     for variant, runs in groups.items():
         diagnostics = [r["diagnostics"] for r in runs]
@@ -79,7 +89,8 @@ def screen_rows(groups: dict[str, list[dict]], names: list[str]) -> list[list[st
             " / ".join(pct(g, signed=True) for g in gains), f"**{pct(mean(gains), signed=True)}**",
             f"{best['setting']} ({pct(best['gain'], signed=True)})",
             f"{pct(small('seed'))} -> {pct(small('walk 5'))}",
-            levels(diagnostics[0]["in_class_share"]), levels(diagnostics[0]["mean_self_weight"]),
+            levels(diagnostics[0]["in_class_share"]), error_shares(diagnostics[0]),
+            levels(diagnostics[0]["mean_self_weight"]),
             " / ".join(f"{min(d['beta']):.2f}-{max(d['beta']):.2f}" for d in diagnostics),
             minutes(runs), commits(runs),
         ])  # fmt: skip
@@ -115,7 +126,8 @@ def report(output: Path, results: Path) -> Path:
     ]
     lines += table(
         ["candidate", "seed mIoU per seed", "walk gain per seed", "mean gain", "best override (seed 0)",
-         "small classes seed -> walk 5", "in-class share, levels 0-4 (seed 0)", "self-weight (seed 0)",
+         "small classes seed -> walk 5", "in-class share, levels 0-4 (seed 0)",
+         "at the seed's errors: share to true / to seed's class (seed 0)", "self-weight (seed 0)",
          "beta range", "train min", "commit"],
         screen_rows(screen, names),
     )  # fmt: skip

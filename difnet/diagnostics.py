@@ -5,7 +5,9 @@ mIoU minus the seed's), and asks three questions of the transition matrices:
 
 - *Do they carry what the seed lacks?* The in-class share of each level (`difnet.transitions`):
   of the mass a row sends to other nodes, the share that reaches the node's class. The
-  self-weight `P[i, i]` is reported apart; the identity scores no share at all.
+  self-weight `P[i, i]` is reported apart; the identity scores no share at all. The same share
+  at the nodes the seed gets wrong, beside the share reaching the class the seed chose there:
+  transitions that only echo the seed send those nodes' mass to the seed's class, and cannot fix them.
 - *Could other walk scalars have made them help?* The cascade rerun on the same transition
   matrices with each of `WALK_OVERRIDES` (a fixed grid of mu and beta, and the learned values
   with some walks switched off): the best of them, and which it was. If no setting lifts the
@@ -33,7 +35,7 @@ from difnet.metrics import ConfusionMatrix
 from difnet.models import DifNet
 from difnet.models.difnet import DifNetOutput
 from difnet.models.heads import upsample
-from difnet.transitions import label_propagate, node_labels, row_statistics
+from difnet.transitions import RowStatistics, label_propagate, node_labels, row_statistics
 
 Transition = Callable[[Tensor], Tensor]  # node values y [B, N, K] -> P y
 SCALAR_GRID_MU = (0.2, 0.5, 0.8, 0.95)
@@ -104,7 +106,11 @@ class DiffusionDiagnostics:
     walk's mIoU minus the seed's; `overrides`, the mIoU of the cascade under each walk-scalar
     setting, the `best_override` and its gain over the seed; per level t the mean in-class share
     over labelled nodes (`in_class_share`, None where no node has one, as under the identity) and
-    over nodes of the small classes, and the mean self-weight `P_t[i, i]`; M's statistics; mu, beta."""
+    over nodes of the small classes, and the mean self-weight `P_t[i, i]`; at the labelled nodes the
+    seed gets wrong, the share reaching their true class (`seed_error_share`) against the share
+    reaching the class the seed chose (`seed_error_seed_share`): a walk can only correct a node whose
+    transitions know more than its seed, i.e. where the first exceeds the second; M's statistics;
+    mu, beta."""
 
     class_names: list[str]
     small_classes: list[str]
@@ -117,6 +123,8 @@ class DiffusionDiagnostics:
     in_class_share: list[float | None]
     small_class_share: list[float | None]
     mean_self_weight: list[float]
+    seed_error_share: list[float | None]
+    seed_error_seed_share: list[float | None]
     importance: dict[str, float]
     mu: list[float]
     beta: list[float]
@@ -150,6 +158,9 @@ class DiffusionDiagnostics:
             "In-class share of the mass sent to other nodes, levels 0-4: "
             + ", ".join(_fraction(v) for v in self.in_class_share)
             + "; nodes of small classes: " + ", ".join(_fraction(v) for v in self.small_class_share) + ".",
+            "At the nodes the seed gets wrong, share reaching the true class: "
+            + ", ".join(_fraction(v) for v in self.seed_error_share)
+            + "; reaching the seed's class: " + ", ".join(_fraction(v) for v in self.seed_error_seed_share) + ".",
             "Mean self-weight P_t[i, i] of levels 0-4: " + ", ".join(f"{v:.3f}" for v in self.mean_self_weight)
             + ".",
             f"Importance map M: mean {m['mean']:.3f}, min {m['min']:.3f}, max {m['max']:.3f}.",
@@ -180,37 +191,61 @@ class _StageScores:
 
 
 class _LevelMeans:
-    """Running means per level of the in-class share (over labelled and over small-class nodes with
-    a share) and of the self-weight (over labelled nodes)."""
+    """Running means per level of the in-class share (over labelled nodes, over small-class nodes,
+    and over the nodes the seed gets wrong), of the share that reaches the seed's own (wrong) class
+    at those nodes, and of the self-weight (over labelled nodes)."""
+
+    ROWS = 5
 
     def __init__(self, levels: int, small: Sequence[int]) -> None:
         self.small = torch.tensor(list(small), dtype=torch.long)
-        self.sums = torch.zeros(3, levels, dtype=torch.float64)
-        self.counts = torch.zeros(3, levels, dtype=torch.float64)
+        self.sums = torch.zeros(self.ROWS, levels, dtype=torch.float64)
+        self.counts = torch.zeros(self.ROWS, levels, dtype=torch.float64)
 
-    def update(self, level: int, share: Tensor, self_weight: Tensor, nodes: Tensor) -> None:
-        labelled = nodes != IGNORE_INDEX
+    def update(
+        self,
+        level: int,
+        stats: RowStatistics,
+        nodes: Tensor,
+        seed_stats: RowStatistics | None = None,
+        predicted: Tensor | None = None,
+    ) -> None:
+        share, labelled = stats.share, nodes != IGNORE_INDEX
         defined = labelled & ~share.isnan()
         small = defined & torch.isin(nodes, self.small.to(nodes.device))
-        for row, (values, chosen) in enumerate(((share, defined), (share, small), (self_weight, labelled))):
-            self.sums[row, level] += float(values[chosen].double().sum())
-            self.counts[row, level] += int(chosen.sum())
+        chosen = [(share, defined), (share, small), (stats.self_weight, labelled)]
+        if seed_stats is not None and predicted is not None:
+            wrong = defined & (predicted != nodes)
+            seed_share = seed_stats.share
+            chosen += [(share, wrong & ~seed_share.isnan()), (seed_share, wrong & ~seed_share.isnan())]
+        for row, (values, mask) in enumerate(chosen):
+            self.sums[row, level] += float(values[mask].double().sum())
+            self.counts[row, level] += int(mask.sum())
 
-    def means(self) -> tuple[list[float | None], list[float | None], list[float | None]]:
+    def means(self) -> list[list[float | None]]:
+        """Per row (in-class, small-class, self-weight, seed-error in-class, seed-error seed-class),
+        the mean of each level, None where no node counted."""
         values, counts = (self.sums / self.counts.clamp(min=1)).tolist(), self.counts.tolist()
-        return tuple(
-            [None if c == 0 else v for v, c in zip(values[row], counts[row], strict=True)] for row in range(3)
-        )
+        return [
+            [None if c == 0 else v for v, c in zip(values[row], counts[row], strict=True)]
+            for row in range(self.ROWS)
+        ]
 
 
-def _update_levels(means: _LevelMeans, out: DifNetOutput, labels: Tensor, num_classes: int) -> Tensor:
-    """Add one batch's transition statistics; returns its node labels."""
+def _update_levels(
+    means: _LevelMeans, out: DifNetOutput, labels: Tensor, num_classes: int, *, errors: bool = False
+) -> Tensor:
+    """Add one batch's transition statistics (with `errors`, also at the nodes the seed gets
+    wrong); returns its node labels."""
     grid = tuple(out.walks[-1].shape[-2:])
     nodes = node_labels(labels, grid, num_classes)
+    predicted = flatten_nodes(upsample(out.seed, grid)).argmax(-1) if errors else None
     temperatures = out.temperatures or [None] * len(out.features)
     for level, (features, temperature) in enumerate(zip(out.features, temperatures, strict=True)):
-        stats = row_statistics(features, nodes, kernel=out.kernel, grid=grid, temperature=temperature)
-        means.update(level, stats.share, stats.self_weight, nodes)
+        options = {"kernel": out.kernel, "grid": grid, "temperature": temperature}
+        stats = row_statistics(features, nodes, **options)
+        seed_stats = row_statistics(features, predicted, **options) if errors else None
+        means.update(level, stats, nodes, seed_stats, predicted)
     return nodes
 
 
@@ -233,7 +268,7 @@ def transition_shares(
     for images, labels in DataLoader(dataset, batch_size=batch_size if batch_statistics else 1):
         out = model(images.to(device), intermediates=True)
         _update_levels(means, out, labels.to(device), model.num_classes)
-    share, small, self_weight = means.means()
+    share, small, self_weight, _, _ = means.means()
     return {"in_class_share": share, "small_class_share": small, "mean_self_weight": self_weight}
 
 
@@ -267,7 +302,7 @@ def diagnose(
     for images, labels in DataLoader(items, batch_size=1):
         images, labels = images.to(device), labels.to(device)
         out = model(images, intermediates=True)
-        nodes = _update_levels(means, out, labels, model.num_classes)
+        nodes = _update_levels(means, out, labels, model.num_classes, errors=True)
         for stage, maps in zip(["seed", *walk_names], [out.seed, *out.walks], strict=True):
             scores.update(stage, maps, labels)
         grid = tuple(out.walks[-1].shape[-2:])
@@ -283,7 +318,7 @@ def diagnose(
     override_miou = {name: result.miou for name, result in overridden.metrics().items()}
     best = max(override_miou, key=override_miou.get)
     seed_miou = metrics["seed"].miou
-    share, small_share, self_weight = means.means()
+    share, small_share, self_weight, error_share, error_seed_share = means.means()
     m = torch.cat(importance)
     return DiffusionDiagnostics(
         class_names=names,
@@ -299,6 +334,8 @@ def diagnose(
         in_class_share=share,
         small_class_share=small_share,
         mean_self_weight=self_weight,
+        seed_error_share=error_share,
+        seed_error_seed_share=error_seed_share,
         importance={"mean": float(m.mean()), "min": float(m.min()), "max": float(m.max())},
         mu=mu,
         beta=beta,

@@ -168,7 +168,7 @@ def test_build_dataset_errors(tmp_path):
         build_dataset("voc", None, "train")
     with pytest.raises(ValueError, match="'folder' needs the option num_classes"):
         build_dataset("folder", tmp_path, "train")
-    with pytest.raises(TypeError, match="'voc' takes only the option resize \(got size\)"):
+    with pytest.raises(TypeError, match=r"'voc' takes only the option resize \(got size\)"):
         build_dataset("voc", tmp_path, "train", size=3)
     with pytest.raises(ValueError, match="unknown synthetic split 'dev'"):
         build_dataset("synthetic", None, "dev")

@@ -20,6 +20,7 @@ from difnet.diagnostics import (
 from difnet.diffusion import transition_matrix
 from difnet.evaluation import evaluate
 from difnet.models import DifNet, SimDeepLab
+from difnet.models.heads import upsample
 from difnet.transitions import label_propagate, node_labels
 
 V = IGNORE_INDEX
@@ -113,6 +114,39 @@ def test_diagnose_reports_the_self_weight_and_small_class_share_of_the_explicit_
     assert report.small_class_share != report.in_class_share
 
 
+@torch.no_grad()
+def explicit_error_shares(model: DifNet, images: torch.Tensor, labels: torch.Tensor):
+    """At the labelled nodes the seed gets wrong, the share of P's off-diagonal mass reaching the
+    true class and the share reaching the seed's class, from explicit P."""
+    out = model(images, intermediates=True)
+    grid = tuple(out.walks[-1].shape[-2:])
+    nodes = node_labels(labels, grid, model.num_classes)[0]
+    predicted = upsample(out.seed, grid).flatten(2)[0].argmax(0)
+    others = ~torch.eye(len(nodes), dtype=torch.bool)
+    true_peers = (nodes[:, None] == nodes[None]) & others
+    seed_peers = (predicted[:, None] == predicted[None]) & others
+    wrong = (nodes != V) & (predicted != nodes) & true_peers.any(-1) & seed_peers.any(-1)
+    true_shares, seed_shares = [], []
+    for features in out.features:
+        P = transition_matrix(features)[0]
+        sent = (P * others).sum(-1)
+        true_shares.append(float(((P * true_peers).sum(-1) / sent)[wrong].mean()))
+        seed_shares.append(float(((P * seed_peers).sum(-1) / sent)[wrong].mean()))
+    return true_shares, seed_shares, int(wrong.sum())
+
+
+def test_diagnose_reports_the_shares_at_the_nodes_the_seed_gets_wrong_as_explicit_matrices_do(tiny):
+    model, scenes = tiny
+    images, labels = scenes[0]
+    report = diagnose(model, scenes, limit=1)
+    true_shares, seed_shares, wrong = explicit_error_shares(model, images[None], labels[None])
+    assert wrong > 0  # a fresh model's seed gets nodes wrong, so the statistic is exercised
+    assert report.seed_error_share == pytest.approx(true_shares, rel=1e-5)
+    assert report.seed_error_seed_share == pytest.approx(seed_shares, rel=1e-5)
+    assert report.seed_error_share != report.in_class_share
+    assert "the seed gets wrong" in report.format()
+
+
 def test_the_identity_kernel_reports_self_weight_one_no_share_and_no_walk_gain(tiny):
     _, scenes = tiny
     torch.manual_seed(0)
@@ -120,6 +154,7 @@ def test_the_identity_kernel_reports_self_weight_one_no_share_and_no_walk_gain(t
     report = diagnose(model, scenes, limit=2)
     assert report.mean_self_weight == [1.0] * 5
     assert report.in_class_share == [None] * 5
+    assert report.seed_error_share == report.seed_error_seed_share == [None] * 5
     assert report.walk_gain == 0.0 and report.best_override["gain"] == 0.0
 
 

@@ -471,7 +471,7 @@ CASES = [
          r"there, 'difnet' here"),
     Case("train-resume-other-classes",
          lambda e: quick_train(e, num_classes=4, resume=str(e.checkpoint)), ValueError,
-         r"best\.pt holds a model .*'num_classes': 3.* but this run builds .*'num_classes': 4"),
+         r"cannot resume .*best\.pt with a different recipe: num_classes=4 \(the run used 3\)"),
     # command line ------------------------------------------------------------------------------
     Case("cli-depth-choice", lambda e: cli("train", "--depth", "19"), SystemExit,
          r"exit status 2: difnet train: error: argument --depth: invalid choice: '?19'?"),
