@@ -15,6 +15,8 @@ Three phases, every run resumable and recorded with the commit that produced it:
     python -m benchmarks.camvid all --device cuda --parallel 24     # every phase, then report
     python -m benchmarks.camvid run --variant dif-aux --seed 0 --phase remedy   # one run
     python -m benchmarks.camvid report                              # results/camvid_verdict.*
+    python -m benchmarks.camvid rediagnose --variant walk-dist --seed 0 --phase remedy --epochs 3
+                                                 # recompute a finished run's diagnostics
     python -m benchmarks.camvid shrink --to .camvid240             # a 240x180 copy to ship
 
 A run whose record exists is not repeated; one killed mid-way resumes from its `last.pt`. Records
@@ -49,7 +51,7 @@ from difnet.data import CamVid, EvalTransform, TrainTransform
 from difnet.data.base import SegmentationDataset
 from difnet.diagnostics import diagnose, transition_shares
 from difnet.evaluation import evaluate
-from difnet.models import DifNet, build_model
+from difnet.models import DifNet, build_model, load_model
 from difnet.training import TrainConfig, train
 from difnet.training.losses import training_loss
 from difnet.training.sample_seeds import seed_everything
@@ -226,6 +228,29 @@ def run_one(args: argparse.Namespace) -> dict:
     record["config"] = config.to_dict()
     record["provenance"], record["segments"] = segments[-1], segments
     path = record_path(args.output, args.variant, args.seed, args.phase, args.epochs)
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    return record
+
+
+def rediagnose(args: argparse.Namespace) -> dict:
+    """Recompute the diagnostics of a finished DifNet run from its `last.pt` with this commit's
+    `diagnose`, on the images the run was scored on, and write them into its record with the
+    commit that computed them: a diagnostic added after a run was trained reaches its record
+    without training it again."""
+    path = record_path(args.output, args.variant, args.seed, args.phase, args.epochs)
+    if not path.is_file():
+        raise SystemExit(f"no record {path}: run it first")
+    record = json.loads(path.read_text())
+    last = path.with_suffix("") / "last.pt"
+    model = load_model(last)
+    if not isinstance(model, DifNet):
+        raise SystemExit(f"{last} holds a {type(model).__name__}: only a DifNet has diagnostics")
+    data = phase_datasets(args.data_root, args.phase, (160, 160))
+    record["diagnostics"] = {
+        **diagnose(model, data["val"], SMALL_CLASSES, device=args.device).to_dict(),
+        "split": "holdout" if args.phase in HELD_ASIDE else "val",
+        "provenance": provenance(),
+    }
     path.write_text(json.dumps(record, indent=2) + "\n")
     return record
 
@@ -443,15 +468,15 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    for name in ("run", "all", "report", "shrink"):
+    for name in ("run", "rediagnose", "all", "report", "shrink"):
         sub = commands.add_parser(name)
         sub.add_argument("--data-root", type=Path, default=DEFAULT_DATA)
         sub.add_argument("--output", type=Path, default=RUNS, help="run folders and their records")
-        if name in ("run", "all"):
+        if name in ("run", "rediagnose", "all"):
             sub.add_argument("--device", default="cpu")
             sub.add_argument("--crop", type=int, nargs=2, default=[160, 160], metavar=("H", "W"))
             sub.add_argument("--max-steps", type=int, help="cut every epoch to this many steps (smoke runs)")
-        if name == "run":
+        if name in ("run", "rediagnose"):
             sub.add_argument("--variant", choices=tuple(VARIANTS), required=True)
             sub.add_argument("--seed", type=int, default=0)
             sub.add_argument("--phase", choices=(*HELD_ASIDE, "verdict"), required=True)
@@ -479,6 +504,8 @@ def main() -> None:
         shrink(args.data_root, args.to)
     elif args.command == "run":
         run_one(args)
+    elif args.command == "rediagnose":
+        rediagnose(args)
     elif args.command == "all":
         run_all(args)
     else:

@@ -6,8 +6,9 @@ mIoU minus the seed's), and asks three questions of the transition matrices:
 - *Do they carry what the seed lacks?* The in-class share of each level (`difnet.transitions`):
   of the mass a row sends to other nodes, the share that reaches the node's class. The
   self-weight `P[i, i]` is reported apart; the identity scores no share at all. The same share
-  at the nodes the seed gets wrong, beside the share reaching the class the seed chose there:
-  transitions that only echo the seed send those nodes' mass to the seed's class, and cannot fix them.
+  at the nodes the seed gets wrong: how much of their mass reaches nodes whose seed holds their true
+  class, against nodes whose seed makes the same mistake. Transitions that only echo the seed send it
+  to the second, and cannot fix those nodes.
 - *Could other walk scalars have made them help?* The cascade rerun on the same transition
   matrices with each of `WALK_OVERRIDES` (a fixed grid of mu and beta, and the learned values
   with some walks switched off): the best of them, and which it was. If no setting lifts the
@@ -107,10 +108,10 @@ class DiffusionDiagnostics:
     setting, the `best_override` and its gain over the seed; per level t the mean in-class share
     over labelled nodes (`in_class_share`, None where no node has one, as under the identity) and
     over nodes of the small classes, and the mean self-weight `P_t[i, i]`; at the labelled nodes the
-    seed gets wrong, the share reaching their true class (`seed_error_share`) against the share
-    reaching the class the seed chose (`seed_error_seed_share`): a walk can only correct a node whose
-    transitions know more than its seed, i.e. where the first exceeds the second; M's statistics;
-    mu, beta."""
+    seed gets wrong, the share of their mass reaching nodes whose seed holds their true class
+    (`seed_error_share`) against the share reaching nodes whose seed holds the same wrong class
+    (`seed_error_seed_share`): a walk can only correct such a node where the first outweighs the
+    second; M's statistics; mu, beta."""
 
     class_names: list[str]
     small_classes: list[str]
@@ -158,9 +159,9 @@ class DiffusionDiagnostics:
             "In-class share of the mass sent to other nodes, levels 0-4: "
             + ", ".join(_fraction(v) for v in self.in_class_share)
             + "; nodes of small classes: " + ", ".join(_fraction(v) for v in self.small_class_share) + ".",
-            "At the nodes the seed gets wrong, share reaching the true class: "
+            "At the nodes the seed gets wrong, share reaching nodes whose seed is their true class: "
             + ", ".join(_fraction(v) for v in self.seed_error_share)
-            + "; reaching the seed's class: " + ", ".join(_fraction(v) for v in self.seed_error_seed_share) + ".",
+            + "; nodes whose seed is the same wrong class: " + ", ".join(_fraction(v) for v in self.seed_error_seed_share) + ".",
             "Mean self-weight P_t[i, i] of levels 0-4: " + ", ".join(f"{v:.3f}" for v in self.mean_self_weight)
             + ".",
             f"Importance map M: mean {m['mean']:.3f}, min {m['min']:.3f}, max {m['max']:.3f}.",
@@ -191,9 +192,10 @@ class _StageScores:
 
 
 class _LevelMeans:
-    """Running means per level of the in-class share (over labelled nodes, over small-class nodes,
-    and over the nodes the seed gets wrong), of the share that reaches the seed's own (wrong) class
-    at those nodes, and of the self-weight (over labelled nodes)."""
+    """Running means per level of the in-class share (over labelled nodes and over small-class
+    nodes), of the self-weight (over labelled nodes), and, at the labelled nodes the seed gets wrong,
+    of the share reaching nodes whose seed holds the true class and of the share reaching nodes
+    whose seed holds the same wrong class (0 where no such node is in reach)."""
 
     ROWS = 5
 
@@ -207,24 +209,25 @@ class _LevelMeans:
         level: int,
         stats: RowStatistics,
         nodes: Tensor,
-        seed_stats: RowStatistics | None = None,
-        predicted: Tensor | None = None,
+        errors: tuple[RowStatistics, RowStatistics, Tensor] | None = None,
     ) -> None:
+        """Add one level's statistics; `errors` is `(right, echo, predicted)`: the statistics
+        against the seed's node predictions `predicted`, as `_update_levels` computes them."""
         share, labelled = stats.share, nodes != IGNORE_INDEX
         defined = labelled & ~share.isnan()
         small = defined & torch.isin(nodes, self.small.to(nodes.device))
         chosen = [(share, defined), (share, small), (stats.self_weight, labelled)]
-        if seed_stats is not None and predicted is not None:
+        if errors is not None:
+            right, echo, predicted = errors
             wrong = defined & (predicted != nodes)
-            seed_share = seed_stats.share
-            chosen += [(share, wrong & ~seed_share.isnan()), (seed_share, wrong & ~seed_share.isnan())]
+            chosen += [(right.share.nan_to_num(0.0), wrong), (echo.share.nan_to_num(0.0), wrong)]
         for row, (values, mask) in enumerate(chosen):
             self.sums[row, level] += float(values[mask].double().sum())
             self.counts[row, level] += int(mask.sum())
 
     def means(self) -> list[list[float | None]]:
-        """Per row (in-class, small-class, self-weight, seed-error in-class, seed-error seed-class),
-        the mean of each level, None where no node counted."""
+        """Per row (in-class, small-class, self-weight, at the seed's errors: right, echo), the mean
+        of each level, None where no node counted."""
         values, counts = (self.sums / self.counts.clamp(min=1)).tolist(), self.counts.tolist()
         return [
             [None if c == 0 else v for v, c in zip(values[row], counts[row], strict=True)]
@@ -244,8 +247,11 @@ def _update_levels(
     for level, (features, temperature) in enumerate(zip(out.features, temperatures, strict=True)):
         options = {"kernel": out.kernel, "grid": grid, "temperature": temperature}
         stats = row_statistics(features, nodes, **options)
-        seed_stats = row_statistics(features, predicted, **options) if errors else None
-        means.update(level, stats, nodes, seed_stats, predicted)
+        errors_at = None
+        if errors:
+            right = row_statistics(features, nodes, targets=predicted, **options)
+            errors_at = (right, row_statistics(features, predicted, **options), predicted)
+        means.update(level, stats, nodes, errors_at)
     return nodes
 
 

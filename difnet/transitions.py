@@ -80,15 +80,23 @@ def row_statistics(
     kernel: TransitionKernel = PAPER_KERNEL,
     grid: Sequence[int] | None = None,
     temperature: Tensor | float | None = None,
+    targets: Tensor | None = None,
 ) -> RowStatistics:
     """Self-weight and in-class share of every row of the transition matrix of features
-    `[B, N, d]` (under `kernel` and `temperature`) for node labels `[B, N]`. Differentiable; with
-    gradients on, each block of rows is recomputed in backward rather than kept."""
+    `[B, N, d]` (under `kernel` and `temperature`) for node labels `[B, N]`: the share reaching
+    the other nodes whose label in `targets` `[B, N]` (default: `nodes`) is the row's label in
+    `nodes`. Differentiable; with gradients on, each block of rows is recomputed in backward
+    rather than kept."""
+    targets = nodes if targets is None else targets
     batch, count = nodes.shape
     if features.shape[:2] != (batch, count):
         raise ValueError(
             f"features [B, N, d] and node labels [B, N] must share B and N "
             f"(got {tuple(features.shape)} and {tuple(nodes.shape)})"
+        )
+    if targets.shape != nodes.shape:
+        raise ValueError(
+            f"targets must be node labels like nodes {tuple(nodes.shape)} (got {tuple(targets.shape)})"
         )
     if kernel.is_identity:
         ones = torch.ones(batch, count, device=nodes.device)
@@ -98,7 +106,7 @@ def row_statistics(
         pieces = []
         for start in range(0, count, block):
             rows = torch.arange(start, min(start + block, count), device=nodes.device)
-            arguments = (features, nodes, rows, kernel, grid, temperature)
+            arguments = (features, nodes, targets, rows, kernel, grid, temperature)
             if torch.is_grad_enabled() and features.requires_grad:
                 pieces.append(checkpoint(_block_statistics, *arguments, use_reentrant=False))
             else:
@@ -109,6 +117,7 @@ def row_statistics(
 def _block_statistics(
     features: Tensor,
     nodes: Tensor,
+    targets: Tensor,
     rows: Tensor,
     kernel: TransitionKernel,
     grid: Sequence[int] | None,
@@ -121,7 +130,7 @@ def _block_statistics(
     others = torch.ones_like(logits, dtype=torch.bool)
     others[:, torch.arange(len(rows), device=rows.device), rows] = False
     row_labels = nodes[:, rows]
-    peers = others & (row_labels[..., None] == nodes[:, None, :]) & (row_labels[..., None] != IGNORE_INDEX)
+    peers = others & (row_labels[..., None] == targets[:, None, :]) & (row_labels[..., None] != IGNORE_INDEX)
     peers = peers & torch.isfinite(logits)
     defined = peers.any(-1)
     # rows without a peer get finite stand-ins, so that no gradient passes through -inf

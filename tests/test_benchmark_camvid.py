@@ -222,3 +222,35 @@ def test_runs_close_their_logs_and_reap_the_runs_the_deadline_stops(tmp_path, mo
     assert spawned[0][0].returncode == 0 and spawned[1][0].returncode == -signal.SIGTERM
     assert record_path(tmp_path, "quick", 0, "screen", 8).with_suffix(".log").read_text() == "done\n"
     assert runs.running == [] and runs.pending == []
+
+
+def test_rediagnose_replaces_a_records_diagnostics_and_names_the_commit_that_computed_them(
+    tmp_path, monkeypatch
+):
+    import torch
+
+    from difnet.data import SyntheticShapes
+    from difnet.models import DifNet, SimDeepLab
+
+    scenes = SyntheticShapes(1, size=48, num_classes=len(NAMES), seed=0)
+    scenes.class_names = NAMES
+    monkeypatch.setattr(camvid, "phase_datasets", lambda root, phase, crop: {"val": scenes})
+    monkeypatch.setattr(camvid, "provenance", lambda: {"commit": "eeeeeee", "dirty": "no"})
+    torch.manual_seed(0)
+    models = {"difnet": DifNet(depth=18, num_classes=len(NAMES)), "sim": SimDeepLab(depth=18, num_classes=11)}
+    args = argparse.Namespace(variant="walk-dist", seed=0, phase="remedy", epochs=3, output=tmp_path,
+                              data_root=tmp_path, device="cpu")  # fmt: skip
+    path = record_path(tmp_path, "walk-dist", 0, "remedy", 3)
+    with pytest.raises(SystemExit, match="no record .*walk-dist-e3-seed0.json: run it first"):
+        camvid.rediagnose(args)
+    path.write_text(json.dumps({"variant": "walk-dist", "holdout": {"miou": 0.3}, "diagnostics": {"old": 1}}))
+    monkeypatch.setattr(camvid, "load_model", lambda source: models["difnet"])
+    record = camvid.rediagnose(args)
+    assert json.loads(path.read_text()) == record and record["holdout"] == {"miou": 0.3}
+    diagnostics = record["diagnostics"]
+    assert "old" not in diagnostics and diagnostics["split"] == "holdout"
+    assert diagnostics["provenance"]["commit"] == "eeeeeee"
+    assert len(diagnostics["seed_error_share"]) == 5
+    monkeypatch.setattr(camvid, "load_model", lambda source: models["sim"])
+    with pytest.raises(SystemExit, match="holds a SimDeepLab: only a DifNet has diagnostics"):
+        camvid.rediagnose(args)

@@ -69,6 +69,18 @@ def test_a_uniform_p_scores_the_class_frequency_among_the_other_nodes():
     torch.testing.assert_close(stats.self_weight, torch.full((1, 8), 1 / 8))
 
 
+def test_targets_count_the_mass_reaching_nodes_whose_target_is_the_rows_label():
+    # uniform P over 8 nodes; node 1 (label 0) is targeted by nodes 3 and 4 (target 0), besides itself
+    targets = torch.tensor([[1, 0, 2, 0, 0, 1, 1, 2]])
+    stats = row_statistics(torch.zeros(1, 8, 4), NODES, targets=targets)
+    # row 1: of the 7 other nodes, 3 and 4 have target 0 -> 2/7; row 3 (label 1): 0, 5, 6 -> 3/7
+    assert float(stats.share[0, 1]) == pytest.approx(2 / 7)
+    assert float(stats.share[0, 3]) == pytest.approx(3 / 7)
+    assert torch.isnan(stats.share[0, 6])  # void row
+    with pytest.raises(ValueError, match=r"targets must be node labels like nodes \(1, 8\)"):
+        row_statistics(torch.zeros(1, 8, 4), NODES, targets=targets[:, :4])
+
+
 @pytest.mark.parametrize("similarity", [s for s in SIMILARITIES if s != "identity"])
 @pytest.mark.parametrize("radius", [None, 1, 2])
 def test_statistics_match_the_explicit_matrix_of_every_kernel(similarity, radius):
