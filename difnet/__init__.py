@@ -2,6 +2,7 @@
 
 from difnet import diffusion
 from difnet.models import (
+    DiffusionHead,
     DifNet,
     DifNetOutput,
     SegmentationModel,
@@ -15,6 +16,7 @@ from difnet.version import __version__
 __all__ = [
     "DifNet",
     "DifNetOutput",
+    "DiffusionHead",
     "SegmentationModel",
     "SimDeepLab",
     "__version__",
