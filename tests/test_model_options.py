@@ -168,7 +168,9 @@ def test_staged_training_trains_only_the_diffusion_on_the_first_stages_frozen_se
         for k in state
         if k.startswith(("head.projections.", "head.cascade.")) and not torch.equal(state[k], stage_one[k])
     ]
-    assert any(k.startswith("projections.") for k in moved) and any(k.startswith("cascade.") for k in moved)
+    assert any(k.startswith("head.projections.") for k in moved) and any(
+        k.startswith("head.cascade.") for k in moved
+    )
     second.model.train()
     assert not second.model.seed_backbone.training and second.model.projections.training
 
