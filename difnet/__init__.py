@@ -1,6 +1,6 @@
 """DifNet: semantic segmentation by diffusion networks (Jiang et al., NeurIPS 2018)."""
 
-from difnet import diffusion
+from difnet import diffusion, encoders
 from difnet.models import (
     DiffusionHead,
     DifNet,
@@ -23,5 +23,6 @@ __all__ = [
     "build_model",
     "count_parameters",
     "diffusion",
+    "encoders",
     "load_model",
 ]
