@@ -9,7 +9,13 @@ from safetensors.torch import save_file
 
 from difnet import DiffusionHead, DifNet, load_model
 from difnet.models import dilated_resnet
-from difnet.models.serialization import FORMAT, FORMAT_VERSION, load_seed_branch, save_pretrained
+from difnet.models.serialization import (
+    FORMAT,
+    FORMAT_VERSION,
+    load_seed_branch,
+    read_checkpoint,
+    save_pretrained,
+)
 
 OLD_DIFNET = Path(__file__).parent / "fixtures" / "old_difnet.pt"
 
@@ -30,6 +36,10 @@ def old_checkpoint(tmp_path: Path) -> tuple[Path, dict]:
 def test_checkpoint_of_the_parent_code_loads_and_computes_its_logits(tmp_path):
     path, fixture = old_checkpoint(tmp_path)
     assert any(key.startswith("cascade.") for key in fixture["state"])  # the old keys
+    resumed = read_checkpoint(path)["model"]  # what resuming a run loads
+    assert set(resumed) == set(
+        DifNet(**{k: v for k, v in fixture["config"].items() if k != "name"}).state_dict()
+    )
     model = load_model(path)
     with torch.no_grad():
         torch.testing.assert_close(model(fixture["images"]), fixture["logits"], rtol=1e-5, atol=1e-5)
