@@ -1,7 +1,8 @@
 """DifNet: semantic segmentation by diffusion networks (Jiang et al., NeurIPS 2018)."""
 
-from difnet import diffusion
+from difnet import diffusion, encoders
 from difnet.models import (
+    DiffusionHead,
     DifNet,
     DifNetOutput,
     SegmentationModel,
@@ -15,11 +16,13 @@ from difnet.version import __version__
 __all__ = [
     "DifNet",
     "DifNetOutput",
+    "DiffusionHead",
     "SegmentationModel",
     "SimDeepLab",
     "__version__",
     "build_model",
     "count_parameters",
     "diffusion",
+    "encoders",
     "load_model",
 ]

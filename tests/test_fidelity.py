@@ -76,7 +76,8 @@ def test_unscaled_psi_saturates_the_deep_transitions_and_the_default_does_not():
         torch.manual_seed(0)
         model = DifNet(depth=18, num_classes=3, psi_scale_init=scale).train()
         with torch.no_grad():
-            features, _ = model._diffusion_features(model.similarity_branch(images))
+            levels = model.similarity_branch(images)
+            features = model.head.features(levels, tuple(levels[-1].shape[-2:]))
         norms[scale] = [f.pow(2).sum(-1).mean().item() for f in features[3:]]  # not max-pooled
         diagonal[scale] = [row_statistics(f, torch.zeros(f.shape[:2], dtype=torch.long)).self_weight.mean().item()
                            for f in features[2:]]  # fmt: skip

@@ -130,11 +130,11 @@ def test_gradients_reach_every_parameter():
     dead = [name for name, grad in grads.items() if grad is None or not grad.abs().sum() > 0]
     assert dead == []
     for prefix in (
-        "cascade.",
-        "projections.",
+        "head.cascade.",
+        "head.projections.",
         "seed_backbone.",
         "similarity_backbone.",
-        "importance.",
+        "head.importance.",
     ):
         assert any(name.startswith(prefix) for name in grads), prefix
 

@@ -8,6 +8,7 @@ import sys
 import pytest
 import torch
 
+from difnet.encoders import ENCODERS
 from difnet.models import DifNet, SimDeepLab, build_model, count_parameters, parameter_counts
 
 
@@ -49,6 +50,10 @@ def test_module_entry_point_prints_the_table():
         check=True,
         timeout=120,
     )
-    lines = result.stdout.splitlines()
-    assert lines[0] == "| depth | difnet | simdeeplab |"
-    assert [line.split("|")[1].strip() for line in lines[2:]] == ["18", "34", "50", "101", "152"]
+    models, encoders = (table.splitlines() for table in result.stdout.strip().split("\n\n"))
+    assert models[0] == "| depth | difnet | simdeeplab |"
+    assert [line.split("|")[1].strip() for line in models[2:]] == ["18", "34", "50", "101", "152"]
+    assert encoders[0] == "| encoder | params (M) | out_channels | strides |"
+    rows = {line.split("|")[1].strip(): line for line in encoders[2:]}
+    assert set(rows) == set(ENCODERS)
+    assert rows["resnet18_os32"] == "| resnet18_os32 | 11.18 | [64, 128, 256, 512] | [4, 8, 16, 32] |"

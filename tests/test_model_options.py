@@ -161,14 +161,16 @@ def test_staged_training_trains_only_the_diffusion_on_the_first_stages_frozen_se
     second = train(small_config(tmp_path / "two", kernel="distance", kernel_radius=2, shared_backbone=True,
                                 seed_from=str(first.checkpoint_paths["last"]), epochs=2))  # fmt: skip
     state = second.model.state_dict()
-    seed_keys = [k for k in state if k.split(".")[0] in second.model.seed_branch_modules()]
+    seed_keys = [k for k in state if k.startswith(tuple(p + "." for p in second.model.seed_branch_modules()))]
     assert seed_keys and all(torch.equal(state[k], stage_one[k]) for k in seed_keys)  # BN statistics too
     moved = [
         k
         for k in state
-        if k.startswith(("projections.", "cascade.")) and not torch.equal(state[k], stage_one[k])
+        if k.startswith(("head.projections.", "head.cascade.")) and not torch.equal(state[k], stage_one[k])
     ]
-    assert any(k.startswith("projections.") for k in moved) and any(k.startswith("cascade.") for k in moved)
+    assert any(k.startswith("head.projections.") for k in moved) and any(
+        k.startswith("head.cascade.") for k in moved
+    )
     second.model.train()
     assert not second.model.seed_backbone.training and second.model.projections.training
 

@@ -1,7 +1,8 @@
 """The production PyTorch models: DifNet, Sim-DeepLab and their components."""
 
 from difnet.models.base import SegmentationModel
-from difnet.models.difnet import DifNet, DifNetOutput
+from difnet.models.diffusion_head import DiffusionHead, DifNetOutput
+from difnet.models.difnet import DifNet
 from difnet.models.factory import MODELS, build_model, format_parameter_counts, parameter_counts
 from difnet.models.finetune import FineTuneReport
 from difnet.models.loading import load_model, load_model_with_metadata
@@ -17,6 +18,7 @@ __all__ = [
     "RESNET_DEPTHS",
     "DifNet",
     "DifNetOutput",
+    "DiffusionHead",
     "DilatedResNet",
     "FineTuneReport",
     "LoadReport",

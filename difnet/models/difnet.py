@@ -4,32 +4,19 @@ of random walks whose transition matrices come from a second, similarity backbon
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from functools import partial
 
 import torch
 from torch import Tensor, nn
 
-from difnet.diffusion import (
-    PAPER_KERNEL,
-    WALK_METHODS,
-    Cascade,
-    TransitionKernel,
-    WalkMethod,
-    flatten_nodes,
-    transition_rows,
-    unflatten_nodes,
-)
+from difnet.diffusion import WALK_METHODS, Cascade, TransitionKernel, WalkMethod
 from difnet.models.base import SegmentationModel
-from difnet.models.checkpointing import recomputed
+from difnet.models.diffusion_head import DiffusionHead, DifNetOutput
 from difnet.models.heads import (
     DEFAULT_HEAD_INIT,
     HEAD_INITS,
     UNSATURATED_PSI_SCALE,
     ImportanceHead,
-    Projection,
     score_head,
-    upsample,
 )
 from difnet.models.pretrained import PretrainedSource
 from difnet.models.resnet import DilatedResNet
@@ -38,31 +25,11 @@ NUM_LEVELS = 5  # the input image and the outputs of layer1..layer4
 DIFFUSION_STRIDES: tuple[int, ...] = (4, 8)
 
 
-@dataclass
-class DifNetOutput:
-    """Everything DifNet computes for a batch; maps are `[B, C, h, w]`.
-
-    `scores` (x), `importance` (M) and `seed` (s = M x) lie on the output-stride-8 grid;
-    `walks` (y_1..y_5) on the diffusion grid (stride 8, or 4 with `diffusion_stride=4`);
-    `logits` is y_5 upsampled to the input size; `mu`, `beta` are `[5]` tensors; `features`
-    are the 5 levels' node features Psi_t `[B, N, 64]` that every P_t comes from, through `kernel`
-    and each walk's learned logit factor in `temperatures` (None where it has none).
-    """
-
-    logits: Tensor
-    scores: Tensor
-    importance: Tensor
-    seed: Tensor
-    walks: list[Tensor]
-    mu: Tensor
-    beta: Tensor
-    features: list[Tensor] = field(default_factory=list)
-    kernel: TransitionKernel = PAPER_KERNEL
-    temperatures: list[Tensor | None] = field(default_factory=list)
-
-
 class DifNet(SegmentationModel):
     """DifNet-`depth`: `model(images [B, C, H, W])` -> logits `[B, num_classes, H, W]`.
+
+    Two dilated ResNets (output stride 8) feed `head`, a `DiffusionHead`: the seed branch's
+    class scores, and the image with the similarity backbone's 4 stages as its 5 levels.
 
     `aspp=False` gives the paper's noASPP seed head; `walk="materialized"` builds every P_t
     explicitly (debugging); `diffusion_stride=4` diffuses on a 2x finer grid than the seed's.
@@ -117,15 +84,7 @@ class DifNet(SegmentationModel):
                          shared_backbone=shared_backbone, normalize_importance=normalize_importance,
                          kernel=kernel, kernel_radius=kernel_radius, learn_temperature=learn_temperature,
                          beta_init=beta_init)  # fmt: skip
-        if (
-            isinstance(psi_scale_init, bool)
-            or not isinstance(psi_scale_init, int | float)
-            or not (0 < psi_scale_init < float("inf"))
-        ):
-            raise ValueError(f"psi_scale_init must be a positive number (got {psi_scale_init!r})")
-        for name, flag in (("aspp", aspp), ("shared_backbone", shared_backbone),
-                           ("normalize_importance", normalize_importance),
-                           ("learn_temperature", learn_temperature)):  # fmt: skip
+        for name, flag in (("aspp", aspp), ("shared_backbone", shared_backbone)):
             if not isinstance(flag, bool):
                 raise TypeError(f"{name} must be True or False (got {flag!r})")
         if head_init not in HEAD_INITS:
@@ -137,18 +96,39 @@ class DifNet(SegmentationModel):
                 f"diffusion_stride must be one of {DIFFUSION_STRIDES} (got {diffusion_stride!r})"
             )
         self.diffusion_stride = diffusion_stride
-        self.normalize_importance = normalize_importance
         self.seed_frozen = False
         self.seed_backbone = self.new_backbone()
         self.classifier = score_head(self.seed_backbone.out_channels[-1], num_classes, aspp, head_init)
-        self.importance = ImportanceHead(num_classes)
         self.similarity_backbone = None if shared_backbone else self.new_backbone()
-        level_channels = (in_channels, *self.seed_backbone.out_channels)
-        self.projections = nn.ModuleList(Projection(c, scale_init=psi_scale_init) for c in level_channels)
-        self.kernel = TransitionKernel(kernel, kernel_radius)
-        self.cascade = Cascade(NUM_LEVELS, walk, self.kernel, learn_temperature=learn_temperature,
-                               beta_init=beta_init)  # fmt: skip
+        # the seed's grid is layer4's (stride 8); stride 4 diffuses on layer1's grid
+        self.head = DiffusionHead((in_channels, *self.seed_backbone.out_channels), num_classes, walk=walk,
+                                  grid_level=1 if diffusion_stride == 4 else None,
+                                  psi_scale_init=psi_scale_init, normalize_importance=normalize_importance,
+                                  kernel=kernel, kernel_radius=kernel_radius,
+                                  learn_temperature=learn_temperature, beta_init=beta_init,
+                                  gradient_checkpointing=gradient_checkpointing)  # fmt: skip
         self.load_pretrained_backbone(pretrained_backbone)
+
+    # the diffusion stage's parts, where code written before `head` finds them
+    @property
+    def importance(self) -> ImportanceHead:
+        return self.head.importance
+
+    @property
+    def projections(self) -> nn.ModuleList:
+        return self.head.projections
+
+    @property
+    def cascade(self) -> Cascade:
+        return self.head.cascade
+
+    @property
+    def kernel(self) -> TransitionKernel:
+        return self.head.kernel
+
+    @property
+    def normalize_importance(self) -> bool:
+        return self.head.normalize_importance
 
     def backbones(self) -> dict[str, DilatedResNet]:
         if self.similarity_backbone is None:
@@ -156,7 +136,7 @@ class DifNet(SegmentationModel):
         return {"seed": self.seed_backbone, "similarity": self.similarity_backbone}
 
     def walk_parameters_module(self) -> nn.Module:
-        return self.cascade
+        return self.head.cascade
 
     def seed_branch_modules(self) -> dict[str, nn.Module]:
         """The modules that make the seed `s = M x`, by state-dict prefix: the seed backbone, the
@@ -164,7 +144,7 @@ class DifNet(SegmentationModel):
         return {
             "seed_backbone": self.seed_backbone,
             "classifier": self.classifier,
-            "importance": self.importance,
+            "head.importance": self.head.importance,
         }
 
     def freeze_seed_branch(self, frozen: bool = True) -> DifNet:
@@ -210,41 +190,9 @@ class DifNet(SegmentationModel):
         return [images, *backbone(images)]
 
     def diffuse(self, scores: Tensor, levels: Sequence[Tensor]) -> DifNetOutput:
-        """The diffusion stage on the branches' outputs: importance map, seed, Psi_t, the 5 walks,
-        upsampling to the input size (a method apart so the branches can be timed or overlapped)."""
-        importance = self.importance(scores)
-        if self.normalize_importance:
-            importance = importance / importance.mean(dim=(-2, -1), keepdim=True)
-        seed = importance * scores
-        features, grid = self._diffusion_features(levels)
-        walks = self.cascade(features, flatten_nodes(upsample(seed, grid)), grid)
-        maps = [unflatten_nodes(y, grid) for y in walks]
-        return DifNetOutput(
-            logits=upsample(maps[-1], levels[0].shape[-2:]),
-            scores=scores,
-            importance=importance,
-            seed=seed,
-            walks=maps,
-            mu=self.cascade.mu,
-            beta=self.cascade.beta,
-            features=features,
-            kernel=self.kernel,
-            temperatures=[walk.temperature for walk in self.cascade.walks],
-        )
-
-    def _diffusion_features(self, levels: Sequence[Tensor]) -> tuple[list[Tensor], tuple[int, int]]:
-        """`Psi_t` node features `[B, N, 64]` of the 5 levels, and the diffusion grid `(h, w)`."""
-        # layer1 is at stride 4 and layer4 at the seed's stride 8
-        grid = tuple(levels[1 if self.diffusion_stride == 4 else -1].shape[-2:])
-        # Psi_0 works at the input's full resolution: with checkpointing, recompute it too
-        recompute = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
-        features = [
-            flatten_nodes(
-                recomputed(partial(psi, size=grid), level, [psi.bn]) if recompute else psi(level, grid)
-            )
-            for psi, level in zip(self.projections, levels, strict=True)
-        ]
-        return features, grid
+        """The diffusion stage (`head`) on the branches' outputs, logits at the input size (a method
+        apart so the branches can be timed or overlapped)."""
+        return self.head(scores, levels)
 
     def transition_rows(
         self,
@@ -261,16 +209,8 @@ class DifNet(SegmentationModel):
         """
         self.check_images(images)
         levels = self.similarity_branch(images) if levels is None else levels
-        features, grid = self._diffusion_features(levels)
-        flat = _flat_node_indices(nodes, grid, images.device)
-        rows = torch.stack(
-            [
-                transition_rows(f, flat, kernel=self.kernel, grid=grid, temperature=walk.temperature)
-                for f, walk in zip(features, self.cascade.walks, strict=True)
-            ],
-            dim=1,
-        )
-        return rows.unflatten(-1, grid)
+        grid = self.head.diffusion_grid(tuple(levels[-1].shape[-2:]), levels)  # the scores' grid is layer4's
+        return self.head.transition_rows(_flat_node_indices(nodes, grid, images.device), levels, grid)
 
     def walk_parameters(self) -> dict[str, list[float]]:
         """The learned walk weights, `{"mu": [mu_1..mu_5], "beta": [beta_1..beta_5]}` (Table 3)."""

@@ -136,7 +136,7 @@ class DilatedResNet(nn.Module):
         self.maxpool = nn.MaxPool2d(3, stride=2, padding=1, ceil_mode=True)
 
         in_channels, dilation, stride_so_far = 64, 1, 4
-        stages = []
+        stages, strides = [], []
         for index, (blocks, dilate) in enumerate(
             zip(layers, (False, *replace_stride_with_dilation), strict=True)
         ):
@@ -144,11 +144,13 @@ class DilatedResNet(nn.Module):
             if dilate:
                 dilation, stride = dilation * stride, 1
             stride_so_far *= stride
+            strides.append(stride_so_far)
             channels = 64 * 2**index
             stages.append(self._make_stage(block, in_channels, channels, blocks, stride, dilation))
             in_channels = channels * block.expansion
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
         self.out_channels: tuple[int, ...] = tuple(64 * 2**i * block.expansion for i in range(4))
+        self.strides: tuple[int, ...] = tuple(strides)  # of layer1..layer4 against the input
         self.output_stride = stride_so_far
         self._initialise()
 

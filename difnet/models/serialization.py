@@ -40,6 +40,11 @@ WEIGHTS_NAME = "model.safetensors"
 # config entries that change how a model is initialised, computes or what it predicts, not which
 # weights it has
 NOT_ARCHITECTURE = ("num_classes", "walk", "gradient_checkpointing", "head_init")
+# state-dict prefixes that have moved, by model name: DifNet's diffusion stage became its `head`
+MOVED_PREFIXES: dict[str, tuple[tuple[str, str], ...]] = {
+    "difnet": (("importance.", "head.importance."), ("projections.", "head.projections."),
+               ("cascade.", "head.cascade.")),
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -227,7 +232,19 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     missing = [key for key in REQUIRED_ENTRIES if key not in payload]
     if missing:
         raise ValueError(f"checkpoint {path} lacks the entries {missing}; it is damaged")
+    payload["model"] = current_keys(payload["model"], payload["model_spec"].get("name"))
     return payload
+
+
+def current_keys(state: Mapping[str, torch.Tensor], name: object) -> dict[str, torch.Tensor]:
+    """`state` of a model named `name` with the keys of files written before a module moved
+    (`MOVED_PREFIXES`) renamed to where this code keeps them; current keys stay as they are."""
+    moved = MOVED_PREFIXES.get(name, ()) if isinstance(name, str) else ()
+    return {_moved(key, moved): value for key, value in state.items()}
+
+
+def _moved(key: str, moved: Sequence[tuple[str, str]]) -> str:
+    return next((new + key[len(old) :] for old, new in moved if key.startswith(old)), key)
 
 
 def refused_global(error: pickle.UnpicklingError) -> str | None:
@@ -306,7 +323,8 @@ def _read_folder(directory: Path) -> SavedModel:
     except (json.JSONDecodeError, KeyError, TypeError) as error:
         raise ValueError(f"{config_path} is not a difnet config (no 'model' entry): {error}") from error
     metadata = {key: value for key, value in saved.items() if key != "model"}
-    return SavedModel(dict(config), load_file(str(weights_path)), metadata, weights_path)
+    state = current_keys(load_file(str(weights_path)), config.get("name"))
+    return SavedModel(dict(config), state, metadata, weights_path)
 
 
 def _read_checkpoint(path: Path) -> SavedModel:
