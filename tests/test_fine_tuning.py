@@ -12,7 +12,7 @@ from difnet.models import DifNet, SimDeepLab
 from difnet.training import TrainConfig, train
 
 ASPP = [f"classifier.branches.{i}" for i in range(4)]
-CLASS_DEPENDENT = {"difnet": [*ASPP, "importance.0", "importance.2"], "simdeeplab": ASPP}
+CLASS_DEPENDENT = {"difnet": [*ASPP, "head.importance.0", "head.importance.2"], "simdeeplab": ASPP}
 QUICK = {"depth": 18, "dataset": "synthetic", "image_size": (32, 32), "crop_size": 32, "batch_size": 2,
          "epochs": 1, "max_steps_per_epoch": 1, "workers": 0, "device": "cpu", "progress": False,
          "val_split": None}  # fmt: skip

@@ -50,5 +50,5 @@ def load_for_fine_tuning(
 
 
 def _layer(key: str) -> str:
-    """The module a state-dict key belongs to (`importance.0.weight` -> `importance.0`)."""
+    """The module a state-dict key belongs to (`head.importance.0.weight` -> `head.importance.0`)."""
     return key.rpartition(".")[0]
