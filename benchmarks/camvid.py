@@ -17,6 +17,8 @@ Three phases, every run resumable and recorded with the commit that produced it:
     python -m benchmarks.camvid report                              # results/camvid_verdict.*
     python -m benchmarks.camvid rediagnose --variant walk-dist --seed 0 --phase remedy --epochs 3
                                                  # recompute a finished run's diagnostics
+    python -m benchmarks.camvid refine --variant sim-lr0.007 --seed 0 --phase remedy --epochs 8
+                                 # fit a bilateral walk on its training images, score with and without
     python -m benchmarks.camvid shrink --to .camvid240             # a 240x180 copy to ship
 
 A run whose record exists is not repeated; one killed mid-way resumes from its `last.pt`. Records
@@ -51,7 +53,9 @@ from difnet.data import CamVid, EvalTransform, TrainTransform
 from difnet.data.base import SegmentationDataset
 from difnet.diagnostics import diagnose, transition_shares
 from difnet.evaluation import evaluate
+from difnet.metrics import mean_of_defined
 from difnet.models import DifNet, build_model, load_model
+from difnet.refinement import Refined, bilateral_grid, fit_bilateral_walk
 from difnet.training import TrainConfig, train
 from difnet.training.losses import training_loss
 from difnet.training.sample_seeds import seed_everything
@@ -249,6 +253,48 @@ def rediagnose(args: argparse.Namespace) -> dict:
     record["diagnostics"] = {
         **diagnose(model, data["val"], SMALL_CLASSES, device=args.device).to_dict(),
         "split": "holdout" if args.phase in HELD_ASIDE else "val",
+        "provenance": provenance(),
+    }
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    return record
+
+
+def fit_images(data_root: Path, phase: str, every: int = 5) -> CamVid:
+    """Every `every`-th training image the phase trains on, at the eval transform: where a
+    post-processing setting is fitted, apart from the images it is scored on."""
+    images = CamVid(data_root, "train", EvalTransform(), resize=HALF_RESOLUTION)
+    if phase in HELD_ASIDE:
+        images = with_samples(images, phase, keep=False)
+    images.samples = images.samples[::every]
+    return images
+
+
+def refine(args: argparse.Namespace) -> dict:
+    """Fit a `BilateralWalk` to a finished run's model on its training images
+    (`fit_images`), then score the model with and without it where the run was scored, and write
+    both into its record with the commit that computed them."""
+    path = record_path(args.output, args.variant, args.seed, args.phase, args.epochs)
+    if not path.is_file():
+        raise SystemExit(f"no record {path}: run it first")
+    record = json.loads(path.read_text())
+    model = load_model(path.with_suffix("") / "last.pt").to(args.device)
+    fitted_on = fit_images(args.data_root, args.phase)
+    start = time.perf_counter()
+    fit = fit_bilateral_walk(model, fitted_on, bilateral_grid(), device=args.device)
+    scored_on = phase_datasets(args.data_root, args.phase, (160, 160))["val"]
+    small = [scored_on.class_names.index(name) for name in SMALL_CLASSES]
+    scores = {}
+    for name, scored in (("model", model), ("refined", Refined(model, fit.walk))):
+        metrics = evaluate(scored, scored_on, device=args.device, progress=False).metrics
+        scores[name] = {**metrics.to_dict(), "small_class_miou": mean_of_defined(
+            [metrics.per_class_iou[i] for i in small])}  # fmt: skip
+    record["bilateral_walk"] = {
+        "fit": fit.to_dict(),
+        "fit_images": len(fitted_on),
+        "split": "holdout" if args.phase in HELD_ASIDE else "val",
+        **scores,
+        "gain": scores["refined"]["miou"] - scores["model"]["miou"],
+        "seconds": round(time.perf_counter() - start, 1),
         "provenance": provenance(),
     }
     path.write_text(json.dumps(record, indent=2) + "\n")
@@ -468,15 +514,15 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    for name in ("run", "rediagnose", "all", "report", "shrink"):
+    for name in ("run", "rediagnose", "refine", "all", "report", "shrink"):
         sub = commands.add_parser(name)
         sub.add_argument("--data-root", type=Path, default=DEFAULT_DATA)
         sub.add_argument("--output", type=Path, default=RUNS, help="run folders and their records")
-        if name in ("run", "rediagnose", "all"):
+        if name in ("run", "rediagnose", "refine", "all"):
             sub.add_argument("--device", default="cpu")
             sub.add_argument("--crop", type=int, nargs=2, default=[160, 160], metavar=("H", "W"))
             sub.add_argument("--max-steps", type=int, help="cut every epoch to this many steps (smoke runs)")
-        if name in ("run", "rediagnose"):
+        if name in ("run", "rediagnose", "refine"):
             sub.add_argument("--variant", choices=tuple(VARIANTS), required=True)
             sub.add_argument("--seed", type=int, default=0)
             sub.add_argument("--phase", choices=(*HELD_ASIDE, "verdict"), required=True)
@@ -506,6 +552,8 @@ def main() -> None:
         run_one(args)
     elif args.command == "rediagnose":
         rediagnose(args)
+    elif args.command == "refine":
+        refine(args)
     elif args.command == "all":
         run_all(args)
     else:

@@ -25,6 +25,7 @@ from benchmarks.camvid import (
     with_samples,
 )
 from benchmarks.camvid_report import report, small_miou, verdict_gaps
+from benchmarks.camvid_variants import SMALL_CLASSES
 from difnet.data.base import Sample
 from difnet.data.camvid import CAMVID_CLASSES
 
@@ -254,3 +255,40 @@ def test_rediagnose_replaces_a_records_diagnostics_and_names_the_commit_that_com
     monkeypatch.setattr(camvid, "load_model", lambda source: models["sim"])
     with pytest.raises(SystemExit, match="holds a SimDeepLab: only a DifNet has diagnostics"):
         camvid.rediagnose(args)
+
+
+def test_refine_fits_on_training_images_and_scores_with_and_without_the_walk(tmp_path, monkeypatch):
+    import torch
+
+    from difnet.data import SyntheticShapes
+    from difnet.models import SimDeepLab
+    from difnet.refinement import BilateralWalk
+
+    fitted, scored = (SyntheticShapes(n, size=40, num_classes=len(NAMES), seed=n) for n in (2, 1))
+    for scenes in (fitted, scored):
+        scenes.class_names = NAMES
+    monkeypatch.setattr(camvid, "fit_images", lambda root, phase: fitted)
+    monkeypatch.setattr(camvid, "phase_datasets", lambda root, phase, crop: {"val": scored})
+    monkeypatch.setattr(camvid, "provenance", lambda: {"commit": "eeeeeee", "dirty": "no"})
+    settings = [BilateralWalk(steps=1, mu=0.5), BilateralWalk(steps=2, colour_sigma=0.2)]
+    monkeypatch.setattr(camvid, "bilateral_grid", lambda: settings)
+    torch.manual_seed(0)
+    monkeypatch.setattr(camvid, "load_model", lambda source: SimDeepLab(depth=18, num_classes=len(NAMES)))
+    args = argparse.Namespace(variant="sim-lr0.007", seed=0, phase="remedy", epochs=8, output=tmp_path,
+                              data_root=tmp_path, device="cpu")  # fmt: skip
+    path = record_path(tmp_path, "sim-lr0.007", 0, "remedy", 8)
+    with pytest.raises(SystemExit, match="no record .*sim-lr0.007-e8-seed0.json: run it first"):
+        camvid.refine(args)
+    path.write_text(json.dumps({"variant": "sim-lr0.007", "holdout": {"miou": 0.3}}))
+    record = camvid.refine(args)
+    assert json.loads(path.read_text()) == record and record["holdout"] == {"miou": 0.3}
+    walk = record["bilateral_walk"]
+    assert walk["fit_images"] == 2 and walk["split"] == "holdout"
+    assert [tried["steps"] for tried in walk["fit"]["tried"]] == [1, 2]
+    assert walk["gain"] == pytest.approx(walk["refined"]["miou"] - walk["model"]["miou"])
+    assert walk["provenance"]["commit"] == "eeeeeee"
+    small = [NAMES.index(name) for name in SMALL_CLASSES]
+    expected = [walk["model"]["per_class_iou"][i] for i in small]
+    assert walk["model"]["small_class_miou"] == pytest.approx(
+        sum(v for v in expected if v is not None) / len([v for v in expected if v is not None])
+    )
