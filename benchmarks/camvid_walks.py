@@ -1,6 +1,7 @@
 """Tables of the staged walk experiments on CamVid (`benchmarks.camvid`, variants `seed-*`, `walk-*`,
 `sim-lr*`) from their run records: the first-stage seeds, the second-stage screen scored by the
-walk gain, the baseline's rate search and the control. Every table lists the commits behind it.
+walk gain, the baseline's rate search, the control, and each run with and without a fitted
+bilateral walk (`difnet.refinement`). Every table lists the commits behind it.
 
     python -m benchmarks.camvid_walks --output /work/runs/camvid   # writes results/camvid_walks.md
 """
@@ -97,6 +98,25 @@ def screen_rows(groups: dict[str, list[dict]], names: list[str]) -> list[list[st
     return rows
 
 
+def bilateral_rows(groups: dict[str, list[dict]]) -> list[list[str]]:
+    """One row per run that `benchmarks.camvid refine` scored with and without a bilateral walk."""
+    rows = []
+    for name, runs in groups.items():
+        for r in runs:
+            if "bilateral_walk" not in r:
+                continue
+            walk = r["bilateral_walk"]
+            fitted = walk["fit"]["walk"]
+            setting = ", ".join(
+                f"{key} {fitted[key]}" for key in ("steps", "colour_sigma", "position_sigma", "mu")
+            )
+            rows.append([name, str(r["seed"]), pct(walk["model"]["miou"]), pct(walk["refined"]["miou"]),
+                         f"**{pct(walk['gain'], signed=True)}**",
+                         f"{pct(walk['model']['small_class_miou'])} -> {pct(walk['refined']['small_class_miou'])}",
+                         setting, f"{walk['seconds']:.0f}", walk["provenance"]["commit"][:7]])  # fmt: skip
+    return rows
+
+
 def report(output: Path, results: Path) -> Path:
     """Write `camvid_walks.md` under `results` from the records under `output`; returns its path."""
     stage_one = load(output, "remedy", STAGE_ONE)
@@ -169,6 +189,16 @@ def report(output: Path, results: Path) -> Path:
             for v, runs in control.items()
         ],  # fmt: skip
     )
+    lines += [
+        "",
+        "## The bilateral walk: fitted on every 5th training frame, scored on the held-aside frames",
+        "",
+    ]
+    lines += table(
+        ["run", "seed", "model mIoU", "with the walk", "gain", "small classes model -> walk",
+         "fitted setting", "fit s", "commit"],
+        bilateral_rows({**stage_one, **screen, **rates}),
+    )  # fmt: skip
     path = results / "camvid_walks.md"
     path.write_text("\n".join(lines) + "\n")
     return path

@@ -138,8 +138,48 @@ def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="PX",
         help="first shrink images whose longer side exceeds PX (masks keep the input size)",
     )
+    parser.add_argument(
+        "--bilateral-walk",
+        type=bilateral_walk,
+        nargs="?",
+        const="",
+        metavar="KEY=VALUE,...",
+        help="diffuse the model's probabilities along the image's colours at stride 2 "
+        "(difnet.refinement.BilateralWalk); optionally override its fields, e.g. steps=15,mu=0.97",
+    )
     add_device_argument(parser)
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+
+
+def bilateral_walk(text: str):  # noqa: ANN201 (the import stays lazy)
+    """`--bilateral-walk`'s value: a `BilateralWalk` with the given fields overridden."""
+    from dataclasses import fields
+
+    from difnet.refinement import BilateralWalk
+
+    types = {field.name: field.type for field in fields(BilateralWalk)}
+    overrides: dict = {}
+    for item in filter(None, text.split(",")):
+        key, _, value = item.partition("=")
+        if key not in types or not value:
+            raise argparse.ArgumentTypeError(
+                f"expected KEY=VALUE with KEY one of {sorted(types)}, got {item!r}"
+            )
+        try:
+            overrides[key] = int(value) if types[key] == "int" else float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{key} takes a {types[key]}, got {value!r}") from None
+    try:
+        return BilateralWalk(**overrides)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def refined(model: torch.nn.Module, args: argparse.Namespace) -> torch.nn.Module:
+    """`model`, followed by the `--bilateral-walk` when one is asked for."""
+    from difnet.refinement import Refined
+
+    return model if args.bilateral_walk is None else Refined(model, args.bilateral_walk)
 
 
 def inference_options(args: argparse.Namespace) -> dict:
@@ -318,7 +358,8 @@ def check_diagnose_protocol(args: argparse.Namespace) -> None:
     given = [option for option, used in (("--native-size", args.native_size), ("--flip", args.flip),
                                          ("--scales", tuple(args.scales) != (1.0,)),
                                          ("--mode slide", args.mode == "slide"),
-                                         ("--max-size", args.max_size is not None)) if used]  # fmt: skip
+                                         ("--max-size", args.max_size is not None),
+                                         ("--bilateral-walk", args.bilateral_walk is not None)) if used]  # fmt: skip
     if given:
         raise ValueError(
             f"--diagnose does not go with {', '.join(given)}: the diagnostics score each whole image "
@@ -362,7 +403,8 @@ def run_evaluate(args: argparse.Namespace) -> None:
         protocol = "; labels resized likewise, as training's validation scored them"
     announce_preprocessing("evaluate", preprocessing, origin, protocol)
     input_size = size if args.native_size else None
-    result = evaluate(model, dataset, input_size=input_size, limit=args.limit, **inference_options(args))
+    result = evaluate(refined(model, args), dataset, input_size=input_size, limit=args.limit,
+                      **inference_options(args))  # fmt: skip
     print(result.format_table())
     payload = result.to_dict()
     if args.diagnose is not None:
@@ -441,7 +483,7 @@ def run_predict(args: argparse.Namespace) -> int:
     announce_preprocessing("predict", preprocessing, origin, back)
     failures: list[Failure] = []
     written = predict_files(
-        model,
+        refined(model, args),
         images,
         args.output,
         model_palette(model),

@@ -111,6 +111,9 @@ class Refined(nn.Module):
     def __init__(self, model: nn.Module, walk: BilateralWalk) -> None:
         super().__init__()
         self.model, self.walk = model, walk
+        for name in ("num_classes", "in_channels"):  # what evaluation and prediction read off a model
+            if hasattr(model, name):
+                setattr(self, name, getattr(model, name))
 
     def forward(self, images: Tensor) -> Tensor:
         probabilities = self.model(images).float().softmax(1)

@@ -292,3 +292,20 @@ def test_refine_fits_on_training_images_and_scores_with_and_without_the_walk(tmp
     assert walk["model"]["small_class_miou"] == pytest.approx(
         sum(v for v in expected if v is not None) / len([v for v in expected if v is not None])
     )
+
+
+def test_walk_report_lists_each_refined_run_with_its_gain_and_setting(tmp_path):
+    from benchmarks.camvid_walks import report
+
+    walk = {"stride": 2, "radius": 3, "steps": 5, "colour_sigma": 0.1, "position_sigma": 2.0, "mu": 0.9}
+    record = {"variant": "sim-lr0.007", "epochs": 8, "seed": 1, "train_seconds": 600.0,
+              "holdout": {"miou": 0.3, "per_class_iou": [0.3] * len(NAMES)},
+              "provenance": {"commit": "aaaaaaa"},
+              "bilateral_walk": {"fit": {"walk": walk}, "model": {"miou": 0.300, "small_class_miou": 0.02},
+                                 "refined": {"miou": 0.306, "small_class_miou": 0.01}, "gain": 0.006,
+                                 "seconds": 95.0, "provenance": {"commit": "bbbbbbb"}}}  # fmt: skip
+    (tmp_path / "remedy").mkdir()
+    (tmp_path / "remedy" / "sim-lr0.007-e8-seed1.json").write_text(json.dumps(record))
+    text = report(tmp_path, tmp_path).read_text()
+    row = "| sim-lr0.007-e8 | 1 | 30.0 | 30.6 | **+0.6** | 2.0 -> 1.0 | steps 5, colour_sigma 0.1, "
+    assert row + "position_sigma 2.0, mu 0.9 | 95 | bbbbbbb |" in text

@@ -205,7 +205,8 @@ def test_evaluate_diagnose_prints_the_stages_and_stores_them(capsys, tmp_path, c
 
 
 @pytest.mark.parametrize(
-    "options", [["--native-size"], ["--flip"], ["--scales", "0.75", "1"], ["--mode", "slide"]]
+    "options",
+    [["--native-size"], ["--flip"], ["--scales", "0.75", "1"], ["--mode", "slide"], ["--bilateral-walk"]],
 )
 def test_evaluate_diagnose_refuses_a_protocol_the_diagnostics_do_not_follow(capsys, checkpoint, options):
     status, _out, err = run(capsys, "evaluate", "--checkpoint", str(checkpoint), "--split", "test",
@@ -373,3 +374,27 @@ def test_bad_input_is_found_before_anything_is_written(capsys, tmp_path, bad):
     status, _, err = run(capsys, *argv)
     assert status == 2 and ("crop_size (8, 8)" in err if bad == "crop" else "cannot read image" in err)
     assert not (tmp_path / "run").exists()
+
+
+def test_evaluate_with_a_bilateral_walk_scores_the_walked_probabilities(capsys, tmp_path, checkpoint):
+    from difnet.evaluation import evaluate
+    from difnet.refinement import BilateralWalk, Refined
+
+    output = tmp_path / "metrics.json"
+    status, out, err = run(capsys, "evaluate", "--checkpoint", str(checkpoint), "--split", "test", "--device",
+                           "cpu", "--limit", "3", "--bilateral-walk", "steps=2,mu=0.5", "--output", str(output))  # fmt: skip
+    assert status == 0, err
+    model, metadata = load_model(checkpoint)
+    config = TrainConfig.from_dict({**metadata["config"], "num_classes": model.num_classes})
+    dataset = config.build_dataset("test", config.eval_transform())
+    walked = evaluate(Refined(model, BilateralWalk(steps=2, mu=0.5)), dataset, limit=3, progress=False)
+    assert json.loads(output.read_text())["metrics"]["miou"] == pytest.approx(walked.metrics.miou)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [("steps=two", "steps takes a int, got 'two'"), ("sharpness=2", "KEY one of"), ("mu=1", "mu must lie")],
+)
+def test_bilateral_walk_option_names_a_bad_field(capsys, checkpoint, value, message):
+    status, _out, err = run(capsys, "evaluate", "--checkpoint", str(checkpoint), "--bilateral-walk", value)
+    assert status == 2 and message in err
