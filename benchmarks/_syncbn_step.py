@@ -4,13 +4,15 @@ its shard alone and on the whole batch, so `benchmarks.gpu` can tell whether sta
 
     python -m torch.distributed.run --nproc_per_node 2 -m benchmarks._syncbn_step BACKEND DEVICE SIZE DIR
 
-BACKEND is the process group's (nccl, gloo); on CUDA the model's BatchNorms become SyncBatchNorm, on
-CPU (where SyncBatchNorm cannot run) they stay per-process, which the caller checks instead.
+BACKEND is the process group's (nccl, gloo); on CUDA each rank takes the GPU of its local rank (NCCL
+refuses two ranks on one GPU) and the model's BatchNorms become SyncBatchNorm, on CPU (where
+SyncBatchNorm cannot run) they stay per-process, which the caller checks instead.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 import torch
@@ -64,8 +66,8 @@ def main() -> None:
     parser.add_argument("directory", type=Path)
     args = parser.parse_args()
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False  # exact comparisons
-    # every process on the same device (difnet's own setup gives each local rank a GPU of its own)
-    device = torch.device("cuda", 0) if args.device == "cuda" else torch.device("cpu")
+    local_rank = int(os.environ["LOCAL_RANK"])
+    device = torch.device("cuda", local_rank) if args.device == "cuda" else torch.device("cpu")
     if device.type == "cuda":
         torch.cuda.set_device(device)
     dist.init_process_group(args.backend, init_method="env://")

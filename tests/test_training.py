@@ -15,11 +15,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Subset
 
 from difnet.data import SyntheticShapes, TrainTransform
 from difnet.models import DifNet
-from difnet.training import TrainConfig, load_model, read_checkpoint, train
+from difnet.training import TrainConfig, distributed, load_model, read_checkpoint, train
 from difnet.training.loop import EpochSampler, NonFiniteLossError, Trainer
 from difnet.training.optim import build_optimizer, poly_lr, set_learning_rate
 from difnet.training.records import read_log
@@ -385,6 +386,24 @@ def test_two_process_ddp_on_cpu_with_gloo(tmp_path):
     assert len([r for r in records if r["event"] == "val"]) == 1
     saved = read_checkpoint(output / "last.pt")
     assert saved["step"] == 2 and all(torch.isfinite(v).all() for v in saved["model"].values())
+
+
+def test_one_process_under_torchrun_takes_the_ddp_path(tmp_path, monkeypatch):
+    """torchrun with one process (one GPU) joins a process group of one and wraps the model in DDP,
+    so a one-GPU machine runs the multi-GPU code path (NCCL there, gloo here)."""
+    rendezvous = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "RANK": "0",
+                  "WORLD_SIZE": "1", "LOCAL_RANK": "0"}  # fmt: skip
+    for name, value in rendezvous.items():
+        monkeypatch.setenv(name, value)
+    context = distributed.setup("cpu")
+    try:
+        assert context.distributed and context.owns_group and context.world_size == 1
+        assert torch.distributed.get_backend() == "gloo"
+        trainer = Trainer(tiny_config(tmp_path, epochs=1, max_steps_per_epoch=1), context)
+        assert isinstance(trainer.model, DistributedDataParallel)
+    finally:
+        distributed.teardown(context)
+    assert not torch.distributed.is_initialized()
 
 
 def test_train_voc_example_explains_missing_data_and_runs_synthetic(tmp_path):

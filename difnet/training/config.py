@@ -14,14 +14,16 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from difnet.data import DATASETS, RESIZABLE, EvalTransform, TrainTransform, build_dataset
+from difnet.data import DATASETS, EvalTransform, TrainTransform
+from difnet.data import recipe as data_recipe
 from difnet.data.base import SegmentationDataset, Transform
-from difnet.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from difnet.devices import default_device, parse_device
 from difnet.diffusion import SIMILARITIES, WALK_METHODS
 from difnet.models import MODELS, RESNET_DEPTHS
 from difnet.models.difnet import DIFFUSION_STRIDES
 from difnet.models.heads import DEFAULT_HEAD_INIT, HEAD_INITS, UNSATURATED_PSI_SCALE
+from difnet.models.options import foreign_options, refuse_foreign_options
+from difnet.models.options import model_arguments as declared_model_arguments
 from difnet.models.preprocessing import Preprocessing
 from difnet.models.serialization import read_checkpoint
 from difnet.models.validation import MIN_IMAGE_SIZE
@@ -30,8 +32,6 @@ from difnet.training.settings import add_options, check_file_value, declared, gi
 
 NONFINITE_POLICIES = ("stop", "skip")
 PRECISIONS = ("fp32", "bf16", "fp16")
-SYNTHETIC_DEFAULT_CLASSES = 5
-SYNTHETIC_DEFAULT_SIZE = 64
 MODEL, NORMALISATION, DATA, OPTIMISATION, RUN = (
     "model", "normalisation (needed for images other than RGB)", "data", "optimisation", "run",
 )  # fmt: skip
@@ -48,13 +48,18 @@ class TrainConfig:
     `batch_size` is per process and per forward pass; the optimiser steps every `accumulate`
     batches, so one step sees `batch_size * accumulate * processes` images.
 
-    Each field is declared once, with `setting` (difnet.training.settings): its help, option
-    group and roles drive the command line, recipe files and `--resume`'s checks.
+    Each field is declared once, with `setting` (difnet.training.settings): its description,
+    option group and roles drive the command line, recipe files and `--resume`'s checks. Which
+    models take which options, and how they become constructor arguments, is declared beside the
+    models (`difnet.models.options`); how the datasets and transforms are built, beside the
+    datasets (`difnet.data.recipe`).
     """
 
     model: str = setting("difnet", "architecture", MODEL, choices=tuple(MODELS))
     depth: int = setting(50, "ResNet depth", MODEL, choices=RESNET_DEPTHS)
-    aspp: bool = setting(True, "DifNet's noASPP seed head (one 3x3 conv instead of ASPP)", MODEL)
+    aspp: bool = setting(
+        True, "DifNet: an ASPP seed head (off: the paper's noASPP variant, one 3x3 conv)", MODEL
+    )
     walk: str = setting("fused", "how P_t y is computed (materialized: explicit P, for debugging)", MODEL,
                         choices=WALK_METHODS)  # fmt: skip
     diffusion_stride: int = setting(8, "output stride of the grid the walks run on", MODEL,
@@ -155,7 +160,7 @@ class TrainConfig:
     scale_range: tuple[float, float] = setting(
         (0.5, 1.5), "random rescaling range before the crop", DATA, metavar=("LOW", "HIGH")
     )
-    flip: bool = setting(True, "no random horizontal flips", DATA)
+    flip: bool = setting(True, "random horizontal flips of the training crops", DATA)
     batch_size: int = setting(16, "images per process and forward pass", OPTIMISATION)
     accumulate: int = setting(1, "forward passes whose gradients are summed per optimiser step", OPTIMISATION)
     epochs: int = setting(200, "passes over the training split", OPTIMISATION, resumable=True)
@@ -183,7 +188,7 @@ class TrainConfig:
     seed: int = setting(0, "seed of the data order, augmentation and init", RUN)
     workers: int = setting(2, "data-loading processes", DATA, resumable=True)
     device: str = setting(
-        help="torch device (under torchrun: cuda or cpu)", group=RUN, default_factory=default_device,
+        description="torch device (under torchrun: cuda or cpu)", group=RUN, default_factory=default_device,
         resumable=True, run_only=True,
     )  # fmt: skip
     output_dir: str = setting(
@@ -207,7 +212,7 @@ class TrainConfig:
         choices=NONFINITE_POLICIES, resumable=True,
     )  # fmt: skip
     log_every: int = setting(10, "log the loss every N steps", RUN, resumable=True, run_only=True)
-    progress: bool = setting(True, "no progress bars", RUN, resumable=True, run_only=True)
+    progress: bool = setting(True, "progress bars", RUN, resumable=True, run_only=True)
 
     def __post_init__(self) -> None:
         self.crop_size = _pair(self.crop_size, "crop_size")
@@ -233,20 +238,16 @@ class TrainConfig:
                 f"crop_size {self.crop_size} is smaller than the {MIN_IMAGE_SIZE}x{MIN_IMAGE_SIZE} "
                 "pixels the models take"
             )
-        if self.dataset == "folder" and self.num_classes is None:
-            raise ValueError("dataset 'folder' needs num_classes (--num-classes)")
-        if self.in_channels != 3 and self.dataset != "folder":
+        for name in data_recipe.DATASET_OPTIONS[self.dataset].required:
+            if getattr(self, name) is None:
+                raise ValueError(f"dataset {self.dataset!r} needs {name} (--{name.replace('_', '-')})")
+        if self.in_channels != 3 and not data_recipe.takes(self.dataset, "in_channels"):
+            readers = [name for name in DATASETS if data_recipe.takes(name, "in_channels")]
             raise ValueError(
-                f"in_channels {self.in_channels}: only the 'folder' dataset reads images other than RGB"
+                f"in_channels {self.in_channels}: only the {', '.join(map(repr, readers))} dataset reads "
+                "images other than RGB"
             )
-        if self.model != "difnet":
-            defaults = {f.name: f.default for f in fields(self)}
-            used = [name for name in DIFNET_ONLY if getattr(self, name) != defaults[name]]
-            if used:
-                raise ValueError(
-                    f"{', '.join(f'{name}={getattr(self, name)!r}' for name in used)}: DifNet options, "
-                    f"but the model is {self.model!r}, which has no diffusion; leave them at their defaults"
-                )
+        refuse_foreign_options(self.model, self, {f.name: f.default for f in fields(self)})
         if self.transition_loss_weight and self.kernel == "identity":
             raise ValueError("transition_loss_weight: the identity kernel has no transitions to supervise")
         if self.seed_from is not None and self.init_from is not None:
@@ -310,61 +311,28 @@ class TrainConfig:
                 f"scale_range must be (low, high) with 0 < low <= high (got {self.scale_range!r})"
             )
 
+    # --- what the recipe builds: declared beside the models and the datasets -------------------
+
     def model_arguments(self, num_classes: int) -> dict[str, Any]:
-        """`build_model`'s arguments for the model this config trains."""
-        arguments: dict[str, Any] = {
-            "name": self.model, "depth": self.depth, "num_classes": num_classes,
-            "in_channels": self.in_channels, "pretrained_backbone": self.pretrained_backbone,
-            "gradient_checkpointing": self.gradient_checkpointing, "head_init": self.head_init,
-        }  # fmt: skip
-        if self.model == "difnet":
-            arguments.update(aspp=self.aspp, walk=self.walk, diffusion_stride=self.diffusion_stride,
-                             psi_scale_init=self.psi_scale_init, shared_backbone=self.shared_backbone,
-                             normalize_importance=self.normalize_importance, kernel=self.kernel,
-                             kernel_radius=self.kernel_radius, learn_temperature=self.learn_temperature,
-                             beta_init=self.beta_init)  # fmt: skip
-        return arguments
-
-    # --- datasets ------------------------------------------------------------------------------
-
-    def dataset_options(self) -> dict[str, Any]:
-        """Keyword options of `build_dataset` for this config's dataset."""
-        if self.dataset == "synthetic":
-            return {
-                "num_classes": self.num_classes or SYNTHETIC_DEFAULT_CLASSES,
-                "size": self.image_size or SYNTHETIC_DEFAULT_SIZE,
-                "seed": self.seed,
-            }
-        options: dict[str, Any] = {}
-        if self.dataset == "folder":
-            options = {"num_classes": self.num_classes, "channels": self.in_channels}
-        if self.dataset in RESIZABLE and self.image_size is not None:
-            options["resize"] = self.image_size
-        return options
-
-    def normalization(self) -> dict[str, tuple[float, ...]]:
-        """`{"mean": ..., "std": ...}` per channel: the config's, or ImageNet's for RGB."""
-        if self.mean is None:
-            return {"mean": IMAGENET_MEAN, "std": IMAGENET_STD}
-        return {"mean": self.mean, "std": self.std}
+        """`build_model`'s arguments for the model this config trains (`difnet.models.options`)."""
+        return declared_model_arguments(self.model, num_classes, self)
 
     def preprocessing(self) -> Preprocessing:
         """How this run prepares images, saved with the model: its normalisation, and
         `image_size` where the dataset resizes every image to it (every dataset but synthetic)."""
-        resized = self.image_size if self.dataset in RESIZABLE else None
-        return Preprocessing(resized, **self.normalization())
+        return Preprocessing(data_recipe.resized_size(self), **data_recipe.normalization(self))
 
     def train_transform(self) -> TrainTransform:
         """The paper's augmentation with this config's crop, scale range, flip and normalisation."""
-        return TrainTransform(self.crop_size, self.scale_range, self.flip, **self.normalization())
+        return data_recipe.train_transform(self)
 
     def eval_transform(self) -> EvalTransform:
         """Whole-image evaluation with this config's normalisation."""
-        return EvalTransform(**self.normalization())
+        return data_recipe.eval_transform(self)
 
     def build_dataset(self, split: str, transform: Transform | None = None) -> SegmentationDataset:
-        """The `split` of this config's dataset, read with `transform`."""
-        return build_dataset(self.dataset, self.data_root, split, transform, **self.dataset_options())
+        """The `split` of this config's dataset, read with `transform` (`difnet.data.recipe`)."""
+        return data_recipe.build_split(self, split, transform)
 
     # --- serialisation -------------------------------------------------------------------------
 
@@ -449,10 +417,9 @@ class TrainConfig:
         return recipe, ignored
 
 
-# the options only DifNet takes: any other model refuses them unless they keep their defaults
-DIFNET_ONLY = ("aspp", "walk", "diffusion_stride", "psi_scale_init", "shared_backbone", "normalize_importance",
-               "kernel", "kernel_radius", "learn_temperature", "beta_init", "aux_seed_weight",
-               "transition_loss_weight", "walk_lr_mult", "walk_weight_decay", "seed_from")  # fmt: skip
+# the options only DifNet takes, from the models' declarations: Sim-DeepLab refuses them unless they
+# keep their defaults
+DIFNET_ONLY = foreign_options("simdeeplab")
 RESUME_CHANGEABLE = tuple(item.name for item in declared(TrainConfig) if item.setting.resumable)
 RUN_ONLY = tuple(item.name for item in declared(TrainConfig) if item.setting.run_only)
 

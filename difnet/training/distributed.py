@@ -1,5 +1,6 @@
 """Process-group setup for `torchrun`: env:// initialisation, NCCL on CUDA and gloo on CPU, and
-which process writes logs and checkpoints."""
+which process writes logs and checkpoints. Under torchrun a run joins a process group even as its
+only process, so one GPU takes the same path as many (DDP, SyncBatchNorm, NCCL collectives)."""
 
 from __future__ import annotations
 
@@ -15,29 +16,33 @@ from difnet.devices import resolve_device
 
 @dataclass(frozen=True)
 class Context:
-    """Where this process stands: its rank among `world_size` processes and its device."""
+    """Where this process stands: its rank among `world_size` processes, its device, and whether
+    it runs in a process group (`distributed`: DDP, SyncBatchNorm and collectives, also for one
+    process under torchrun)."""
 
     rank: int
     world_size: int
     device: torch.device
     owns_group: bool = False
+    distributed: bool = False
 
     @property
     def is_main(self) -> bool:
         """Whether this process writes logs, checkpoints and progress bars (rank 0)."""
         return self.rank == 0
 
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
+
+ENV_RENDEZVOUS = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE")  # what env:// reads; torchrun sets it
 
 
 def setup(device: str) -> Context:
-    """The run's context: a process group from torchrun's environment when `WORLD_SIZE` > 1
-    (joined here unless the caller already did), else a single process on `device`."""
+    """The run's context: a process group from torchrun's environment when it describes one (every
+    name of `ENV_RENDEZVOUS` set, or `WORLD_SIZE` > 1), joined here unless the caller already did;
+    else a single process on `device`."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     requested = resolve_device(device)
-    if world_size == 1 and not dist.is_initialized():
+    launched = world_size > 1 or all(name in os.environ for name in ENV_RENDEZVOUS)
+    if not launched and not dist.is_initialized():
         return Context(0, 1, requested)
     if requested.type == "cuda":
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -47,7 +52,7 @@ def setup(device: str) -> Context:
     if not dist.is_initialized():
         dist.init_process_group("nccl" if requested.type == "cuda" else "gloo", init_method="env://")
         owns_group = True
-    return Context(dist.get_rank(), dist.get_world_size(), requested, owns_group)
+    return Context(dist.get_rank(), dist.get_world_size(), requested, owns_group, distributed=True)
 
 
 def teardown(context: Context) -> None:

@@ -1,7 +1,8 @@
-"""One declaration per recipe setting: `setting(...)` gives a dataclass field its help text, option
+"""One declaration per recipe setting: `setting(...)` gives a dataclass field its description, option
 group and roles, and its type annotation gives the value type. From that single declaration the
-command line (`add_options`) and the recipe-file reader (`check_file_value`) are derived, so the
-dataclass, the options and the files cannot drift apart."""
+command line (`add_options`, its help text from the description by `option_help`) and the
+recipe-file reader (`check_file_value`) are derived, so the dataclass, the options and the files
+cannot drift apart."""
 
 from __future__ import annotations
 
@@ -18,12 +19,13 @@ from typing import Any
 class Setting:
     """How one field of a config dataclass reaches the command line and recipe files.
 
-    `resumable`: may change when a run is resumed (how long, where and how it goes on, never what
+    `description`: what the field means, as its value reads (a bool: what it turns on when true),
+    the field's documentation and the source of its option's help (`option_help`). `resumable`: may change when a run is resumed (how long, where and how it goes on, never what
     it computes). `run_only`: where and how a run goes (output folder, device, logging), taken
     from the command line only, never from a recipe file. `choices`, `metavar` and `nargs` pass
     to argparse (`nargs` overrides the count the type gives)."""
 
-    help: str
+    description: str
     group: str
     choices: Sequence[Any] | None = None
     metavar: str | tuple[str, ...] | None = None
@@ -34,14 +36,14 @@ class Setting:
 
 def setting(
     default: Any = dataclasses.MISSING,
-    help: str = "",
+    description: str = "",
     group: str = "",
     *,
     default_factory: Callable[[], Any] | Any = dataclasses.MISSING,
     **options: Any,
 ) -> Any:
     """A dataclass field declared with its `Setting` (see there for `options`)."""
-    metadata = {"setting": Setting(help, group, **options)}
+    metadata = {"setting": Setting(description, group, **options)}
     return field(default=default, default_factory=default_factory, metadata=metadata)
 
 
@@ -89,7 +91,7 @@ def add_options(
     defaults = cls()
     for item in declared(cls):
         value = getattr(defaults, item.name)
-        help_text = item.setting.help + (" [may change on --resume]" if item.setting.resumable else "")
+        help_text = option_help(item, value)
         if _base(item.annotation) is bool:
             flag = "--no-" + item.option[2:] if value else item.option
             action = "store_false" if value else "store_true"
@@ -101,6 +103,14 @@ def add_options(
         )  # fmt: skip
     parser.set_defaults(**{item.name: Default(getattr(defaults, item.name)) for item in declared(cls)})
     return by_title
+
+
+def option_help(item: Declared, default: Any) -> str:
+    """The command-line help of `item` (whose default is `default`), from its description: a bool
+    on by default becomes `--no-<name>`, whose help reads "turn off: <description>"."""
+    turned_off = _base(item.annotation) is bool and default is True
+    text = f"turn off: {item.setting.description}" if turned_off else item.setting.description
+    return text + (" [may change on --resume]" if item.setting.resumable else "")
 
 
 def given_options(args: argparse.Namespace, cls: type) -> tuple[dict[str, Any], dict[str, Any]]:
