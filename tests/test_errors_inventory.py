@@ -318,7 +318,7 @@ CASES = [
     Case("model-diffusion-stride", lambda e: DifNet(depth=18, num_classes=3, diffusion_stride=16),
          ValueError, r"diffusion_stride must be one of \(4, 8\) \(got 16\)"),
     Case("model-encoder-unknown", lambda e: DifNet(encoder="vgg16"), ValueError,
-         r"encoder must be one of \[.*'resnet50_os16'.*'small_cnn'\] \(got 'vgg16'\); .*register_encoder"),
+         r"encoder must be one of \[.*'resnet50_os16'.*'small_cnn'.*\] \(got 'vgg16'\); .*register_encoder"),
     Case("model-depth-encoder", lambda e: DifNet(depth=50, encoder="resnet50_os16"), ValueError,
          r"depth=50 is shorthand for encoder='resnet50' \(output stride 8\) and contradicts "
          r"encoder='resnet50_os16'; give only one of them"),
