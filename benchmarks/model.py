@@ -6,7 +6,9 @@ Inference: batch 1, eval mode, torch.no_grad, float32, 321x321 and 505x505. DifN
 through its own methods, in forward's order: seed branch (`seed_branch`: seed backbone + ASPP),
 similarity branch (`similarity_branch`: similarity backbone), diffusion (`diffuse`: importance map,
 Psi_0..4, the 5 walks, upsampling to the input), and its whole forward; Sim-DeepLab-18/50/101 whole
-forward. Training: one step (forward, cross-entropy, backward, the paper's SGD) of DifNet-18 and
+forward. The diffusion head alone (`DiffusionHead` on precomputed scores and levels: random tensors
+of the shapes DifNet-50's encoders give, `resnet50` at output stride 8 and `resnet50_os16` at 16,
+`--head-strides`), walking on the scores' grid. Training: one step (forward, cross-entropy, backward, the paper's SGD) of DifNet-18 and
 Sim-DeepLab-18, batch 2, 321x321 (`--train-size`), train mode; its peak extra memory (gradients,
 momentum buffers, activations and temporaries over the model and batch already held): peak RSS in a
 fresh subprocess on CPU, max_memory_allocated in this process on CUDA. Concurrency: the two branches
@@ -45,7 +47,8 @@ from benchmarks._measure import (
     time_calls,
     write_results,
 )
-from difnet.models import DifNet, build_model, format_parameter_counts, parameter_counts
+from difnet.encoders import build_encoder
+from difnet.models import DiffusionHead, DifNet, build_model, format_parameter_counts, parameter_counts
 from difnet.training.config import TrainConfig
 from difnet.training.losses import pixel_loss
 from difnet.training.optim import build_optimizer
@@ -54,6 +57,7 @@ CLASSES = 21  # Pascal VOC
 SIZES = (321, 505)
 DIFNET_DEPTHS = (18, 50)
 SIMDEEPLAB_DEPTHS = (18, 50, 101)
+HEAD_ENCODERS = {8: "resnet50", 16: "resnet50_os16"}  # DifNet-50's encoder by output stride
 TRAIN_DEPTH, TRAIN_BATCH, TRAIN_SIZE = 18, 2, 321
 MEMORY_WARMUP_SIZE = 65  # the memory worker's untimed first step sets the libraries up
 PAYS_AT = 1.05  # concurrency "pays" when it is at least 5% faster than one branch after the other
@@ -71,6 +75,13 @@ INFERENCE_COLUMNS = {
     "stages_ms": "sum of stages (ms)",
     "forward_ms": "whole forward (ms)",
     "diffusion_share": "diffusion / forward (%)",
+}
+HEAD_COLUMNS = {
+    **CASE_COLUMNS,
+    "output_stride": "output stride",
+    "grid": "diffusion grid",
+    "nodes": "nodes N",
+    "head_ms": "diffusion head (ms)",
 }
 CONCURRENCY_COLUMNS = {
     **CASE_COLUMNS,
@@ -169,6 +180,33 @@ def simdeeplab_inference(depth: int, size: int, device: str, plan: Plan) -> dict
     with torch.no_grad():
         timings = plan.time({"forward": lambda: model(images)}, device)
     return case_row(device, size, label("simdeeplab", depth), timings)
+
+
+def head_case(stride: int, size: int, device: str) -> tuple[DiffusionHead, Tensor, list[Tensor]]:
+    """An eval `DiffusionHead` for DifNet-50's levels at output `stride`, and random scores and
+    levels (the image and the encoder's stages) of the shapes its encoder gives a `size` x `size`
+    image (read from the encoder on the meta device: no weights, no compute)."""
+    with torch.device("meta"):
+        encoder = build_encoder(HEAD_ENCODERS[stride])
+        shapes = [stage.shape for stage in encoder(torch.empty(1, 3, size, size))]
+    generator = torch.Generator(device=device).manual_seed(size)
+    stages = [torch.randn(shape, device=device, generator=generator) for shape in shapes]
+    scores = torch.randn(1, CLASSES, *shapes[-1][-2:], device=device, generator=generator)
+    torch.manual_seed(0)
+    head = DiffusionHead([3, *encoder.out_channels], CLASSES).to(device).eval()
+    return head, scores, [random_images(1, size, device), *stages]
+
+
+def head_inference(stride: int, size: int, device: str, plan: Plan) -> dict[str, Any]:
+    """The diffusion head alone on precomputed scores and levels: importance map, Psi_0..4, the 5
+    walks on the scores' grid and the upsampling to the input."""
+    head, scores, levels = head_case(stride, size, device)
+    with torch.no_grad():
+        timings = plan.time({"head": lambda: head(scores, levels)}, device)
+    row = case_row(device, size, f"DiffusionHead ({HEAD_ENCODERS[stride]} levels)", timings)
+    grid = tuple(scores.shape[-2:])
+    row.update(output_stride=stride, grid=f"{grid[0]}x{grid[1]}", nodes=grid[0] * grid[1])
+    return row
 
 
 class Branches(nn.Module):
@@ -336,6 +374,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES), help="image sides")
     parser.add_argument("--difnet-depths", type=int, nargs="+", default=list(DIFNET_DEPTHS))
     parser.add_argument("--simdeeplab-depths", type=int, nargs="+", default=list(SIMDEEPLAB_DEPTHS))
+    parser.add_argument(
+        "--head-strides", type=int, nargs="+", choices=sorted(HEAD_ENCODERS), default=sorted(HEAD_ENCODERS),
+        help="output strides at which the diffusion head alone is timed",
+    )  # fmt: skip
     parser.add_argument("--warmup", type=int, default=1, help="untimed calls per case")
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per case (median)")
     parser.add_argument(
@@ -382,6 +424,16 @@ def main(argv: list[str] | None = None) -> None:
     ]
     inference_title = "Inference: batch 1, eval, no_grad, float32 (medians)"
     inference = measure_section(inference_title, INFERENCE_COLUMNS, inference_cases)
+    head_cases = [
+        partial(head_inference, stride, size, device, plan)
+        for device in devices
+        for size in args.sizes
+        for stride in args.head_strides
+    ]
+    head_title = (
+        "The diffusion head alone: on precomputed scores and levels, batch 1, eval, no_grad (medians)"
+    )
+    heads = measure_section(head_title, HEAD_COLUMNS, head_cases)
     concurrency_cases = [
         partial(branch_concurrency, depth, size, device, plan)
         for device in devices
@@ -410,6 +462,8 @@ def main(argv: list[str] | None = None) -> None:
             f"{wall_s:.0f} s. {PAPER_NOTE}",
             f"## {inference_title}",
             markdown_table(inference, INFERENCE_COLUMNS),
+            f"## {head_title}",
+            markdown_table(heads, HEAD_COLUMNS),
             f"## {concurrency_title}",
             markdown_table(concurrency, CONCURRENCY_COLUMNS),
             concurrency_verdicts(concurrency),
@@ -429,6 +483,7 @@ def main(argv: list[str] | None = None) -> None:
         "wall_s": wall_s,
         "parameters": counts,
         "inference": inference,
+        "head": heads,
         "concurrency": concurrency,
         "training": trained,
     }

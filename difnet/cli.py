@@ -681,7 +681,7 @@ def run_export(args: argparse.Namespace) -> None:
     announce_preprocessing("export", model.preprocessing, "saved with the model; written into the file")
     result = export_onnx(model, args.output, height=args.height, width=args.width, dynamic_size=args.dynamic)
     size = "any height and width" if result.height is None else f"{result.height}x{result.width} inputs"
-    print(f"wrote {result.path}: {type(model).__name__}-{model.depth}, any batch, {size}")
+    print(f"wrote {result.path}: {type(model).__name__} on {model.encoder}, any batch, {size}")
     if result.external_data is None:
         print("one self-contained file: weights, input size, mean/std, class names and palette inside")
     else:

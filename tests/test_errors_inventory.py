@@ -317,6 +317,26 @@ CASES = [
          r"aspp must be True or False \(got 'no'\)"),
     Case("model-diffusion-stride", lambda e: DifNet(depth=18, num_classes=3, diffusion_stride=16),
          ValueError, r"diffusion_stride must be one of \(4, 8\) \(got 16\)"),
+    Case("model-encoder-unknown", lambda e: DifNet(encoder="vgg16"), ValueError,
+         r"encoder must be one of \[.*'resnet50_os16'.*'small_cnn'.*\] \(got 'vgg16'\); .*register_encoder"),
+    Case("model-depth-encoder", lambda e: DifNet(depth=50, encoder="resnet50_os16"), ValueError,
+         r"depth=50 is shorthand for encoder='resnet50' \(output stride 8\) and contradicts "
+         r"encoder='resnet50_os16'; give only one of them"),
+    Case("model-shared-backbone-encoder",
+         lambda e: DifNet(encoder="small_cnn", similarity_encoder="resnet18", shared_backbone=True),
+         ValueError, r"shared_backbone=True .* seed encoder 'small_cnn', which contradicts "
+                     r"similarity_encoder='resnet18'"),
+    Case("model-diffusion-stride-encoder", lambda e: DifNet(encoder="small_cnn", diffusion_stride=16),
+         ValueError, r"diffusion_stride must be one of \(2, 4, 8\) \(got 16\)"),
+    Case("model-pretrained-encoder",
+         lambda e: DifNet(encoder="small_cnn", similarity_encoder="resnet18", pretrained_backbone="imagenet"),
+         ValueError, r"pretrained_backbone='imagenet' loads torchvision's ImageNet ResNet weights, which the "
+                     r"seed encoder 'small_cnn' cannot take"),
+    Case("checkpoint-encoder-unregistered",
+         lambda e: load_model(e.variant("mine.pt", model_spec={
+             "name": "simdeeplab", "depth": None, "encoder": "my_cnn", "num_classes": 3})),
+         ValueError, r"encoder must be one of \[.*\] \(got 'my_cnn'\); an encoder of your own must be "
+                     r"registered \(difnet.encoders.register_encoder\) before a model is built or loaded"),
     Case("model-pretrained-missing",
          lambda e: SimDeepLab(depth=18, num_classes=3, pretrained_backbone=e.root / "no.pth"),
          FileNotFoundError, r"pretrained backbone checkpoint not found: .*no\.pth"),

@@ -53,7 +53,10 @@ def test_module_entry_point_prints_the_table():
     models, encoders = (table.splitlines() for table in result.stdout.strip().split("\n\n"))
     assert models[0] == "| depth | difnet | simdeeplab |"
     assert [line.split("|")[1].strip() for line in models[2:]] == ["18", "34", "50", "101", "152"]
-    assert encoders[0] == "| encoder | params (M) | out_channels | strides |"
+    assert encoders[0] == "| encoder | params (M) | out_channels | strides | ImageNet weights |"
     rows = {line.split("|")[1].strip(): line for line in encoders[2:]}
     assert set(rows) == set(ENCODERS)
-    assert rows["resnet18_os32"] == "| resnet18_os32 | 11.18 | [64, 128, 256, 512] | [4, 8, 16, 32] |"
+    assert rows["resnet18_os32"] == (
+        "| resnet18_os32 | 11.18 | [64, 128, 256, 512] | [4, 8, 16, 32] | ResNet-18 |"
+    )
+    assert rows["small_cnn"] == "| small_cnn | 0.02 | [8, 16, 32, 32] | [2, 4, 8, 8] | none |"

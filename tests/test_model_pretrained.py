@@ -97,6 +97,23 @@ def test_simdeeplab_loads_the_same_checkpoint(resnet18_file):
     torch.testing.assert_close(model.backbone.layer4[1].bn2.weight, state["layer4.1.bn2.weight"])
 
 
+def test_resnets_at_output_stride_16_and_32_take_the_same_checkpoint(resnet18_file):
+    state = torch.load(resnet18_file, weights_only=True)
+    model = DifNet(encoder="resnet18_os16", similarity_encoder="resnet18_os32", num_classes=3,
+                   pretrained_backbone=resnet18_file)  # fmt: skip
+    assert set(model.backbone_load_reports) == {"seed", "similarity"}
+    for backbone in (model.seed_backbone, model.similarity_backbone):
+        torch.testing.assert_close(backbone.layer4[1].conv2.weight, state["layer4.1.conv2.weight"])
+
+
+def test_an_encoder_without_imagenet_weights_is_refused(resnet18_file):
+    message = (r"pretrained_backbone='.*resnet18-f37072fd\.pth' loads torchvision's ImageNet ResNet "
+               r"weights, which the similarity encoder 'small_cnn' cannot take \(only the resnet\* "
+               r"encoders do\); build it without pretrained_backbone")  # fmt: skip
+    with pytest.raises(ValueError, match=message):
+        DifNet(encoder="resnet18", similarity_encoder="small_cnn", pretrained_backbone=resnet18_file)
+
+
 def test_missing_backbone_keys_are_reported(tmp_path, caplog):
     state = torchvision_state_dict(18)
     del state["layer2.0.conv1.weight"]

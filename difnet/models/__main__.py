@@ -1,11 +1,13 @@
 """`python -m difnet.models [--num-classes K]`: print every model's parameter count per depth, and
-every registered encoder's."""
+every registered encoder's (with its stages and ImageNet weights)."""
 
 from __future__ import annotations
 
 import argparse
 
-from difnet.encoders import ENCODERS, build_encoder
+import torch
+
+from difnet.models.encoders import ENCODERS, IMAGENET_DEPTHS, build_encoder
 from difnet.models.factory import format_parameter_counts, parameter_counts
 from difnet.models.parameters import count_parameters
 
@@ -22,12 +24,15 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def format_encoders() -> str:
-    """A markdown table of every registered encoder: parameters (millions), channels, strides."""
-    lines = ["| encoder | params (M) | out_channels | strides |", "|---|---:|---|---|"]
+    """A markdown table of every registered encoder: parameters (millions), channels, strides and
+    the torchvision ImageNet weights it takes (`pretrained_backbone`), if any."""
+    lines = ["| encoder | params (M) | out_channels | strides | ImageNet weights |", "|---|---:|---|---|---|"]
     for name in sorted(ENCODERS):
-        encoder = build_encoder(name)
+        with torch.device("meta"):  # no memory, no init
+            encoder = build_encoder(name)
+        imagenet = f"ResNet-{IMAGENET_DEPTHS[name]}" if name in IMAGENET_DEPTHS else "none"
         lines.append(f"| {name} | {count_parameters(encoder) / 1e6:.2f} | {list(encoder.out_channels)} "
-                     f"| {list(encoder.strides)} |")  # fmt: skip
+                     f"| {list(encoder.strides)} | {imagenet} |")  # fmt: skip
     return "\n".join(lines)
 
 

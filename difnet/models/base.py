@@ -9,11 +9,11 @@ from typing import Any, ClassVar
 
 from torch import Tensor, nn
 
+from difnet.models.encoders import IMAGENET_DEPTHS, build_encoder, check_encoder, shorthand_depth
 from difnet.models.finetune import FineTuneReport, load_for_fine_tuning
 from difnet.models.parameters import split_backbone_head
 from difnet.models.preprocessing import Preprocessing
 from difnet.models.pretrained import LoadReport, PretrainedSource, load_pretrained_backbones
-from difnet.models.resnet import DilatedResNet, check_depth, dilated_resnet
 from difnet.models.serialization import (
     SavedModel,
     load_state,
@@ -28,9 +28,12 @@ from difnet.models.validation import check_images, check_num_classes, check_posi
 class SegmentationModel(nn.Module):
     """Base of `DifNet` and `SimDeepLab`: `model(images [B, C, H, W]) -> logits [B, K, H, W]`.
 
-    A subclass passes its architecture arguments to `__init__` (they become `config`, from
-    which `build_model(**config)` rebuilds it), builds its modules with `new_backbone`, names
-    its ResNets in `backbones`, then calls `load_pretrained_backbone`.
+    A subclass passes its seed `encoder`'s name (`difnet.encoders.model_encoder` of its `depth`
+    and `encoder` options) and its other architecture arguments to `__init__` (they become
+    `config`, from which `build_model(**config)` rebuilds it), builds its encoders with
+    `new_backbone`, names them in `backbones` (and their encoders in `backbone_encoders`), then
+    calls `load_pretrained_backbone`. `depth` is the ResNet depth when the encoder is
+    `"resnet{depth}"` (the shorthand), else None.
 
     What a trained model carries beside its weights (set by `difnet.load_model`, saved by
     `save_pretrained`): `class_names` and `palette` (None when unknown) and `preprocessing`, the
@@ -44,19 +47,20 @@ class SegmentationModel(nn.Module):
     def __init__(
         self,
         *,
-        depth: int,
+        encoder: str,
         num_classes: int,
         in_channels: int = 3,
         gradient_checkpointing: bool = False,
         **architecture: Any,
     ) -> None:
         super().__init__()
-        self.depth = check_depth(depth)
+        self.encoder = check_encoder(encoder)
+        self.depth = shorthand_depth(encoder)
         self.num_classes = check_num_classes(num_classes)
         self.in_channels = check_positive_int(in_channels, "in_channels")
         self.gradient_checkpointing = bool(gradient_checkpointing)
         self.norm_eval = False
-        self._architecture = {"depth": depth, "num_classes": num_classes,
+        self._architecture = {"depth": self.depth, "encoder": encoder, "num_classes": num_classes,
                               "in_channels": in_channels, **architecture}  # fmt: skip
         self.backbone_load_reports: dict[str, LoadReport] = {}
         self.class_names: list[str] | None = None
@@ -70,14 +74,18 @@ class SegmentationModel(nn.Module):
         JSON-serialisable; how it was initialised (pretrained weights) is not part of it."""
         return {"name": self.name, **self._architecture}
 
-    def new_backbone(self) -> DilatedResNet:
-        """A dilated ResNet of this model's depth, input channels and checkpointing."""
-        return dilated_resnet(
-            self.depth, in_channels=self.in_channels, gradient_checkpointing=self.gradient_checkpointing
+    def new_backbone(self, encoder: str) -> nn.Module:
+        """The registered `encoder` with this model's input channels and checkpointing."""
+        return build_encoder(
+            encoder, in_channels=self.in_channels, gradient_checkpointing=self.gradient_checkpointing
         )
 
-    def backbones(self) -> dict[str, DilatedResNet]:
-        """The model's ResNets by name (the "backbone" learning-rate group)."""
+    def backbones(self) -> dict[str, nn.Module]:
+        """The model's encoders by role (the "backbone" learning-rate group)."""
+        raise NotImplementedError
+
+    def backbone_encoders(self) -> dict[str, str]:
+        """The registered name of each of `backbones()`, by the same roles."""
         raise NotImplementedError
 
     def walk_parameters_module(self) -> nn.Module | None:
@@ -86,11 +94,26 @@ class SegmentationModel(nn.Module):
 
     def load_pretrained_backbone(self, source: PretrainedSource | None) -> None:
         """Initialise every backbone from a torchvision ResNet checkpoint (path or "imagenet");
-        the first convolution is adapted to `in_channels`. Reports go to `backbone_load_reports`."""
-        if source is not None:
-            self.backbone_load_reports = load_pretrained_backbones(
-                self.backbones(), source, self.depth, self.in_channels
+        the first convolution is adapted to `in_channels`. Reports go to `backbone_load_reports`.
+        Refused for an encoder without ImageNet weights (not in `IMAGENET_DEPTHS`)."""
+        if source is None:
+            return
+        encoders = self.backbone_encoders()
+        lacking = [
+            f"{role} encoder {name!r}" for role, name in encoders.items() if name not in IMAGENET_DEPTHS
+        ]
+        if lacking:
+            raise ValueError(
+                f"pretrained_backbone={str(source)!r} loads torchvision's ImageNet ResNet weights, which "
+                f"the {' and the '.join(lacking)} cannot take (only the resnet* encoders do); build it "
+                "without pretrained_backbone, or load its weights in its registered builder"
             )
+        backbones, reports = self.backbones(), {}
+        for depth in dict.fromkeys(IMAGENET_DEPTHS[name] for name in encoders.values()):
+            roles = [role for role, name in encoders.items() if IMAGENET_DEPTHS[name] == depth]
+            chosen = {role: backbones[role] for role in roles}
+            reports |= load_pretrained_backbones(chosen, source, depth, self.in_channels)
+        self.backbone_load_reports = reports
 
     def check_images(self, images: Tensor) -> None:
         """Raise a clear error unless `images` fit this model (shape, channels, dtype, device)."""

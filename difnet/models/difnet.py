@@ -1,5 +1,5 @@
 """DifNet: a seed branch (DeepLabV2-style scores times an importance map) diffused by a cascade
-of random walks whose transition matrices come from a second, similarity backbone (Sec. 4)."""
+of random walks whose transition matrices come from a second, similarity encoder (Sec. 4)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from difnet.diffusion import WALK_METHODS, Cascade, TransitionKernel, WalkMethod
 from difnet.models.base import SegmentationModel
 from difnet.models.diffusion_head import DiffusionHead, DifNetOutput
+from difnet.models.encoders import check_encoder, model_encoder
 from difnet.models.heads import (
     DEFAULT_HEAD_INIT,
     HEAD_INITS,
@@ -19,33 +20,44 @@ from difnet.models.heads import (
     score_head,
 )
 from difnet.models.pretrained import PretrainedSource
-from difnet.models.resnet import DilatedResNet
 
-NUM_LEVELS = 5  # the input image and the outputs of layer1..layer4
+DEFAULT_DEPTH = 50
+# the diffusion strides of the `depth` shorthand (a dilated ResNet at output stride 8): layer1's
+# grid and the scores' (the training command line's choices)
 DIFFUSION_STRIDES: tuple[int, ...] = (4, 8)
 
 
 class DifNet(SegmentationModel):
-    """DifNet-`depth`: `model(images [B, C, H, W])` -> logits `[B, num_classes, H, W]`.
+    """DifNet on registered encoders: `model(images [B, C, H, W])` -> logits `[B, num_classes, H, W]`.
 
-    Two dilated ResNets (output stride 8) feed `head`, a `DiffusionHead`: the seed branch's
-    class scores, and the image with the similarity backbone's 4 stages as its 5 levels.
+    The seed branch is `encoder` and a score head, the similarity branch `similarity_encoder`
+    (by default the same encoder, a second copy): both names from `difnet.encoders.ENCODERS`.
+    `depth=D` (default 50) is shorthand for `encoder="resnetD"`, the dilated ResNet-D at output
+    stride 8 of the paper; giving both is refused unless they agree. They feed `head`, a
+    `DiffusionHead`: the seed branch's class scores, and the image with the similarity encoder's
+    stages as its levels (the ResNets' 4 stages: 5 levels, 5 walks).
+
+    `diffusion_stride` is the stride (against the input) of the grid the walks run on: by default
+    the scores' grid, at the seed encoder's output stride; a finer one is the grid of the first
+    similarity encoder stage at that stride (for a ResNet at output stride 16, 8 diffuses the
+    upsampled seed on layer2's grid; at output stride 8, 4 on layer1's). A stride no similarity
+    stage has, or coarser than the scores', is refused.
 
     `aspp=False` gives the paper's noASPP seed head; `walk="materialized"` builds every P_t
-    explicitly (debugging); `diffusion_stride=4` diffuses on a 2x finer grid than the seed's.
-    `psi_scale_init` is the initial BN scale of every Psi_t: the default 64^(-1/4) starts
-    `f f^T` at 1/8 of its BN-normalised value so the walks mix from the first step; 1.0 is the
-    authors' code exactly (docs/fidelity.md). `gradient_checkpointing=True` recomputes the
-    backbones' stages and the Psi_t during backward: the same gradients for about half the
-    training memory.
+    explicitly (debugging). `psi_scale_init` is the initial BN scale of every Psi_t: the default
+    64^(-1/4) starts `f f^T` at 1/8 of its BN-normalised value so the walks mix from the first
+    step; 1.0 is the authors' code exactly (docs/fidelity.md). `gradient_checkpointing=True`
+    recomputes the encoders' stages (where they support it) and the Psi_t during backward: the
+    same gradients for about half the training memory.
     `pretrained_backbone` (a torchvision ResNet checkpoint path, or "imagenet") initialises
-    both backbones; the loads' missing/unexpected keys are kept in `backbone_load_reports`.
-    `in_channels` other than 3 (grey, RGB-NIR, ...) also sets Psi_0's, which sees the image.
+    both encoders, which must be ResNets; the loads' missing/unexpected keys are kept in
+    `backbone_load_reports`. `in_channels` other than 3 (grey, RGB-NIR, ...) also sets Psi_0's,
+    which sees the image.
 
     Options beyond the paper: `head_init` "normal" (the default: better from scratch) starts the
     score head at DeepLab's N(0, 0.01), "he" at the authors' effective init (their model exactly);
     each of the following off gives the authors' model:
-    `shared_backbone=True` reads the similarity levels from the seed backbone (one ResNet, half
+    `shared_backbone=True` reads the similarity levels from the seed encoder (one encoder, half
     the compute, every layer trained by both branches); `normalize_importance=True` divides M by
     its per-image mean over the grid, so M weights nodes relative to each other without scaling
     the seed, and the gradient reaching the seed branch, down (y_5 is linear in s, so this only
@@ -61,12 +73,12 @@ class DifNet(SegmentationModel):
 
     def __init__(
         self,
-        depth: int = 50,
+        depth: int | None = None,
         num_classes: int = 21,
         aspp: bool = True,
         pretrained_backbone: PretrainedSource | None = None,
         walk: WalkMethod = "fused",
-        diffusion_stride: int = 8,
+        diffusion_stride: int | None = None,
         psi_scale_init: float = UNSATURATED_PSI_SCALE,
         gradient_checkpointing: bool = False,
         in_channels: int = 3,
@@ -77,13 +89,18 @@ class DifNet(SegmentationModel):
         kernel_radius: int | None = None,
         learn_temperature: bool = False,
         beta_init: float = 0.5,
+        encoder: str | None = None,
+        similarity_encoder: str | None = None,
     ) -> None:
-        super().__init__(depth=depth, num_classes=num_classes, in_channels=in_channels,
-                         gradient_checkpointing=gradient_checkpointing, aspp=aspp, walk=walk,
-                         diffusion_stride=diffusion_stride, head_init=head_init,
-                         shared_backbone=shared_backbone, normalize_importance=normalize_importance,
-                         kernel=kernel, kernel_radius=kernel_radius, learn_temperature=learn_temperature,
-                         beta_init=beta_init)  # fmt: skip
+        encoder = model_encoder(depth, encoder, DEFAULT_DEPTH)
+        similarity_encoder = (
+            encoder if similarity_encoder is None else check_encoder(similarity_encoder, "similarity_encoder")
+        )
+        if shared_backbone and similarity_encoder != encoder:
+            raise ValueError(
+                f"shared_backbone=True reads the similarity levels from the seed encoder {encoder!r}, "
+                f"which contradicts similarity_encoder={similarity_encoder!r}; give only one of them"
+            )
         for name, flag in (("aspp", aspp), ("shared_backbone", shared_backbone)):
             if not isinstance(flag, bool):
                 raise TypeError(f"{name} must be True or False (got {flag!r})")
@@ -91,22 +108,27 @@ class DifNet(SegmentationModel):
             raise ValueError(f"head_init must be one of {HEAD_INITS} (got {head_init!r})")
         if walk not in WALK_METHODS:
             raise ValueError(f"walk must be one of {WALK_METHODS} (got {walk!r})")
-        if diffusion_stride not in DIFFUSION_STRIDES:
-            raise ValueError(
-                f"diffusion_stride must be one of {DIFFUSION_STRIDES} (got {diffusion_stride!r})"
-            )
-        self.diffusion_stride = diffusion_stride
+        architecture = {"aspp": aspp, "walk": walk, "head_init": head_init, "shared_backbone": shared_backbone,
+                        "normalize_importance": normalize_importance, "kernel": kernel,
+                        "kernel_radius": kernel_radius, "learn_temperature": learn_temperature,
+                        "beta_init": beta_init, "similarity_encoder": similarity_encoder}  # fmt: skip
+        super().__init__(encoder=encoder, num_classes=num_classes, in_channels=in_channels,
+                         gradient_checkpointing=gradient_checkpointing, **architecture)  # fmt: skip
+        self.similarity_encoder = similarity_encoder
         self.seed_frozen = False
-        self.seed_backbone = self.new_backbone()
+        self.seed_backbone = self.new_backbone(encoder)
         self.classifier = score_head(self.seed_backbone.out_channels[-1], num_classes, aspp, head_init)
-        self.similarity_backbone = None if shared_backbone else self.new_backbone()
-        # the seed's grid is layer4's (stride 8); stride 4 diffuses on layer1's grid
-        self.head = DiffusionHead((in_channels, *self.seed_backbone.out_channels), num_classes, walk=walk,
-                                  grid_level=1 if diffusion_stride == 4 else None,
-                                  psi_scale_init=psi_scale_init, normalize_importance=normalize_importance,
-                                  kernel=kernel, kernel_radius=kernel_radius,
-                                  learn_temperature=learn_temperature, beta_init=beta_init,
-                                  gradient_checkpointing=gradient_checkpointing)  # fmt: skip
+        self.similarity_backbone = None if shared_backbone else self.new_backbone(similarity_encoder)
+        similarity = self.similarity_backbone or self.seed_backbone
+        grid_level, self.diffusion_stride = diffusion_grid_level(
+            diffusion_stride, self.seed_backbone.strides[-1], similarity.strides
+        )
+        self._architecture["diffusion_stride"] = self.diffusion_stride
+        self.head = DiffusionHead((in_channels, *similarity.out_channels), num_classes, walk=walk,
+                                  grid_level=grid_level, psi_scale_init=psi_scale_init,
+                                  normalize_importance=normalize_importance, kernel=kernel,
+                                  kernel_radius=kernel_radius, learn_temperature=learn_temperature,
+                                  beta_init=beta_init, gradient_checkpointing=gradient_checkpointing)  # fmt: skip
         self.load_pretrained_backbone(pretrained_backbone)
 
     # the diffusion stage's parts, where code written before `head` finds them
@@ -130,10 +152,15 @@ class DifNet(SegmentationModel):
     def normalize_importance(self) -> bool:
         return self.head.normalize_importance
 
-    def backbones(self) -> dict[str, DilatedResNet]:
+    def backbones(self) -> dict[str, nn.Module]:
         if self.similarity_backbone is None:
             return {"seed": self.seed_backbone}
         return {"seed": self.seed_backbone, "similarity": self.similarity_backbone}
+
+    def backbone_encoders(self) -> dict[str, str]:
+        if self.similarity_backbone is None:
+            return {"seed": self.encoder}
+        return {"seed": self.encoder, "similarity": self.similarity_encoder}
 
     def walk_parameters_module(self) -> nn.Module:
         return self.head.cascade
@@ -180,12 +207,13 @@ class DifNet(SegmentationModel):
         return self.diffuse(self.seed_branch(images), self.similarity_branch(images))
 
     def seed_branch(self, images: Tensor) -> Tensor:
-        """Class scores x `[B, K, h', w']` of the seed backbone and its classifier (stride 8)."""
+        """Class scores x `[B, K, h', w']` of the seed encoder and its classifier (at the encoder's
+        output stride)."""
         return self.classifier(self.seed_backbone(images)[-1])
 
     def similarity_branch(self, images: Tensor) -> list[Tensor]:
-        """The 5 levels the transition matrices come from: `images` and layer1..layer4's outputs
-        (of the seed backbone with `shared_backbone`)."""
+        """The levels the transition matrices come from: `images` and the similarity encoder's
+        stages (a ResNet's layer1..layer4; the seed encoder's with `shared_backbone`)."""
         backbone = self.similarity_backbone or self.seed_backbone
         return [images, *backbone(images)]
 
@@ -201,19 +229,23 @@ class DifNet(SegmentationModel):
         *,
         levels: Sequence[Tensor] | None = None,
     ) -> Tensor:
-        """Rows of every `P_t` for grid nodes `(row, col)` `[n, 2]`, as maps `[B, 5, n, h, w]`.
+        """Rows of every `P_t` for grid nodes `(row, col)` `[n, 2]`, as maps `[B, T, n, h, w]`.
 
         Only the `n` requested rows are computed; `(h, w)` is the diffusion grid of `images`.
         `levels`, this model's `similarity_branch(images)` when already computed, saves
-        running the similarity backbone again.
+        running the similarity encoder again.
         """
         self.check_images(images)
         levels = self.similarity_branch(images) if levels is None else levels
-        grid = self.head.diffusion_grid(tuple(levels[-1].shape[-2:]), levels)  # the scores' grid is layer4's
+        if self.head.grid_level is not None or self.similarity_encoder == self.encoder:
+            scores_grid = tuple(levels[-1].shape[-2:])  # the seed encoder's last stage is the last level
+        else:  # another encoder may round the grid otherwise: the seed branch's own
+            scores_grid = tuple(self.seed_branch(images).shape[-2:])
+        grid = self.head.diffusion_grid(scores_grid, levels)
         return self.head.transition_rows(_flat_node_indices(nodes, grid, images.device), levels, grid)
 
     def walk_parameters(self) -> dict[str, list[float]]:
-        """The learned walk weights, `{"mu": [mu_1..mu_5], "beta": [beta_1..beta_5]}` (Table 3)."""
+        """The learned walk weights, `{"mu": [mu_1..mu_T], "beta": [beta_1..beta_T]}` (Table 3)."""
         with torch.no_grad():
             return {"mu": self.cascade.mu.tolist(), "beta": self.cascade.beta.tolist()}
 
@@ -233,3 +265,25 @@ def _flat_node_indices(
     if bool(((rows < 0) | (rows >= height) | (cols < 0) | (cols >= width)).any()):
         raise ValueError(f"nodes must lie on the {height}x{width} diffusion grid (got {nodes.tolist()})")
     return rows * width + cols
+
+
+def diffusion_grid_level(
+    diffusion_stride: int | None, scores_stride: int, level_strides: Sequence[int]
+) -> tuple[int | None, int]:
+    """The head's `grid_level` for `diffusion_stride` (None: the scores' grid) and that stride,
+    given the scores' stride and the similarity encoder's stage strides (level `i + 1`)."""
+    if diffusion_stride is None:
+        return None, scores_stride
+    allowed = (*sorted({stride for stride in level_strides if stride < scores_stride}), scores_stride)
+    if (
+        isinstance(diffusion_stride, bool)
+        or not isinstance(diffusion_stride, int)
+        or diffusion_stride not in allowed
+    ):
+        raise ValueError(
+            f"diffusion_stride must be one of {allowed} (got {diffusion_stride!r}): the stride of the "
+            "scores' grid, or a finer one of the similarity encoder's stages"
+        )
+    if diffusion_stride == scores_stride:
+        return None, scores_stride
+    return 1 + list(level_strides).index(diffusion_stride), diffusion_stride

@@ -17,10 +17,11 @@ from difnet.models.simdeeplab import SimDeepLab
 MODELS: dict[str, type[SegmentationModel]] = {"difnet": DifNet, "simdeeplab": SimDeepLab}
 
 
-def build_model(name: str, depth: int, num_classes: int, **kwargs: Any) -> nn.Module:
-    """`DifNet` or `SimDeepLab` (by `name`, case-insensitive) with the given depth and classes.
+def build_model(name: str, depth: int | None = None, num_classes: int = 21, **kwargs: Any) -> nn.Module:
+    """`DifNet` or `SimDeepLab` (by `name`, case-insensitive) with the given depth (the ResNet
+    shorthand; None: the model's default, or `encoder=`) and classes.
 
-    Extra keyword arguments go to the model's constructor (e.g. `aspp`, `walk`,
+    Extra keyword arguments go to the model's constructor (e.g. `encoder`, `aspp`, `walk`,
     `diffusion_stride`, `pretrained_backbone`).
     """
     return model_class(name)(depth=depth, num_classes=num_classes, **kwargs)

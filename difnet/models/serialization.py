@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from difnet.models.encoders import resnet_encoder
 from difnet.models.finetune import FineTuneReport, load_for_fine_tuning
 from difnet.models.preprocessing import Preprocessing
 from difnet.models.pretrained import shape_mismatches
@@ -45,6 +46,12 @@ MOVED_PREFIXES: dict[str, tuple[tuple[str, str], ...]] = {
     "difnet": (("importance.", "head.importance."), ("projections.", "head.projections."),
                ("cascade.", "head.cascade.")),
 }  # fmt: skip
+# config entries naming the encoders, by model name: a config written before them (with `depth`
+# alone) built the ResNet of that depth at output stride 8 for each
+ENCODER_ENTRIES: dict[str, tuple[str, ...]] = {
+    "difnet": ("encoder", "similarity_encoder"),
+    "simdeeplab": ("encoder",),
+}
 
 
 @dataclass(frozen=True)
@@ -134,7 +141,7 @@ def initialize_from(model: nn.Module, source: str | Path) -> FineTuneReport:
             for key in set(config) | set(own)  # an entry older files lack had today's default
             if key not in NOT_ARCHITECTURE and config.get(key, own.get(key)) != own.get(key)
         ),
-        key=lambda key: (key not in ("name", "depth"), key),
+        key=lambda key: (key not in ("name", "depth", "encoder", "similarity_encoder"), key),
     )
     if differing:
         changes = "; ".join(f"{key} {config.get(key)!r} there, {own.get(key)!r} here" for key in differing)
@@ -149,7 +156,7 @@ def initialize_from(model: nn.Module, source: str | Path) -> FineTuneReport:
 
 # what must agree for a seed branch to fit another DifNet: what the seed backbone, score head and
 # importance map are (the kernel, the walks and the similarity branch may differ)
-SEED_ARCHITECTURE = ("name", "depth", "num_classes", "in_channels", "aspp")
+SEED_ARCHITECTURE = ("name", "encoder", "num_classes", "in_channels", "aspp")
 
 
 def load_seed_branch(model: nn.Module, source: str | Path) -> None:
@@ -232,8 +239,22 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     missing = [key for key in REQUIRED_ENTRIES if key not in payload]
     if missing:
         raise ValueError(f"checkpoint {path} lacks the entries {missing}; it is damaged")
+    payload["model_spec"] = current_config(payload["model_spec"])
     payload["model"] = current_keys(payload["model"], payload["model_spec"].get("name"))
     return payload
+
+
+def current_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A saved model config with the encoder entries (`ENCODER_ENTRIES`) that a config written
+    before them lacks filled in from its `depth`, so that it compares equal to the config of the
+    model it builds (resuming checks that); a current config stays as it is."""
+    name = config.get("name")
+    missing = (
+        [key for key in ENCODER_ENTRIES.get(name, ()) if key not in config] if isinstance(name, str) else []
+    )
+    if not missing or config.get("depth") is None:
+        return dict(config)
+    return {**config, **dict.fromkeys(missing, resnet_encoder(config["depth"]))}
 
 
 def current_keys(state: Mapping[str, torch.Tensor], name: object) -> dict[str, torch.Tensor]:
@@ -324,7 +345,7 @@ def _read_folder(directory: Path) -> SavedModel:
         raise ValueError(f"{config_path} is not a difnet config (no 'model' entry): {error}") from error
     metadata = {key: value for key, value in saved.items() if key != "model"}
     state = current_keys(load_file(str(weights_path)), config.get("name"))
-    return SavedModel(dict(config), state, metadata, weights_path)
+    return SavedModel(current_config(config), state, metadata, weights_path)
 
 
 def _read_checkpoint(path: Path) -> SavedModel:
