@@ -145,7 +145,7 @@ def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
         const="",
         metavar="KEY=VALUE,...",
         help="diffuse the model's probabilities along the image's colours at stride 2 "
-        "(difnet.refinement.BilateralWalk); optionally override its fields, e.g. steps=15,mu=0.97",
+        "(difnet.refinement.BilateralWalk); optionally override its fields, e.g. steps=30,colour_sigma=0.05",
     )
     add_device_argument(parser)
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")

@@ -33,14 +33,14 @@ from difnet.models.heads import upsample
 class BilateralWalk:
     """`steps` walk steps with restart weight `mu` on the image pooled by `stride`, between pixels
     within `radius` cells; `colour_sigma` is in the input's normalised units, `position_sigma`
-    in grid cells."""
+    in grid cells. The defaults are what the fits on CamVid's training frames chose most often."""
 
     stride: int = 2
     radius: int = 3
-    steps: int = 5
+    steps: int = 15
     colour_sigma: float = 0.1
     position_sigma: float = 2.0
-    mu: float = 0.9
+    mu: float = 0.97
 
     def __post_init__(self) -> None:
         for name in ("stride", "radius", "steps"):
