@@ -157,7 +157,7 @@ def bilateral_walk(text: str):  # noqa: ANN201 (the import stays lazy)
 
     from difnet.refinement import BilateralWalk
 
-    types = {field.name: field.type for field in fields(BilateralWalk)}
+    types = {field.name: type(field.default) for field in fields(BilateralWalk)}  # int or float
     overrides: dict = {}
     for item in filter(None, text.split(",")):
         key, _, value = item.partition("=")
@@ -166,9 +166,9 @@ def bilateral_walk(text: str):  # noqa: ANN201 (the import stays lazy)
                 f"expected KEY=VALUE with KEY one of {sorted(types)}, got {item!r}"
             )
         try:
-            overrides[key] = int(value) if types[key] == "int" else float(value)
+            overrides[key] = types[key](value)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{key} takes a {types[key]}, got {value!r}") from None
+            raise argparse.ArgumentTypeError(f"{key} takes a {types[key].__name__}, got {value!r}") from None
     try:
         return BilateralWalk(**overrides)
     except ValueError as error:
