@@ -117,12 +117,57 @@ def bilateral_rows(groups: dict[str, list[dict]]) -> list[list[str]]:
     return rows
 
 
+def baseline_rows(groups: dict[str, list[dict]], names: list[str]) -> list[list[str]]:
+    """One row per baseline verdict configuration: val mIoU per seed and its mean, the small
+    classes, seed 0's curve, the training minutes."""
+    return [
+        [v, " / ".join(pct(r["val"]["miou"]) for r in runs), pct(mean([r["val"]["miou"] for r in runs])),
+         " / ".join(pct(small_miou(r["val"]["per_class_iou"], names)) for r in runs),
+         ", ".join(pct(c["miou"]) for c in runs[0]["curve"]), minutes(runs), commits(runs)]
+        for v, runs in groups.items()
+    ]  # fmt: skip
+
+
+def staged_rows(
+    staged: dict[str, list[dict]], control: list[dict], baselines: dict[str, list[dict]], names: list[str]
+) -> list[list[str]]:
+    """One row per second-stage candidate of the verdict: its walk gain on val per seed, the small
+    classes, its lead over each baseline, and the minutes of both stages against the baseline's."""
+    stage_one = {r["seed"]: r["train_seconds"] for r in control}
+    rows = []
+    for variant, runs in staged.items():
+        diagnostics = [r["diagnostics"] for r in runs]
+        gains = [d["walk_gain"] for d in diagnostics]
+        model = mean([r["val"]["miou"] for r in runs])
+        seconds = mean([stage_one[r["seed"]] + r["train_seconds"] for r in runs if r["seed"] in stage_one])
+        leads = "; ".join(
+            f"{name} {pct(model - mean([b['val']['miou'] for b in base]), signed=True)} "
+            f"({seconds / mean([b['train_seconds'] for b in base]):.2f}x its time)"
+            for name, base in baselines.items()
+        )
+        small = [
+            f"{pct(small_miou(d['per_class_iou']['seed'], names))} -> {pct(small_miou(d['per_class_iou']['walk 5'], names))}"
+            for d in diagnostics
+        ]
+        rows.append([
+            variant, " / ".join(pct(d["miou"]["seed"]) for d in diagnostics),
+            " / ".join(pct(r["val"]["miou"]) for r in runs),
+            " / ".join(pct(g, signed=True) for g in gains), f"**{pct(mean(gains), signed=True)}**",
+            " / ".join(small), f"{diagnostics[0]['best_override']['setting']} "
+            f"({pct(diagnostics[0]['best_override']['gain'], signed=True)})",
+            leads, minutes(runs), commits(runs),
+        ])  # fmt: skip
+    return rows
+
+
 def report(output: Path, results: Path) -> Path:
     """Write `camvid_walks.md` under `results` from the records under `output`; returns its path."""
     stage_one = load(output, "remedy", STAGE_ONE)
     screen = load(output, "remedy", "walk-")
     rates = load(output, "remedy", "sim-lr")
     control = load(output, "verdict", STAGE_ONE)
+    staged = load(output, "verdict", "walk-")
+    baselines = load(output, "verdict", "sim-")
     names = list(CAMVID_CLASSES)
     lines = ["# CamVid: staged walks, the baseline's rate and the control", ""]
     lines += ["## First stage (the seed alone: every P_t = I), 8 epochs on the remedy split", ""]
@@ -189,6 +234,27 @@ def report(output: Path, results: Path) -> Path:
             for v, runs in control.items()
         ],  # fmt: skip
     )
+    lines += ["", "## The baseline on val, 3 seeds (sim-normal is lr 0.01)", ""]
+    lines += table(
+        ["run", "val mIoU per seed", "mean", "small-class mIoU", "val every 2 epochs (seed 0)", "train min",
+         "commit"],
+        baseline_rows(baselines, names),
+    )  # fmt: skip
+    lines += [
+        "",
+        "## The staged verdict: the second stage on the control's seeds, scored on val",
+        "",
+        "The seed is the control's model (its val score); walk 5 is the staged DifNet's output. The lead "
+        "is the staged DifNet's mean minus the baseline's; the time is both stages' training against "
+        "the baseline's.",
+        "",
+    ]
+    lines += table(
+        ["candidate", "seed val per seed", "walk 5 val per seed", "walk gain per seed", "mean gain",
+         "small classes seed -> walk 5", "best override (seed 0)", "lead over the baseline",
+         "second-stage min", "commit"],
+        staged_rows(staged, [r for runs in control.values() for r in runs], baselines, names),
+    )  # fmt: skip
     lines += [
         "",
         "## The bilateral walk: fitted on every 5th training frame, scored on the held-aside frames",

@@ -309,3 +309,32 @@ def test_walk_report_lists_each_refined_run_with_its_gain_and_setting(tmp_path):
     text = report(tmp_path, tmp_path).read_text()
     row = "| sim-lr0.007-e8 | 1 | 30.0 | 30.6 | **+0.6** | 2.0 -> 1.0 | steps 5, colour_sigma 0.1, "
     assert row + "position_sigma 2.0, mu 0.9 | 95 | bbbbbbb |" in text
+
+
+def test_walk_report_scores_the_staged_verdict_by_its_walk_gain_and_lead_over_the_baseline(tmp_path):
+    from benchmarks.camvid_walks import report
+
+    def val(miou: float) -> dict:
+        return {"miou": miou, "per_class_iou": [miou] * len(NAMES)}
+
+    per_class = {"seed": [0.46] * len(NAMES), "walk 5": [0.47] * len(NAMES)}
+    diagnostics = {"walk_gain": 0.01, "miou": {"seed": 0.46, "walk 5": 0.47}, "per_class_iou": per_class,
+                   "best_override": {"setting": "mu 0.5, beta 0.25", "gain": 0.012}}  # fmt: skip
+    provenance = {"provenance": {"commit": "ccccccc"}, "epochs": 16, "seed": 0}
+    records = {
+        "seed-aux-shared-e16-seed0": {"variant": "seed-aux-shared", "train_seconds": 2400.0, "val": val(0.46),
+                                      "curve": [{"miou": 0.46}], **provenance},
+        "walk-dist-r1-e3-seed0": {"variant": "walk-dist-r1", "train_seconds": 240.0, "val": val(0.47),
+                                  "diagnostics": diagnostics, **provenance, "epochs": 3},
+        "sim-lr0.007-e16-seed0": {"variant": "sim-lr0.007", "train_seconds": 2000.0, "val": val(0.44),
+                                  "curve": [{"miou": 0.40}, {"miou": 0.44}], **provenance},
+    }  # fmt: skip
+    (tmp_path / "verdict").mkdir()
+    for name, record in records.items():
+        (tmp_path / "verdict" / f"{name}.json").write_text(json.dumps(record))
+    text = report(tmp_path, tmp_path).read_text()
+    assert "| sim-lr0.007-e16 | 44.0 | 44.0 | 44.0 | 40.0, 44.0 | 33 | ccccccc |" in text
+    assert (
+        "| walk-dist-r1-e3 | 46.0 | 47.0 | +1.0 | **+1.0** | 46.0 -> 47.0 | mu 0.5, beta 0.25 (+1.2) | "
+        "sim-lr0.007-e16 +3.0 (1.32x its time) | 4 | ccccccc |" in text
+    )

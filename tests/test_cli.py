@@ -398,3 +398,28 @@ def test_evaluate_with_a_bilateral_walk_scores_the_walked_probabilities(capsys, 
 def test_bilateral_walk_option_names_a_bad_field(capsys, checkpoint, value, message):
     status, _out, err = run(capsys, "evaluate", "--checkpoint", str(checkpoint), "--bilateral-walk", value)
     assert status == 2 and message in err
+
+
+def test_train_takes_encoders_by_name_and_refuses_a_depth_that_contradicts_them(capsys, tmp_path):
+    from difnet.models import load_model
+
+    no_depth = [arg for arg in train_args(tmp_path) if arg not in ("--depth", "18")]
+    args = [*no_depth, "--crop-size", "32", "--model", "difnet", "--encoder", "small_cnn",
+            "--similarity-encoder", "resnet18_os16"]  # fmt: skip
+    status, _, err = run(capsys, *args)
+    assert status == 0, err
+    model = load_model(tmp_path / "run" / "last.pt")
+    assert model.backbone_encoders() == {"seed": "small_cnn", "similarity": "resnet18_os16"}
+    stored = torch.load(tmp_path / "run" / "last.pt", weights_only=True)["config"]
+    assert (stored["encoder"], stored["depth"]) == ("small_cnn", None)
+    status, _, err = run(
+        capsys, *train_args(tmp_path, "--crop-size", "32", "--encoder", "resnet34", "--overwrite")
+    )
+    assert (
+        status == 2
+        and "depth 18 is shorthand for encoder 'resnet18', which contradicts encoder 'resnet34'" in err
+    )
+    status, _, err = run(
+        capsys, *train_args(tmp_path, "--crop-size", "32", "--similarity-encoder", "resnet18", "--overwrite")
+    )
+    assert status == 2 and "similarity_encoder='resnet18': DifNet options" in err

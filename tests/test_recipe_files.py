@@ -139,7 +139,8 @@ def test_difnet_options_are_refused_for_another_model_naming_each():
 NOT_DEFAULT = {"aspp": False, "walk": "materialized", "diffusion_stride": 4, "psi_scale_init": 1.0,
                "shared_backbone": True, "normalize_importance": True, "kernel": "distance", "kernel_radius": 2,
                "learn_temperature": True, "beta_init": 0.1, "aux_seed_weight": 0.4, "transition_loss_weight": 0.4,
-               "walk_lr_mult": 10.0, "walk_weight_decay": 0.0, "seed_from": "stage-one/last.pt"}  # fmt: skip
+               "walk_lr_mult": 10.0, "walk_weight_decay": 0.0, "seed_from": "stage-one/last.pt",
+               "similarity_encoder": "resnet18"}  # fmt: skip
 
 
 @pytest.mark.parametrize("name", DIFNET_ONLY)

@@ -28,13 +28,20 @@ class ModelOptions:
         return (*self.arguments, *self.training)
 
 
-SHARED_ARGUMENTS = ("depth", "in_channels", "pretrained_backbone", "gradient_checkpointing", "head_init")
+SHARED_ARGUMENTS = (
+    "depth",
+    "encoder",
+    "in_channels",
+    "pretrained_backbone",
+    "gradient_checkpointing",
+    "head_init",
+)
 
 MODEL_OPTIONS: dict[str, ModelOptions] = {
     "difnet": ModelOptions(
         "DifNet",
         arguments=(*SHARED_ARGUMENTS, "aspp", "walk", "diffusion_stride", "psi_scale_init", "shared_backbone",
-                   "normalize_importance", "kernel", "kernel_radius", "learn_temperature", "beta_init"),
+                   "normalize_importance", "kernel", "kernel_radius", "learn_temperature", "beta_init", "similarity_encoder"),
         training=("aux_seed_weight", "transition_loss_weight", "walk_lr_mult", "walk_weight_decay", "seed_from"),
     ),
     "simdeeplab": ModelOptions("Sim-DeepLab", arguments=SHARED_ARGUMENTS, lacks="no diffusion"),

@@ -21,6 +21,7 @@ from difnet.devices import default_device, parse_device
 from difnet.diffusion import SIMILARITIES, WALK_METHODS
 from difnet.models import MODELS, RESNET_DEPTHS
 from difnet.models.difnet import DIFFUSION_STRIDES
+from difnet.models.encoders import check_encoder, resnet_encoder, shorthand_depth
 from difnet.models.heads import DEFAULT_HEAD_INIT, HEAD_INITS, UNSATURATED_PSI_SCALE
 from difnet.models.options import foreign_options, refuse_foreign_options
 from difnet.models.options import model_arguments as declared_model_arguments
@@ -56,7 +57,16 @@ class TrainConfig:
     """
 
     model: str = setting("difnet", "architecture", MODEL, choices=tuple(MODELS))
-    depth: int = setting(50, "ResNet depth", MODEL, choices=RESNET_DEPTHS)
+    depth: int | None = setting(50, "ResNet depth: shorthand for --encoder resnetD (output stride 8)", MODEL,
+                                choices=RESNET_DEPTHS)  # fmt: skip
+    encoder: str | None = setting(
+        None, "the seed encoder by its registered name (difnet.encoders), e.g. resnet50_os16; given, "
+        "it replaces --depth", MODEL,
+    )  # fmt: skip
+    similarity_encoder: str | None = setting(
+        None, "DifNet: the similarity branch's encoder by its registered name (default: the seed encoder)",
+        MODEL,
+    )  # fmt: skip
     aspp: bool = setting(
         True, "DifNet: an ASPP seed head (off: the paper's noASPP variant, one 3x3 conv)", MODEL
     )
@@ -222,10 +232,27 @@ class TrainConfig:
         for name in ("mean", "std"):
             if getattr(self, name) is not None:
                 setattr(self, name, tuple(float(v) for v in getattr(self, name)))
+        self._resolve_encoder()
         if (self.mean is None) != (self.std is None) or (self.mean and len(self.mean) != len(self.std)):
             raise ValueError(f"mean and std go together, one value per channel each "
                              f"(got {self.mean} and {self.std})")  # fmt: skip
         self.check()
+
+    def _resolve_encoder(self) -> None:
+        """With `encoder` given, `depth` becomes the depth it is shorthand for (None for an encoder
+        that is no such shorthand); a `depth` other than the default that names another encoder
+        is refused."""
+        if self.encoder is None:
+            return
+        encoder = check_encoder(self.encoder)
+        shorthand = shorthand_depth(encoder)
+        default = next(f.default for f in fields(self) if f.name == "depth")
+        if self.depth not in (default, shorthand):
+            raise ValueError(
+                f"depth {self.depth} is shorthand for encoder {resnet_encoder(self.depth)!r}, which "
+                f"contradicts encoder {encoder!r}; give one of them"
+            )
+        self.depth = shorthand
 
     def check(self) -> None:
         """Raise a `ValueError` (a `TypeError` for a non-number) naming the first bad setting."""
@@ -261,7 +288,7 @@ class TrainConfig:
     def _check_choices(self) -> None:
         choices = {
             "model": (self.model, tuple(MODELS)),
-            "depth": (self.depth, RESNET_DEPTHS),
+            "depth": (self.depth, RESNET_DEPTHS if self.encoder is None else (*RESNET_DEPTHS, None)),
             "walk": (self.walk, WALK_METHODS),
             "diffusion_stride": (self.diffusion_stride, DIFFUSION_STRIDES),
             "dataset": (self.dataset, DATASETS),

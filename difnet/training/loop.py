@@ -278,7 +278,9 @@ class Trainer:
         if self.context.is_main:
             self._prepare_output()
             if self.config.progress:
-                tqdm.write(f"training {self.config.model}-{self.config.depth} with\n{self.config.format()}")
+                tqdm.write(
+                    f"training {self.config.model} ({unwrap(self.model).encoder}) with\n{self.config.format()}"
+                )
         try:
             while self.epoch < self.config.epochs:
                 self._train_epoch()
