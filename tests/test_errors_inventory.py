@@ -461,6 +461,8 @@ CASES = [
     Case("checkpoint-newer-format", lambda e: load_model(e.variant("v9.pt", format_version=9)),
          ValueError, r"v9\.pt has format version 9, newer than this difnet reads \(1\)"),
     # training configuration and runs ------------------------------------------------------------
+    Case("config-depth-encoder", lambda e: TrainConfig(depth=34, encoder="resnet18"), ValueError,
+         r"depth 34 is shorthand for encoder 'resnet34', which contradicts encoder 'resnet18'; give one of them"),
     Case("config-lr-zero", lambda e: TrainConfig(lr=0), ValueError,
          r"lr must be positive \(got 0\)"),
     Case("config-lr-string", lambda e: TrainConfig(lr="0.1"), TypeError,
