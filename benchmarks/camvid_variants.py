@@ -18,6 +18,7 @@ STAGE_TWO: dict[str, dict] = {
     "dot-r3": {"kernel_radius": 3},
     "dist-r3": DISTANCE_LOCAL,
     "dist-r1": {"kernel": "distance", "kernel_radius": 1},
+    "dist-r1-walklr": {"kernel": "distance", "kernel_radius": 1, **WALK_LR},
     "dist-r3-temp": {**DISTANCE_LOCAL, "learn_temperature": True},
     "dist-r3-off": {**DISTANCE_LOCAL, "beta_init": 0.05, **WALK_LR},
     "dist-r3-trans": {**DISTANCE_LOCAL, **TRANSITIONS},
