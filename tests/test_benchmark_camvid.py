@@ -336,5 +336,5 @@ def test_walk_report_scores_the_staged_verdict_by_its_walk_gain_and_lead_over_th
     assert "| sim-lr0.007-e16 | 44.0 | 44.0 | 44.0 | 40.0, 44.0 | 33 | ccccccc |" in text
     assert (
         "| walk-dist-r1-e3 | 46.0 | 47.0 | +1.0 | **+1.0** | 46.0 -> 47.0 | mu 0.5, beta 0.25 (+1.2) | "
-        "sim-lr0.007-e16 +3.0 (1.32x its time) | 4 | ccccccc |" in text
+        "sim-lr0.007-e16 +3.0 (1 seeds against 1; 1.32x its time) | 4 | ccccccc |" in text
     )
