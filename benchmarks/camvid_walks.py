@@ -160,6 +160,15 @@ def staged_rows(
     return rows
 
 
+def bilateral_table(scored_on: str, groups: dict[str, list[dict]]) -> list[str]:
+    """The section listing each run of `groups` scored with and without its fitted bilateral walk."""
+    return [
+        "", f"## The bilateral walk: fitted on every 5th training frame, scored on {scored_on}", "",
+        *table(["run", "seed", "model mIoU", "with the walk", "gain", "small classes model -> walk",
+                "fitted setting", "fit s", "commit"], bilateral_rows(groups)),
+    ]  # fmt: skip
+
+
 def report(output: Path, results: Path) -> Path:
     """Write `camvid_walks.md` under `results` from the records under `output`; returns its path."""
     stage_one = load(output, "remedy", STAGE_ONE)
@@ -255,26 +264,8 @@ def report(output: Path, results: Path) -> Path:
          "second-stage min", "commit"],
         staged_rows(staged, [r for runs in control.values() for r in runs], baselines, names),
     )  # fmt: skip
-    lines += [
-        "",
-        "## The bilateral walk: fitted on every 5th training frame, scored on the held-aside frames",
-        "",
-    ]
-    lines += table(
-        ["run", "seed", "model mIoU", "with the walk", "gain", "small classes model -> walk",
-         "fitted setting", "fit s", "commit"],
-        bilateral_rows({**stage_one, **screen, **rates}),
-    )  # fmt: skip
-    lines += [
-        "",
-        "## The bilateral walk on the verdict's models: fitted on every 5th training frame, scored on val",
-        "",
-    ]
-    lines += table(
-        ["run", "seed", "model mIoU", "with the walk", "gain", "small classes model -> walk",
-         "fitted setting", "fit s", "commit"],
-        bilateral_rows({**staged, **baselines}),
-    )  # fmt: skip
+    lines += bilateral_table("the held-aside frames", {**stage_one, **screen, **rates})
+    lines += bilateral_table("val (the verdict's models)", {**staged, **baselines})
     path = results / "camvid_walks.md"
     path.write_text("\n".join(lines) + "\n")
     return path
