@@ -117,9 +117,9 @@ def bilateral_rows(groups: dict[str, list[dict]]) -> list[list[str]]:
     return rows
 
 
-def baseline_rows(groups: dict[str, list[dict]], names: list[str]) -> list[list[str]]:
-    """One row per baseline verdict configuration: val mIoU per seed and its mean, the small
-    classes, seed 0's curve, the training minutes."""
+def val_rows(groups: dict[str, list[dict]], names: list[str]) -> list[list[str]]:
+    """One row per verdict configuration (the control's, the baseline's): val mIoU per seed and
+    its mean, the small classes, seed 0's curve, the training minutes."""
     return [
         [v, " / ".join(pct(r["val"]["miou"]) for r in runs), pct(mean([r["val"]["miou"] for r in runs])),
          " / ".join(pct(small_miou(r["val"]["per_class_iou"], names)) for r in runs),
@@ -221,33 +221,15 @@ def report(output: Path, results: Path) -> Path:
     )
     lines += ["", "## Control: the first stage on all of train, 16 epochs, scored on val", ""]
     lines += table(
-        [
-            "run",
-            "val mIoU per seed",
-            "mean",
-            "small-class mIoU",
-            "val every 2 epochs (seed 0)",
-            "train min",
-            "commit",
-        ],
-        [
-            [
-                v,
-                " / ".join(pct(r["val"]["miou"]) for r in runs),
-                pct(mean([r["val"]["miou"] for r in runs])),
-                " / ".join(pct(small_miou(r["val"]["per_class_iou"], names)) for r in runs),
-                ", ".join(pct(c["miou"]) for c in runs[0]["curve"]),
-                minutes(runs),
-                commits(runs),
-            ]
-            for v, runs in control.items()
-        ],  # fmt: skip
-    )
+        ["run", "val mIoU per seed", "mean", "small-class mIoU", "val every 2 epochs (seed 0)", "train min",
+         "commit"],
+        val_rows(control, names),
+    )  # fmt: skip
     lines += ["", "## The baseline on val (sim-normal is lr 0.01)", ""]
     lines += table(
         ["run", "val mIoU per seed", "mean", "small-class mIoU", "val every 2 epochs (seed 0)", "train min",
          "commit"],
-        baseline_rows(baselines, names),
+        val_rows(baselines, names),
     )  # fmt: skip
     lines += [
         "",
