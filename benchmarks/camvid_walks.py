@@ -219,18 +219,23 @@ def report(output: Path, results: Path) -> Path:
             for v, runs in rates.items()
         ],  # fmt: skip
     )
-    lines += ["", "## Control: the first stage on all of train, 16 epochs, scored on val", ""]
-    lines += table(
-        ["run", "val mIoU per seed", "mean", "small-class mIoU", "val every 2 epochs (seed 0)", "train min",
-         "commit"],
-        val_rows(control, names),
-    )  # fmt: skip
-    lines += ["", "## The baseline on val (sim-normal is lr 0.01)", ""]
-    lines += table(
-        ["run", "val mIoU per seed", "mean", "small-class mIoU", "val every 2 epochs (seed 0)", "train min",
-         "commit"],
-        val_rows(baselines, names),
-    )  # fmt: skip
+    for title, groups in (
+        ("Control: the first stage on all of train, 16 epochs, scored on val", control),
+        ("The baseline on val (sim-normal is lr 0.01)", baselines),
+    ):
+        lines += ["", f"## {title}", ""]
+        lines += table(
+            [
+                "run",
+                "val mIoU per seed",
+                "mean",
+                "small-class mIoU",
+                "val every 2 epochs (seed 0)",
+                "train min",
+                "commit",
+            ],
+            val_rows(groups, names),
+        )
     lines += [
         "",
         "## The staged verdict: the second stage on the control's seeds, scored on val",
