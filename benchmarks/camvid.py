@@ -19,6 +19,8 @@ Three phases, every run resumable and recorded with the commit that produced it:
                                                  # recompute a finished run's diagnostics
     python -m benchmarks.camvid refine --variant sim-lr0.007 --seed 0 --phase remedy --epochs 8
                                  # fit a bilateral walk on its training images, score with and without
+    python -m benchmarks.camvid fit-scalars --variant walk-dist-r1 --seed 0 --phase verdict --epochs 3
+                          # pick the walk scalars on its training images, score them where it was scored
     python -m benchmarks.camvid shrink --to .camvid240             # a 240x180 copy to ship
 
 A run whose record exists is not repeated; one killed mid-way resumes from its `last.pt`. Records
@@ -301,6 +303,40 @@ def refine(args: argparse.Namespace) -> dict:
     return record
 
 
+def fit_scalars(args: argparse.Namespace) -> dict:
+    """Pick the walk-scalar setting (`difnet.diagnostics.WALK_OVERRIDES`) with the best mIoU on a
+    finished DifNet run's training images (`fit_images`), and record its score and gain over the
+    seed where the run was scored, read off the run's own diagnostics: the scalars chosen without
+    the scored images, as the bilateral walk's setting is."""
+    path = record_path(args.output, args.variant, args.seed, args.phase, args.epochs)
+    if not path.is_file():
+        raise SystemExit(f"no record {path}: run it first")
+    record = json.loads(path.read_text())
+    scored = record.get("diagnostics", {})
+    if "overrides" not in scored:
+        raise SystemExit(f"{path} has no walk-override scores: rediagnose it first")
+    model = load_model(path.with_suffix("") / "last.pt")
+    if not isinstance(model, DifNet):
+        raise SystemExit(f"{path.with_suffix('')} holds a {type(model).__name__}: only a DifNet walks")
+    fitted_on = fit_images(args.data_root, args.phase)
+    start = time.perf_counter()
+    fit = diagnose(model, fitted_on, SMALL_CLASSES, device=args.device)
+    setting = fit.best_override["setting"]
+    record["walk_scalar_fit"] = {
+        "setting": setting,
+        "fit_images": len(fitted_on),
+        "fit": {"seed": fit.miou["seed"], "learned": fit.miou[f"walk {len(fit.mu)}"],
+                "best": fit.best_override["miou"]},  # fmt: skip
+        "split": scored["split"],
+        "miou": scored["overrides"][setting],
+        "gain": scored["overrides"][setting] - scored["miou"]["seed"],
+        "seconds": round(time.perf_counter() - start, 1),
+        "provenance": provenance(),
+    }
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    return record
+
+
 def record_path(output: Path, variant: str, seed: int, phase: str, epochs: int) -> Path:
     path = output / (run_name(variant, seed, phase, epochs) + ".json")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -514,15 +550,15 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    for name in ("run", "rediagnose", "refine", "all", "report", "shrink"):
+    for name in ("run", "rediagnose", "refine", "fit-scalars", "all", "report", "shrink"):
         sub = commands.add_parser(name)
         sub.add_argument("--data-root", type=Path, default=DEFAULT_DATA)
         sub.add_argument("--output", type=Path, default=RUNS, help="run folders and their records")
-        if name in ("run", "rediagnose", "refine", "all"):
+        if name in ("run", "rediagnose", "refine", "fit-scalars", "all"):
             sub.add_argument("--device", default="cpu")
             sub.add_argument("--crop", type=int, nargs=2, default=[160, 160], metavar=("H", "W"))
             sub.add_argument("--max-steps", type=int, help="cut every epoch to this many steps (smoke runs)")
-        if name in ("run", "rediagnose", "refine"):
+        if name in ("run", "rediagnose", "refine", "fit-scalars"):
             sub.add_argument("--variant", choices=tuple(VARIANTS), required=True)
             sub.add_argument("--seed", type=int, default=0)
             sub.add_argument("--phase", choices=(*HELD_ASIDE, "verdict"), required=True)
@@ -554,6 +590,8 @@ def main() -> None:
         rediagnose(args)
     elif args.command == "refine":
         refine(args)
+    elif args.command == "fit-scalars":
+        fit_scalars(args)
     elif args.command == "all":
         run_all(args)
     else:
