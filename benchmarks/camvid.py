@@ -325,8 +325,11 @@ def fit_scalars(args: argparse.Namespace) -> dict:
     record["walk_scalar_fit"] = {
         "setting": setting,
         "fit_images": len(fitted_on),
-        "fit": {"seed": fit.miou["seed"], "learned": fit.miou[f"walk {len(fit.mu)}"],
-                "best": fit.best_override["miou"]},  # fmt: skip
+        "fit": {
+            "seed": fit.miou["seed"],
+            "learned": fit.miou[f"walk {len(fit.mu)}"],
+            "best": fit.best_override["miou"],
+        },  # fmt: skip
         "split": scored["split"],
         "miou": scored["overrides"][setting],
         "gain": scored["overrides"][setting] - scored["miou"]["seed"],

@@ -585,12 +585,13 @@ DEMO_EPILOG = """\
 examples:
   difnet demo                     # under 3 minutes on 2 CPU cores
   difnet demo --quick             # a 20-second smoke run (numbers are not meaningful)
-  difnet demo --paper-difnet      # the paper's exact DifNet instead of the one selected on CamVid
+  difnet demo --paper-difnet      # the paper's exact DifNet in one stage instead of the staged one
   difnet demo --steps 400 --size 96 --output my-demo --overwrite
 
 Both models train from scratch with the same recipe, seed and number of steps on generated
-scenes; the demo prints their per-class IoU and mIoU and writes demo.png (image, ground
-truth, seed, importance map, every walk output and both predictions) and results.json.
+scenes (the staged DifNet's second stage, its walks alone, adds --walk-steps); the demo prints
+their per-class IoU and mIoU and DifNet's walk gain, and writes demo.png (image, ground truth,
+seed, importance map, every walk output and both predictions) and results.json.
 """
 
 

@@ -294,6 +294,42 @@ def test_refine_fits_on_training_images_and_scores_with_and_without_the_walk(tmp
     )
 
 
+def test_fit_scalars_picks_on_training_images_and_scores_from_the_runs_own_diagnostics(tmp_path, monkeypatch):
+    import torch
+
+    from difnet.data import SyntheticShapes
+    from difnet.diagnostics import WALK_OVERRIDES
+    from difnet.models import DifNet, SimDeepLab
+
+    fitted = SyntheticShapes(2, size=40, num_classes=len(NAMES), seed=2)
+    fitted.class_names = NAMES
+    monkeypatch.setattr(camvid, "fit_images", lambda root, phase: fitted)
+    monkeypatch.setattr(camvid, "provenance", lambda: {"commit": "eeeeeee", "dirty": "no"})
+    torch.manual_seed(0)
+    difnet = DifNet(depth=18, num_classes=len(NAMES), kernel="distance", kernel_radius=1)
+    monkeypatch.setattr(camvid, "load_model", lambda source: difnet)
+    args = argparse.Namespace(variant="walk-dist-r1", seed=0, phase="verdict", epochs=3, output=tmp_path,
+                              data_root=tmp_path, device="cpu")  # fmt: skip
+    path = record_path(tmp_path, "walk-dist-r1", 0, "verdict", 3)
+    with pytest.raises(SystemExit, match="no record .*walk-dist-r1-e3-seed0.json: run it first"):
+        camvid.fit_scalars(args)
+    path.write_text(json.dumps({"variant": "walk-dist-r1", "diagnostics": {"miou": {"seed": 0.4}}}))
+    with pytest.raises(SystemExit, match="has no walk-override scores: rediagnose it first"):
+        camvid.fit_scalars(args)
+    scored = {o.name: 0.4 + i / 1000 for i, o in enumerate(WALK_OVERRIDES)}
+    path.write_text(json.dumps({"diagnostics": {"miou": {"seed": 0.4}, "overrides": scored, "split": "val"}}))
+    record = camvid.fit_scalars(args)
+    fit = record["walk_scalar_fit"]
+    assert json.loads(path.read_text()) == record and fit["fit_images"] == 2 and fit["split"] == "val"
+    expected = camvid.diagnose(difnet, fitted, SMALL_CLASSES).best_override
+    assert fit["setting"] == expected["setting"] and fit["fit"]["best"] == pytest.approx(expected["miou"])
+    assert fit["miou"] == scored[fit["setting"]] and fit["gain"] == pytest.approx(fit["miou"] - 0.4)
+    assert fit["provenance"]["commit"] == "eeeeeee"
+    monkeypatch.setattr(camvid, "load_model", lambda source: SimDeepLab(depth=18, num_classes=len(NAMES)))
+    with pytest.raises(SystemExit, match="holds a SimDeepLab: only a DifNet walks"):
+        camvid.fit_scalars(args)
+
+
 def test_walk_report_lists_each_refined_run_with_its_gain_and_setting(tmp_path):
     from benchmarks.camvid_walks import report
 

@@ -86,6 +86,7 @@ def test_top_level_help_lists_the_commands(capsys):
         (("demo", "--steps", "many"), "--steps"),
         (("demo", "--steps", "0", "--quick"), "--steps"),
         (("demo", "--size", "8"), "--size"),
+        (("demo", "--walk-steps", "0"), "--walk-steps"),
     ],
 )
 def test_bad_arguments_exit_2_naming_the_argument(capsys, argv, named):

@@ -6,20 +6,30 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
-from difnet.demo import SELECTED_DIFNET, DemoConfig, run_demo
+from difnet.demo import SEED_STAGE, WALK_STAGE, DemoConfig, run_demo
 from difnet.models import load_model
 
 
-def test_demo_trains_the_selected_difnet_unless_asked_for_the_papers():
-    selected, paper = (
-        DemoConfig().train_config("difnet"),
-        DemoConfig(paper_difnet=True).train_config("difnet"),
+def test_demo_trains_the_staged_difnet_unless_asked_for_the_papers(tmp_path):
+    config = DemoConfig(output_dir=tmp_path)
+    first, second = config.train_config("difnet"), config.walk_config(tmp_path / "seed.pt")
+    assert (first.kernel, first.aux_seed_weight, first.shared_backbone) == ("identity", 0.4, True)
+    assert first.max_steps_per_epoch * first.epochs >= config.steps
+    assert (second.kernel, second.kernel_radius, second.seed_from) == (
+        "distance",
+        1,
+        str(tmp_path / "seed.pt"),
     )
-    assert (selected.shared_backbone, selected.aux_seed_weight) == (True, SELECTED_DIFNET["aux_seed_weight"])
-    assert (paper.shared_backbone, paper.aux_seed_weight) == (False, 0.0)
-    baseline = DemoConfig().train_config("simdeeplab")
+    assert second.max_steps_per_epoch == config.walk_steps and second.epochs == 1
+    assert first.output_dir != second.output_dir == str(tmp_path / "difnet")
+    paper = DemoConfig(paper_difnet=True).train_config("difnet")
+    assert (paper.shared_backbone, paper.aux_seed_weight, paper.kernel) == (False, 0.0, "dot")
+    baseline = config.train_config("simdeeplab")
     assert (baseline.shared_backbone, baseline.aux_seed_weight) == (False, 0.0)
+    with pytest.raises(ValueError, match="--walk-steps must be at least 1"):
+        DemoConfig(walk_steps=0).check()
 
 
 def test_both_difnets_get_the_baselines_recipe_otherwise():
@@ -39,17 +49,24 @@ def test_quick_demo_writes_table_figure_and_results(tmp_path):
     assert saved["config"]["paper_difnet"] is False
     table = result.format_table()
     assert "**mIoU**" in table and config.difnet_description in table
+    difnet = saved["models"]["DifNet-18"]
+    gain = 100 * (difnet["metrics"]["miou"] - difnet["seed_miou"])
+    assert "DifNet-18 walk gain (its output minus its own seed): " in table and f"{gain:+.1f} mIoU" in table
     difnet = load_model(tmp_path / "difnet" / "last.pt")
-    assert difnet.similarity_backbone is None  # the selected DifNet's shared backbone
+    assert difnet.similarity_backbone is None and difnet.kernel.similarity == "distance"  # the second stage's
+    seed = load_model(tmp_path / "difnet-seed" / "last.pt")
+    for name, weight in seed.seed_backbone.state_dict().items():  # the second stage kept the seed frozen
+        assert torch.equal(weight, difnet.seed_backbone.state_dict()[name]), name
     with pytest.raises(FileExistsError):
         run_demo(config)  # the earlier results are kept unless `overwrite`
 
 
-def test_the_demos_difnet_is_the_one_the_camvid_records_selected():
-    from benchmarks.camvid import RUNS, VARIANTS
+def test_the_demos_difnet_is_the_staged_one_of_the_camvid_verdict():
+    from benchmarks.camvid import VARIANTS
+    from benchmarks.camvid_variants import STAGE_ONE
 
-    selected = json.loads((RUNS / "selection.json").read_text())["best"]["difnet"]
-    model, options = VARIANTS[selected]
-    assert model == "difnet"
-    assert {k: v for k, v in options.items() if k != "head_init"} == SELECTED_DIFNET
-    assert options["head_init"] == DemoConfig().train_config("difnet").head_init
+    for variant, options in ((STAGE_ONE, SEED_STAGE), ("walk-dist-r1", WALK_STAGE)):
+        model, recipe = VARIANTS[variant]
+        assert model == "difnet"
+        assert {k: v for k, v in recipe.items() if k != "head_init"} == options, variant
+        assert recipe["head_init"] == DemoConfig().train_config("difnet").head_init
