@@ -1,7 +1,7 @@
 """Tables of the staged walk experiments on CamVid (`benchmarks.camvid`, variants `seed-*`, `walk-*`,
 `sim-lr*`) from their run records: the first-stage seeds, the second-stage screen scored by the
-walk gain, the baseline's rate search, the control, and each run with and without a fitted
-bilateral walk (`difnet.refinement`). Every table lists the commits behind it.
+walk gain, the baseline's rate search, the control, the walk scalars picked on training frames,
+and each run with and without a fitted bilateral walk (`difnet.refinement`). Every table lists the commits behind it.
 
     python -m benchmarks.camvid_walks --output /work/runs/camvid   # writes results/camvid_walks.md
 """
@@ -160,6 +160,25 @@ def staged_rows(
     return rows
 
 
+def scalar_fit_rows(groups: dict[str, list[dict]]) -> list[list[str]]:
+    """One row per run that `benchmarks.camvid fit-scalars` gave walk scalars picked on its
+    training frames: the gain over the seed with the learned and with the picked scalars, where the
+    run was scored and on the frames they were picked on."""
+    rows = []
+    for name, runs in groups.items():
+        for r in runs:
+            if "walk_scalar_fit" not in r:
+                continue
+            fit, scored = r["walk_scalar_fit"], r["diagnostics"]
+            on_fit = fit["fit"]
+            rows.append([name, str(r["seed"]), pct(scored["miou"]["seed"]), pct(scored["walk_gain"], signed=True),
+                         fit["setting"], f"**{pct(fit['gain'], signed=True)}**", pct(on_fit["seed"]),
+                         pct(on_fit["learned"] - on_fit["seed"], signed=True),
+                         pct(on_fit["best"] - on_fit["seed"], signed=True), f"{fit['seconds']:.0f}",
+                         fit["provenance"]["commit"][:7]])  # fmt: skip
+    return rows
+
+
 def bilateral_table(scored_on: str, groups: dict[str, list[dict]]) -> list[str]:
     """The section listing each run of `groups` scored with and without its fitted bilateral walk."""
     return [
@@ -250,6 +269,20 @@ def report(output: Path, results: Path) -> Path:
          "small classes seed -> walk 5", "best override (seed 0)", "lead over the baseline",
          "second-stage min", "commit"],
         staged_rows(staged, [r for runs in control.values() for r in runs], baselines, names),
+    )  # fmt: skip
+    lines += [
+        "",
+        "## The walk scalars picked on every 5th training frame (`fit-scalars`), scored where the run was",
+        "",
+        "The learned P_t are kept; the setting is the best of the headroom diagnostic's grid on the "
+        "training frames, and its score where the run was scored (val for the verdict, the held-aside "
+        "frames for the screen) is read off the run's own diagnostics.",
+        "",
+    ]
+    lines += table(
+        ["run", "seed", "seed mIoU", "learned gain", "picked setting", "picked gain", "seed on the fit frames",
+         "learned gain there", "picked gain there", "fit s", "commit"],
+        scalar_fit_rows({**screen, **staged}),
     )  # fmt: skip
     lines += bilateral_table("the held-aside frames", {**stage_one, **screen, **rates})
     lines += bilateral_table("val (the verdict's models)", {**staged, **baselines})
