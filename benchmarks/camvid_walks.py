@@ -160,7 +160,7 @@ def staged_rows(
     return rows
 
 
-def scalar_fit_rows(groups: dict[str, list[dict]]) -> list[list[str]]:
+def scalar_fit_rows(groups: dict[str, list[dict]], scored_on: str) -> list[list[str]]:
     """One row per run that `benchmarks.camvid fit-scalars` gave walk scalars picked on its
     training frames: the gain over the seed with the learned and with the picked scalars, where the
     run was scored and on the frames they were picked on."""
@@ -171,7 +171,8 @@ def scalar_fit_rows(groups: dict[str, list[dict]]) -> list[list[str]]:
                 continue
             fit, scored = r["walk_scalar_fit"], r["diagnostics"]
             on_fit = fit["fit"]
-            rows.append([name, str(r["seed"]), pct(scored["miou"]["seed"]), pct(scored["walk_gain"], signed=True),
+            rows.append([name, scored_on, str(r["seed"]), pct(scored["miou"]["seed"]),
+                         pct(scored["walk_gain"], signed=True),
                          fit["setting"], f"**{pct(fit['gain'], signed=True)}**", pct(on_fit["seed"]),
                          pct(on_fit["learned"] - on_fit["seed"], signed=True),
                          pct(on_fit["best"] - on_fit["seed"], signed=True), f"{fit['seconds']:.0f}",
@@ -275,14 +276,14 @@ def report(output: Path, results: Path) -> Path:
         "## The walk scalars picked on every 5th training frame (`fit-scalars`), scored where the run was",
         "",
         "The learned P_t are kept; the setting is the best of the headroom diagnostic's grid on the "
-        "training frames, and its score where the run was scored (val for the verdict, the held-aside "
-        "frames for the screen) is read off the run's own diagnostics.",
+        "training frames (the screen's: train less the held-aside frames), and its score where the run "
+        "was scored is read off the run's own diagnostics.",
         "",
     ]
     lines += table(
-        ["run", "seed", "seed mIoU", "learned gain", "picked setting", "picked gain", "seed on the fit frames",
+        ["run", "scored on", "seed", "seed mIoU", "learned gain", "picked setting", "picked gain", "seed on the fit frames",
          "learned gain there", "picked gain there", "fit s", "commit"],
-        scalar_fit_rows({**screen, **staged}),
+        scalar_fit_rows(screen, "held-aside") + scalar_fit_rows(staged, "val"),
     )  # fmt: skip
     lines += bilateral_table("the held-aside frames", {**stage_one, **screen, **rates})
     lines += bilateral_table("val (the verdict's models)", {**staged, **baselines})

@@ -374,13 +374,13 @@ def test_walk_report_scores_the_staged_verdict_by_its_walk_gain_and_lead_over_th
         "| walk-dist-r1-e3 | 46.0 | 47.0 | +1.0 | **+1.0** | 46.0 -> 47.0 | mu 0.5, beta 0.25 (+1.2) | "
         "sim-lr0.007-e16 +3.0 (1 seeds against 1; 1.32x its time) | 4 | ccccccc |" in text
     )
-    assert "| walk-dist-r1-e3 | 0 |" not in text.split("fit-scalars")[1]  # no scalars picked yet
+    assert "| walk-dist-r1-e3 | val |" not in text  # no scalars picked yet
     fit = {"setting": "mu 0.8, beta 0.5, walk 1 off", "fit": {"seed": 0.44, "learned": 0.441, "best": 0.442},
            "miou": 0.465, "gain": 0.005, "seconds": 81.0, "provenance": {"commit": "ddddddd"}}  # fmt: skip
     staged = {**records["walk-dist-r1-e3-seed0"], "walk_scalar_fit": fit}
     (tmp_path / "verdict" / "walk-dist-r1-e3-seed0.json").write_text(json.dumps(staged))
     text = report(tmp_path, tmp_path).read_text()
     assert (
-        "| walk-dist-r1-e3 | 0 | 46.0 | +1.0 | mu 0.8, beta 0.5, walk 1 off | **+0.5** | 44.0 | +0.1 | +0.2 | "
+        "| walk-dist-r1-e3 | val | 0 | 46.0 | +1.0 | mu 0.8, beta 0.5, walk 1 off | **+0.5** | 44.0 | +0.1 | +0.2 | "
         "81 | ddddddd |" in text
     )
