@@ -180,6 +180,21 @@ def scalar_fit_rows(groups: dict[str, list[dict]], scored_on: str) -> list[list[
     return rows
 
 
+def per_class_table(groups: dict[str, list[dict]], names: list[str]) -> list[str]:
+    """Val IoU per class of each configuration of `groups`, the mean over its seeds (classes a
+    seed never scores are left out of that seed's mean), and their mIoU."""
+    columns = list(groups)
+
+    def class_mean(runs: list[dict], index: int) -> float | None:
+        return mean([v for r in runs if (v := r["val"]["per_class_iou"][index]) is not None])
+
+    rows = [[name, *(pct(class_mean(groups[c], i)) for c in columns)] for i, name in enumerate(names)]
+    rows.append(["**mIoU**", *(f"**{pct(mean([r['val']['miou'] for r in groups[c]]))}**" for c in columns)])
+    header = ["class", *(f"{c} ({len(groups[c])} seeds)" for c in columns)]
+    return ["", "## Per class on val: the control, the staged DifNet and the baseline (means over seeds)", "",
+            *table(header, rows)]  # fmt: skip
+
+
 def bilateral_table(scored_on: str, groups: dict[str, list[dict]]) -> list[str]:
     """The section listing each run of `groups` scored with and without its fitted bilateral walk."""
     return [
@@ -271,6 +286,7 @@ def report(output: Path, results: Path) -> Path:
          "second-stage min", "commit"],
         staged_rows(staged, [r for runs in control.values() for r in runs], baselines, names),
     )  # fmt: skip
+    lines += per_class_table({**control, **staged, **baselines}, names)
     lines += [
         "",
         "## The walk scalars picked on every 5th training frame (`fit-scalars`), scored where the run was",

@@ -374,6 +374,14 @@ def test_walk_report_scores_the_staged_verdict_by_its_walk_gain_and_lead_over_th
         "| walk-dist-r1-e3 | 46.0 | 47.0 | +1.0 | **+1.0** | 46.0 -> 47.0 | mu 0.5, beta 0.25 (+1.2) | "
         "sim-lr0.007-e16 +3.0 (1 seeds against 1; 1.32x its time) | 4 | ccccccc |" in text
     )
+    per_class = (
+        "| class | seed-aux-shared-e16 (1 seeds) | walk-dist-r1-e3 (1 seeds) | sim-lr0.007-e16 (1 seeds) |"
+    )
+    assert (
+        per_class in text
+        and "| Sky | 46.0 | 47.0 | 44.0 |" in text
+        and "| **mIoU** | **46.0** | **47.0** |" in text
+    )
     assert "| walk-dist-r1-e3 | val |" not in text  # no scalars picked yet
     fit = {"setting": "mu 0.8, beta 0.5, walk 1 off", "fit": {"seed": 0.44, "learned": 0.441, "best": 0.442},
            "miou": 0.465, "gain": 0.005, "seconds": 81.0, "provenance": {"commit": "ddddddd"}}  # fmt: skip
