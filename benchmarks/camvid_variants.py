@@ -11,6 +11,7 @@ WALK_LR = {"walk_lr_mult": 30.0, "walk_weight_decay": 0.0}
 TRANSITIONS = {"transition_loss_weight": 0.4}
 DISTANCE_LOCAL = {"kernel": "distance", "kernel_radius": 3}
 SEPARATE = {"shared_backbone": False}
+GUIDED = {"guided_walk_stride": 2}
 # the second-stage candidates: a transition kernel, and how its walks start and learn
 STAGE_TWO: dict[str, dict] = {
     "dot": {},
@@ -36,6 +37,10 @@ STAGE_TWO: dict[str, dict] = {
     "dist-r3-sep": {**SEPARATE, **DISTANCE_LOCAL},
     "dist-r3-sep-trans1": {**SEPARATE, **DISTANCE_LOCAL, "transition_loss_weight": 1.0},
     "dist-sep-trans1": {**SEPARATE, "kernel": "distance", "transition_loss_weight": 1.0},
+    # the cascade ends with a learned bilateral walk on the image at stride 2 (`GuidedWalk`); alone,
+    # on the seed (every P_t = I), it is what the guided walk adds by itself
+    "dist-r1-guided": {"kernel": "distance", "kernel_radius": 1, **GUIDED},
+    "guided": {"kernel": "identity", **GUIDED},
 }
 STAGE_ONE = "seed-aux-shared"
 STAGE_ONE_EPOCHS = {"remedy": 8, "verdict": 16}

@@ -1,7 +1,8 @@
 """Where does DifNet's diffusion help and where does it hurt? Diagnostics of a model on labelled data.
 
-`diagnose` scores the seed and every walk class by class (the **walk gain** is the last walk's
-mIoU minus the seed's), and asks three questions of the transition matrices:
+`diagnose` scores the seed and every walk class by class (the **walk gain** is the model's output,
+the last walk's or the guided walk's after it, in mIoU minus the seed's), and asks three questions
+of the transition matrices:
 
 - *Do they carry what the seed lacks?* The in-class share of each level (`difnet.transitions`):
   of the mass a row sends to other nodes, the share that reaches the node's class. The
@@ -12,7 +13,8 @@ mIoU minus the seed's), and asks three questions of the transition matrices:
 - *Could other walk scalars have made them help?* The cascade rerun on the same transition
   matrices with each of `WALK_OVERRIDES` (a fixed grid of mu and beta, and the learned values
   with some walks switched off): the best of them, and which it was. If no setting lifts the
-  cascade above the seed, the transitions are useless, not the scalars.
+  cascade above the seed, the transitions are useless, not the scalars. (The cascade alone: a
+  model's guided walk does not follow the overridden cascades.)
 - *What would better transitions give?* An oracle: the same seed through label-built transition
   matrices with the learned mu and beta.
 
@@ -42,6 +44,7 @@ Transition = Callable[[Tensor], Tensor]  # node values y [B, N, K] -> P y
 SCALAR_GRID_MU = (0.2, 0.5, 0.8, 0.95)
 SCALAR_GRID_BETA = (0.25, 0.5, 1.0)
 SWITCHED_OFF = ((1,), (1, 2), (1, 2, 3), (1, 2, 3, 4), (2, 3, 4, 5))  # walks (1-based) set to beta 0
+GUIDED = "guided walk"  # the stage of a model whose cascade ends with a guided walk (`GuidedWalk`)
 
 
 @dataclass(frozen=True)
@@ -103,8 +106,9 @@ def model_transitions(out: DifNetOutput) -> list[Transition]:
 
 @dataclass
 class DiffusionDiagnostics:
-    """Per-stage scores ("seed", "walk 1".."walk T", "oracle") in [0, 1]; `walk_gain`, the last
-    walk's mIoU minus the seed's; `overrides`, the mIoU of the cascade under each walk-scalar
+    """Per-stage scores ("seed", "walk 1".."walk T", "guided walk" where the model has one,
+    "oracle") in [0, 1]; `walk_gain`, the model's output's mIoU (its last stage before the oracle)
+    minus the seed's; `overrides`, the mIoU of the cascade under each walk-scalar
     setting, the `best_override` and its gain over the seed; per level t the mean in-class share
     over labelled nodes (`in_class_share`, None where no node has one, as under the identity) and
     over nodes of the small classes, and the mean self-weight `P_t[i, i]`; at the labelled nodes the
@@ -153,7 +157,7 @@ class DiffusionDiagnostics:
         return "\n".join([
             *lines,
             "",
-            f"Walk gain (last walk minus seed): {100 * self.walk_gain:+.1f} mIoU. Best of "
+            f"Walk gain (the output minus the seed): {100 * self.walk_gain:+.1f} mIoU. Best of "
             f"{len(self.overrides)} walk-scalar settings on the same transitions: {best['setting']}, "
             f"{_percent(best['miou'])} ({100 * best['gain']:+.1f} over the seed).",
             "In-class share of the mass sent to other nodes, levels 0-4: "
@@ -299,7 +303,9 @@ def diagnose(
     small = [names.index(name) for name in small_classes]
     model.eval().to(device)
     walk_names = [f"walk {t}" for t in range(1, len(model.cascade.walks) + 1)]
-    scores = _StageScores(["seed", *walk_names, "oracle"], model.num_classes)
+    guided = model.head.guided_walk is not None
+    outputs = [*walk_names, GUIDED] if guided else walk_names
+    scores = _StageScores(["seed", *outputs, "oracle"], model.num_classes)
     overridden = _StageScores([o.name for o in WALK_OVERRIDES], model.num_classes)
     means = _LevelMeans(len(model.projections), small)
     mu, beta = model.cascade.mu.tolist(), model.cascade.beta.tolist()
@@ -311,6 +317,8 @@ def diagnose(
         nodes = _update_levels(means, out, labels, model.num_classes, errors=True)
         for stage, maps in zip(["seed", *walk_names], [out.seed, *out.walks], strict=True):
             scores.update(stage, maps, labels)
+        if guided:
+            scores.update(GUIDED, out.logits, labels)
         grid = tuple(out.walks[-1].shape[-2:])
         seed = flatten_nodes(upsample(out.seed, grid)).float()
         oracle = [lambda y, nodes=nodes: label_propagate(nodes, y)] * len(mu)
@@ -334,7 +342,7 @@ def diagnose(
         small_class_miou={
             stage: _mean_over(result.per_class_iou, small) for stage, result in metrics.items()
         },
-        walk_gain=metrics[walk_names[-1]].miou - seed_miou,
+        walk_gain=metrics[outputs[-1]].miou - seed_miou,
         overrides=override_miou,
         best_override={"setting": best, "miou": override_miou[best], "gain": override_miou[best] - seed_miou},
         in_class_share=share,

@@ -1,30 +1,34 @@
-"""A random walk on the image itself: any model's class probabilities diffused between nearby
-pixels of similar colour, on a grid finer than the model's output stride.
+"""A random walk on the image itself, after any model: its class probabilities diffused between
+nearby pixels of similar colour, on a grid finer than the model's output stride.
 
-DifNet's learned walks run on the seed's stride-8 grid, on features learned from the same images
-as the seed, and on CamVid they echo the seed. The image's own edges at stride 2 are what a
-stride-8 seed lacks. `BilateralWalk` is the walk with restart `y <- mu P y + (1 - mu) s` of
-`difnet.diffusion`, whose `P` is the local distance kernel on guide features
-`[colour / colour_sigma, position / position_sigma] / sqrt(2)`, so that
-`P_ij ~ exp(-|c_i - c_j|^2 / (2 colour_sigma^2) - |p_i - p_j|^2 / (2 position_sigma^2))` for
-pixels within `radius` cells. Colours are the model's normalised input; positions are grid cells.
-It has no weights: `fit_bilateral_walk` picks its setting on images the scores are not taken on.
+`BilateralWalk` is `difnet.guided_walk.GuidedWalk` at a fixed setting, with no weights to train:
+`fit_bilateral_walk` picks the setting on images the scores are not taken on, and `Refined` puts
+it after a model.
 """
 
 from __future__ import annotations
 
 import itertools
-import math
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
 from functools import partial
 
 import torch
 from torch import Tensor, nn
-from torch.nn import functional as F
 
 from difnet.data.palettes import IGNORE_INDEX
-from difnet.diffusion import TransitionKernel, flatten_nodes, propagate, unflatten_nodes, walk_step
+from difnet.guided_walk import (
+    DEFAULT_COLOUR_SIGMA,
+    DEFAULT_MU,
+    DEFAULT_POSITION_SIGMA,
+    DEFAULT_RADIUS,
+    DEFAULT_STEPS,
+    DEFAULT_STRIDE,
+    GuidedWalk,
+    check_walk_settings,
+    log_probabilities,
+    walk_grid,
+)
 from difnet.metrics import ConfusionMatrix
 from difnet.models.heads import upsample
 
@@ -35,40 +39,27 @@ class BilateralWalk:
     within `radius` cells; `colour_sigma` is in the input's normalised units, `position_sigma`
     in grid cells. The defaults are what the fits on CamVid's training frames chose most often."""
 
-    stride: int = 2
-    radius: int = 3
-    steps: int = 15
-    colour_sigma: float = 0.1
-    position_sigma: float = 2.0
-    mu: float = 0.97
+    stride: int = DEFAULT_STRIDE
+    radius: int = DEFAULT_RADIUS
+    steps: int = DEFAULT_STEPS
+    colour_sigma: float = DEFAULT_COLOUR_SIGMA
+    position_sigma: float = DEFAULT_POSITION_SIGMA
+    mu: float = DEFAULT_MU
 
     def __post_init__(self) -> None:
-        for name in ("stride", "radius", "steps"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"BilateralWalk {name} must be a positive integer (got {value!r})")
-        for name in ("colour_sigma", "position_sigma"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < math.inf:
-                raise ValueError(f"BilateralWalk {name} must be a positive number (got {value!r})")
-        if isinstance(self.mu, bool) or not isinstance(self.mu, int | float) or not 0 < self.mu < 1:
-            raise ValueError(f"BilateralWalk mu must lie strictly between 0 and 1 (got {self.mu!r})")
+        check_walk_settings("BilateralWalk", **asdict(self))
 
     def grid(self, size: Sequence[int]) -> tuple[int, int]:
         """The walk's `(h, w)` grid for an input of `size`: `ceil(size / stride)`."""
-        return (-(-int(size[0]) // self.stride), -(-int(size[1]) // self.stride))
+        return walk_grid(size, self.stride)
+
+    def walker(self, channels: int) -> GuidedWalk:
+        """This setting as a `GuidedWalk` on images of `channels` channels, its weights fixed."""
+        return GuidedWalk(channels, **asdict(self)).requires_grad_(False)
 
     def guide_features(self, images: Tensor) -> Tensor:
         """Node features `[B, N, C + 2]` whose negative squared distances are the kernel's logits."""
-        grid = self.grid(images.shape[-2:])
-        colours = F.adaptive_avg_pool2d(images.float(), grid) / self.colour_sigma
-        rows, columns = torch.meshgrid(
-            torch.arange(grid[0], dtype=colours.dtype, device=colours.device),
-            torch.arange(grid[1], dtype=colours.dtype, device=colours.device),
-            indexing="ij",
-        )
-        positions = torch.stack([rows, columns]).expand(images.shape[0], -1, -1, -1) / self.position_sigma
-        return flatten_nodes(torch.cat([colours, positions], dim=1)) / math.sqrt(2)
+        return self.walker(images.shape[1]).features(images)
 
     def __call__(self, probabilities: Tensor, images: Tensor) -> Tensor:
         """Diffuse `probabilities` `[B, K, H, W]` along `images` `[B, C, H, W]`; returns `[B, K, H, W]`."""
@@ -89,18 +80,9 @@ class BilateralWalk:
                 "probabilities and images must share batch size and (H, W) "
                 f"(got shapes {tuple(probabilities.shape)} and {tuple(images.shape)})"
             )
-        grid = self.grid(images.shape[-2:])
-        features = self.guide_features(images)
-        kernel = TransitionKernel("distance", self.radius)
-        seed = flatten_nodes(F.adaptive_avg_pool2d(probabilities.float(), grid))
-        walked, taken = seed, 0
-        for wanted in sorted(set(steps)):
-            for _ in range(wanted - taken):
-                walked = walk_step(
-                    propagate(features, walked, kernel=kernel, grid=grid), walked, seed, self.mu, 1.0
-                )
-            taken = wanted
-            yield wanted, upsample(unflatten_nodes(walked, grid), probabilities.shape[-2:])
+        walker = self.walker(images.shape[1])
+        for n, walked in walker.states(probabilities.float(), images.float(), steps):
+            yield n, upsample(walked, probabilities.shape[-2:])
 
 
 class Refined(nn.Module):
@@ -117,7 +99,7 @@ class Refined(nn.Module):
 
     def forward(self, images: Tensor) -> Tensor:
         probabilities = self.model(images).float().softmax(1)
-        return self.walk(probabilities, images).clamp_min(torch.finfo(torch.float32).tiny).log()
+        return log_probabilities(self.walk(probabilities, images))
 
 
 def bilateral_grid(

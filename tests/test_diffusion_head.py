@@ -42,9 +42,10 @@ def test_checkpoint_of_the_parent_code_loads_and_computes_its_logits(tmp_path):
         DifNet(**{k: v for k, v in fixture["config"].items() if k != "name"}).state_dict()
     )
     model = load_model(path)
-    # one thread, as the fixture was written: other thread counts sum in another order
+    # one thread, as the fixture was written: other thread counts sum in another order; other CPUs'
+    # fused attention kernels sum in float32 in another order too (2e-4 apart on an AMD EPYC)
     with torch.no_grad(), single_thread():
-        torch.testing.assert_close(model(fixture["images"]), fixture["logits"], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(model(fixture["images"]), fixture["logits"], rtol=0, atol=1e-3)
 
 
 def test_folder_of_the_parent_code_loads_and_seed_branch_is_taken(tmp_path):
@@ -53,9 +54,10 @@ def test_folder_of_the_parent_code_loads_and_seed_branch_is_taken(tmp_path):
     folder = save_pretrained(load_model(path), tmp_path / "folder")
     save_file({k: v.contiguous() for k, v in payload["model"].items()}, str(folder / "model.safetensors"))
     model = DifNet.from_pretrained(folder)
-    # one thread, as the fixture was written: other thread counts sum in another order
+    # one thread, as the fixture was written: other thread counts sum in another order; other CPUs'
+    # fused attention kernels sum in float32 in another order too (2e-4 apart on an AMD EPYC)
     with torch.no_grad(), single_thread():
-        torch.testing.assert_close(model(fixture["images"]), fixture["logits"], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(model(fixture["images"]), fixture["logits"], rtol=0, atol=1e-3)
     fresh = DifNet(**{k: v for k, v in fixture["config"].items() if k != "name"})
     load_seed_branch(fresh, path)
     for key, value in fixture["state"].items():

@@ -23,6 +23,7 @@ from difnet.diffusion import (
     transition_rows,
     unflatten_nodes,
 )
+from difnet.guided_walk import DEFAULT_STEPS, GuidedWalk, log_probabilities
 from difnet.models.checkpointing import recomputed
 from difnet.models.heads import UNSATURATED_PSI_SCALE, ImportanceHead, Projection, upsample
 from difnet.models.serialization import load_state, read_saved, save_pretrained
@@ -37,7 +38,8 @@ class DifNetOutput:
     (y_1..y_T) on the diffusion grid; `logits` is y_T upsampled to the output size; `mu`, `beta`
     are `[T]` tensors; `features` are the T levels' node features Psi_t `[B, N, 64]` that every
     P_t comes from, through `kernel` and each walk's learned logit factor in `temperatures`
-    (None where it has none).
+    (None where it has none). `guided` holds the guided walk's probabilities on its grid (None
+    without one), of which `logits` is then the log, upsampled.
     """
 
     logits: Tensor
@@ -50,6 +52,7 @@ class DifNetOutput:
     features: list[Tensor] = field(default_factory=list)
     kernel: TransitionKernel = PAPER_KERNEL
     temperatures: list[Tensor | None] = field(default_factory=list)
+    guided: Tensor | None = None
 
 
 class DiffusionHead(nn.Module):
@@ -63,6 +66,10 @@ class DiffusionHead(nn.Module):
     The walk and kernel options are `difnet.diffusion`'s (`Cascade`, `TransitionKernel`);
     `normalize_importance` divides M by its per-image mean; `psi_scale_init` is every Psi_t's BN
     scale at init; `gradient_checkpointing` recomputes the Psi_t during backward.
+    `guided_walk_stride` ends the cascade with a `difnet.guided_walk.GuidedWalk` of
+    `guided_walk_steps` steps on `levels[0]` (the image, in DifNet) pooled by that stride: y_T's
+    probabilities diffused between nearby pixels of similar colour, on a grid finer than the
+    seed's; `logits` are then their log. None (the default) is the paper's cascade.
     """
 
     name: ClassVar[str] = "diffusion_head"
@@ -81,11 +88,14 @@ class DiffusionHead(nn.Module):
         learn_temperature: bool = False,
         beta_init: float = 0.5,
         gradient_checkpointing: bool = False,
+        guided_walk_stride: int | None = None,
+        guided_walk_steps: int = DEFAULT_STEPS,
     ) -> None:
         super().__init__()
         if isinstance(level_channels, int | str) or not level_channels:
             raise ValueError(f"level_channels must list at least one channel count (got {level_channels!r})")
         level_channels = [check_positive_int(c, "level_channels entry") for c in level_channels]
+        check_positive_int(guided_walk_steps, "guided_walk_steps")
         check_num_classes(num_classes)
         if walk not in WALK_METHODS:
             raise ValueError(f"walk must be one of {WALK_METHODS} (got {walk!r})")
@@ -111,7 +121,8 @@ class DiffusionHead(nn.Module):
                         "grid_level": grid_level, "psi_scale_init": psi_scale_init,
                         "normalize_importance": normalize_importance, "kernel": kernel,
                         "kernel_radius": kernel_radius, "learn_temperature": learn_temperature,
-                        "beta_init": beta_init, "gradient_checkpointing": gradient_checkpointing}  # fmt: skip
+                        "beta_init": beta_init, "gradient_checkpointing": gradient_checkpointing,
+                        "guided_walk_stride": guided_walk_stride, "guided_walk_steps": guided_walk_steps}  # fmt: skip
         self.num_classes = num_classes
         self.grid_level = grid_level
         self.normalize_importance = normalize_importance
@@ -121,6 +132,11 @@ class DiffusionHead(nn.Module):
         self.kernel = TransitionKernel(kernel, kernel_radius)
         self.cascade = Cascade(len(level_channels), walk, self.kernel, learn_temperature=learn_temperature,
                                beta_init=beta_init)  # fmt: skip
+        self.guided_walk = (
+            None
+            if guided_walk_stride is None
+            else GuidedWalk(level_channels[0], stride=guided_walk_stride, steps=guided_walk_steps)
+        )
 
     @property
     def config(self) -> dict[str, Any]:
@@ -141,8 +157,12 @@ class DiffusionHead(nn.Module):
         features = self.features(levels, grid)
         walks = self.cascade(features, flatten_nodes(upsample(seed, grid)), grid)
         maps = [unflatten_nodes(y, grid) for y in walks]
+        size = levels[0].shape[-2:] if output_size is None else output_size
+        guided = (
+            None if self.guided_walk is None else self.guided_walk(maps[-1].float().softmax(1), levels[0])
+        )
         return DifNetOutput(
-            logits=upsample(maps[-1], levels[0].shape[-2:] if output_size is None else output_size),
+            logits=upsample(maps[-1], size) if guided is None else log_probabilities(upsample(guided, size)),
             scores=scores,
             importance=importance,
             seed=seed,
@@ -152,6 +172,7 @@ class DiffusionHead(nn.Module):
             features=features,
             kernel=self.kernel,
             temperatures=[walk.temperature for walk in self.cascade.walks],
+            guided=guided,
         )
 
     def diffusion_grid(self, scores_grid: tuple[int, int], levels: Sequence[Tensor]) -> tuple[int, int]:

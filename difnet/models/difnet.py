@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from difnet.diffusion import WALK_METHODS, Cascade, TransitionKernel, WalkMethod
+from difnet.guided_walk import DEFAULT_STEPS
 from difnet.models.base import SegmentationModel
 from difnet.models.diffusion_head import DiffusionHead, DifNetOutput
 from difnet.models.encoders import check_encoder, model_encoder
@@ -67,6 +68,9 @@ class DifNet(SegmentationModel):
     first stage of staged training); `kernel_radius` r keeps each row to the nodes within r grid
     cells; `learn_temperature=True` gives every walk a learned factor on its logits;
     `beta_init` below 0.5 starts the walks nearer switched off (the paper: 0.5).
+    `guided_walk_stride` (e.g. 2) ends the cascade with `guided_walk_steps` steps of a learned
+    bilateral walk on the image at that stride (`difnet.guided_walk.GuidedWalk`): what the stride-8
+    seed lacks is where the image's edges lie; None (the default) is the paper's cascade.
     """
 
     name = "difnet"
@@ -91,6 +95,8 @@ class DifNet(SegmentationModel):
         beta_init: float = 0.5,
         encoder: str | None = None,
         similarity_encoder: str | None = None,
+        guided_walk_stride: int | None = None,
+        guided_walk_steps: int = DEFAULT_STEPS,
     ) -> None:
         encoder = model_encoder(depth, encoder, DEFAULT_DEPTH)
         similarity_encoder = (
@@ -111,7 +117,8 @@ class DifNet(SegmentationModel):
         architecture = {"aspp": aspp, "walk": walk, "head_init": head_init, "shared_backbone": shared_backbone,
                         "normalize_importance": normalize_importance, "kernel": kernel,
                         "kernel_radius": kernel_radius, "learn_temperature": learn_temperature,
-                        "beta_init": beta_init, "similarity_encoder": similarity_encoder}  # fmt: skip
+                        "beta_init": beta_init, "similarity_encoder": similarity_encoder,
+                        "guided_walk_stride": guided_walk_stride, "guided_walk_steps": guided_walk_steps}  # fmt: skip
         super().__init__(encoder=encoder, num_classes=num_classes, in_channels=in_channels,
                          gradient_checkpointing=gradient_checkpointing, **architecture)  # fmt: skip
         self.similarity_encoder = similarity_encoder
@@ -128,7 +135,9 @@ class DifNet(SegmentationModel):
                                   grid_level=grid_level, psi_scale_init=psi_scale_init,
                                   normalize_importance=normalize_importance, kernel=kernel,
                                   kernel_radius=kernel_radius, learn_temperature=learn_temperature,
-                                  beta_init=beta_init, gradient_checkpointing=gradient_checkpointing)  # fmt: skip
+                                  beta_init=beta_init, gradient_checkpointing=gradient_checkpointing,
+                                  guided_walk_stride=guided_walk_stride,
+                                  guided_walk_steps=guided_walk_steps)  # fmt: skip
         self.load_pretrained_backbone(pretrained_backbone)
 
     # the diffusion stage's parts, where code written before `head` finds them

@@ -105,6 +105,13 @@ class TrainConfig:
     beta_init: float = setting(
         0.5, "DifNet: initial step weight beta_t of every walk (near 0: walks start switched off)", MODEL
     )
+    guided_walk_stride: int | None = setting(
+        None, "DifNet: end the cascade with a learned bilateral walk on the image pooled by this stride "
+        "(e.g. 2: finer than the seed's grid); default: the paper's cascade alone", MODEL, metavar="STRIDE",
+    )  # fmt: skip
+    guided_walk_steps: int = setting(
+        15, "DifNet: steps of the guided walk (with --guided-walk-stride)", MODEL
+    )
     aux_seed_weight: float = setting(
         0.0,
         "DifNet: weight of an auxiliary cross-entropy on the seed scores x (0: the paper's single loss "
@@ -307,7 +314,8 @@ class TrainConfig:
             "eval_every": self.eval_every, "log_every": self.log_every,
             "max_steps_per_epoch": self.max_steps_per_epoch, "num_classes": self.num_classes,
             "save_every": self.save_every, "in_channels": self.in_channels,
-            "kernel_radius": self.kernel_radius,
+            "kernel_radius": self.kernel_radius, "guided_walk_stride": self.guided_walk_stride,
+            "guided_walk_steps": self.guided_walk_steps,
         }  # fmt: skip
         for name, value in positive.items():
             if value is not None and not _is_int(value, minimum=1):

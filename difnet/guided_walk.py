@@ -1,0 +1,168 @@
+"""Walks on the image's own grid, finer than the seed's: class probabilities diffused between
+nearby pixels of similar colour.
+
+DifNet's walks on the seed's stride-8 grid use features learned from the same images as the seed,
+and on CamVid they echo it. What a stride-8 seed lacks, and the image holds, is where the edges lie
+at a finer resolution. The walk here is the walk with restart `p <- mu P p + (1 - mu) p_0` of
+`difnet.diffusion` on the image pooled by `stride`, whose `P` is the local distance kernel on
+guide features `[colour / colour_sigma, position / position_sigma] / sqrt(2)`:
+`P_ij ~ exp(-|c_i - c_j|^2 / (2 colour_sigma^2) - |p_i - p_j|^2 / (2 position_sigma^2))` for pixels
+within `radius` cells (the bilateral kernel of dense CRFs, colour only inside a kernel that also
+carries position). `GuidedWalk` learns the colour map (a 1x1 convolution that starts at
+`I / colour_sigma`), the position scale and `mu`; `difnet.refinement.BilateralWalk` is the same
+walk with fixed settings and no weights.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator, Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from difnet.diffusion import (
+    TransitionKernel,
+    flatten_nodes,
+    full_precision,
+    local_transition,
+    unflatten_nodes,
+    walk_step,
+)
+
+# the settings the bilateral-walk fits on CamVid's training frames chose most often
+DEFAULT_STRIDE, DEFAULT_RADIUS, DEFAULT_STEPS = 2, 3, 15
+DEFAULT_COLOUR_SIGMA, DEFAULT_POSITION_SIGMA, DEFAULT_MU = 0.1, 2.0, 0.97
+
+
+def walk_grid(size: Sequence[int], stride: int) -> tuple[int, int]:
+    """The walk's `(h, w)` grid for an image of `size`: `ceil(size / stride)`."""
+    return (-(-int(size[0]) // stride), -(-int(size[1]) // stride))
+
+
+def guide_features(colours: Tensor, position_scale: Tensor | float) -> Tensor:
+    """Node features `[B, N, C + 2]` of scaled colour maps `[B, C, h, w]`: the colours and each
+    node's row and column times `position_scale`, over sqrt(2), so that the negative squared
+    distances between them are the bilateral kernel's logits."""
+    height, width = colours.shape[-2:]
+    rows, columns = torch.meshgrid(
+        torch.arange(height, dtype=colours.dtype, device=colours.device),
+        torch.arange(width, dtype=colours.dtype, device=colours.device),
+        indexing="ij",
+    )
+    positions = torch.stack([rows, columns]).expand(colours.shape[0], -1, -1, -1) * position_scale
+    return flatten_nodes(torch.cat([colours, positions], dim=1)) / math.sqrt(2)
+
+
+def log_probabilities(probabilities: Tensor) -> Tensor:
+    """`log p`, floored at the smallest float32 normal: logits whose softmax is `p`."""
+    return probabilities.clamp_min(torch.finfo(torch.float32).tiny).log()
+
+
+def check_walk_settings(owner: str, **settings: float) -> None:
+    """A `ValueError` naming `owner` unless `stride`, `radius` and `steps` are positive integers,
+    the sigmas positive numbers and `mu` strictly between 0 and 1 (those of them given)."""
+    for name in ("stride", "radius", "steps"):
+        value = settings.get(name, 1)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{owner} {name} must be a positive integer (got {value!r})")
+    for name in ("colour_sigma", "position_sigma"):
+        value = settings.get(name, 1.0)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < math.inf:
+            raise ValueError(f"{owner} {name} must be a positive number (got {value!r})")
+    mu = settings.get("mu", 0.5)
+    if isinstance(mu, bool) or not isinstance(mu, int | float) or not 0 < mu < 1:
+        raise ValueError(f"{owner} mu must lie strictly between 0 and 1 (got {mu!r})")
+
+
+def resize_to(maps: Tensor, grid: tuple[int, int]) -> Tensor:
+    """`maps` `[B, K, h, w]` on `grid`: averaged over each cell when at least as fine, else bilinear."""
+    if maps.shape[-2] >= grid[0] and maps.shape[-1] >= grid[1]:
+        return F.adaptive_avg_pool2d(maps, grid)
+    return F.interpolate(maps, size=grid, mode="bilinear", align_corners=False)
+
+
+class GuidedWalk(nn.Module):
+    """`walk(probabilities [B, K, h, w], images [B, C, H, W])` -> probabilities `[B, K, H', W']` on
+    the image's grid at `stride`, after `steps` walk steps with restart from `probabilities`
+    resized to that grid (`resize_to`). Learned: the colour map (`colour`, a bias-free 1x1
+    convolution from `in_channels`), the position scale and `mu`; they start at the bilateral
+    setting of `colour_sigma` (in the input's normalised units), `position_sigma` (grid cells)
+    and `mu`. Rows of `P` sum to one, so probabilities stay probabilities."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        *,
+        stride: int = DEFAULT_STRIDE,
+        radius: int = DEFAULT_RADIUS,
+        steps: int = DEFAULT_STEPS,
+        colour_sigma: float = DEFAULT_COLOUR_SIGMA,
+        position_sigma: float = DEFAULT_POSITION_SIGMA,
+        mu: float = DEFAULT_MU,
+    ) -> None:
+        super().__init__()
+        check_walk_settings("GuidedWalk", stride=stride, radius=radius, steps=steps,
+                            colour_sigma=colour_sigma, position_sigma=position_sigma, mu=mu)  # fmt: skip
+        if isinstance(in_channels, bool) or not isinstance(in_channels, int) or in_channels < 1:
+            raise ValueError(f"GuidedWalk in_channels must be a positive integer (got {in_channels!r})")
+        self.in_channels, self.stride, self.steps = in_channels, stride, steps
+        self.kernel = TransitionKernel("distance", radius)
+        self.colour = nn.Conv2d(in_channels, in_channels, 1, bias=False)
+        with torch.no_grad():
+            self.colour.weight.copy_(torch.eye(in_channels)[..., None, None] / colour_sigma)
+        self.raw_position_scale = nn.Parameter(torch.tensor(-math.log(position_sigma)))
+        self.raw_mu = nn.Parameter(torch.tensor(math.log(mu / (1 - mu))))
+
+    @property
+    def mu(self) -> Tensor:
+        """The restart weight in (0, 1)."""
+        return torch.sigmoid(self.raw_mu)
+
+    @property
+    def position_scale(self) -> Tensor:
+        """`1 / position_sigma`: the factor on grid positions."""
+        return self.raw_position_scale.exp()
+
+    def grid(self, size: Sequence[int]) -> tuple[int, int]:
+        """The walk's `(h, w)` grid for an image of `size`."""
+        return walk_grid(size, self.stride)
+
+    def features(self, images: Tensor) -> Tensor:
+        """Guide features `[B, N, C + 2]` of `images` on this walk's grid, in at least float32."""
+        with full_precision(images) as (images,):
+            pooled = F.adaptive_avg_pool2d(images, self.grid(images.shape[-2:]))
+            colours = F.conv2d(pooled, self.colour.weight.to(pooled.dtype))
+            return guide_features(colours, self.position_scale.to(pooled.dtype))
+
+    def states(
+        self, probabilities: Tensor, images: Tensor, steps: Iterable[int]
+    ) -> Iterator[tuple[int, Tensor]]:
+        """`(n, walked [B, K, h, w])` after each of `steps` walk steps (this walk's `steps` ignored):
+        settings that differ only in their step count share one walk."""
+        if probabilities.dim() != 4 or images.dim() != 4 or probabilities.shape[0] != images.shape[0]:
+            raise ValueError(
+                "probabilities and images must be [B, K, h, w] and [B, C, H, W] with the same B "
+                f"(got shapes {tuple(probabilities.shape)} and {tuple(images.shape)})"
+            )
+        if images.shape[1] != self.in_channels:
+            raise ValueError(
+                f"images must have {self.in_channels} channels (got shape {tuple(images.shape)})"
+            )
+        grid = self.grid(images.shape[-2:])
+        features = self.features(images)
+        transition = local_transition(features, self.kernel, grid)
+        start = flatten_nodes(resize_to(probabilities.to(features.dtype), grid))
+        walked, taken, mu = start, 0, self.mu.to(features.dtype)
+        for wanted in sorted(set(steps)):
+            for _ in range(wanted - taken):
+                walked = walk_step(transition(walked), walked, start, mu, 1.0)
+            taken = wanted
+            yield wanted, unflatten_nodes(walked, grid)
+
+    def forward(self, probabilities: Tensor, images: Tensor) -> Tensor:
+        return next(self.states(probabilities, images, [self.steps]))[1]
+
+    def extra_repr(self) -> str:
+        return f"in_channels={self.in_channels}, stride={self.stride}, radius={self.kernel.radius}, steps={self.steps}"
