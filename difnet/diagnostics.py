@@ -45,6 +45,7 @@ SCALAR_GRID_MU = (0.2, 0.5, 0.8, 0.95)
 SCALAR_GRID_BETA = (0.25, 0.5, 1.0)
 SWITCHED_OFF = ((1,), (1, 2), (1, 2, 3), (1, 2, 3, 4), (2, 3, 4, 5))  # walks (1-based) set to beta 0
 GUIDED = "guided walk"  # the stage of a model whose cascade ends with a guided walk (`GuidedWalk`)
+GUIDED_SEED = "seed, guided walk"  # its guided walk on the seed itself, the cascade skipped
 
 
 @dataclass(frozen=True)
@@ -107,7 +108,8 @@ def model_transitions(out: DifNetOutput) -> list[Transition]:
 @dataclass
 class DiffusionDiagnostics:
     """Per-stage scores ("seed", "walk 1".."walk T", "guided walk" where the model has one,
-    "oracle") in [0, 1]; `walk_gain`, the model's output's mIoU (its last stage before the oracle)
+    "oracle", and "seed, guided walk": the guided walk on the seed, to tell its part from the
+    cascade's) in [0, 1]; `walk_gain`, the model's output's mIoU (its last stage before the oracle)
     minus the seed's; `overrides`, the mIoU of the cascade under each walk-scalar
     setting, the `best_override` and its gain over the seed; per level t the mean in-class share
     over labelled nodes (`in_class_share`, None where no node has one, as under the identity) and
@@ -305,7 +307,7 @@ def diagnose(
     walk_names = [f"walk {t}" for t in range(1, len(model.cascade.walks) + 1)]
     guided = model.head.guided_walk is not None
     outputs = [*walk_names, GUIDED] if guided else walk_names
-    scores = _StageScores(["seed", *outputs, "oracle"], model.num_classes)
+    scores = _StageScores(["seed", *outputs, "oracle", *([GUIDED_SEED] if guided else [])], model.num_classes)
     overridden = _StageScores([o.name for o in WALK_OVERRIDES], model.num_classes)
     means = _LevelMeans(len(model.projections), small)
     mu, beta = model.cascade.mu.tolist(), model.cascade.beta.tolist()
@@ -319,6 +321,7 @@ def diagnose(
             scores.update(stage, maps, labels)
         if guided:
             scores.update(GUIDED, out.logits, labels)
+            scores.update(GUIDED_SEED, model.head.guided_walk(out.seed.float().softmax(1), images), labels)
         grid = tuple(out.walks[-1].shape[-2:])
         seed = flatten_nodes(upsample(out.seed, grid)).float()
         oracle = [lambda y, nodes=nodes: label_propagate(nodes, y)] * len(mu)

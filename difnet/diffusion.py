@@ -330,7 +330,11 @@ class _LocalApply(torch.autograd.Function):
                 grad_padded[window].addcmul_(weights[:, o : o + 1], grad)
         if grad_padded is None:
             return grad_weights, None, None
-        return grad_weights, grad_padded[:, :, radius : radius + height, radius : radius + width], None
+        return (
+            grad_weights,
+            grad_padded[:, :, radius : radius + height, radius : radius + width].contiguous(),
+            None,
+        )
 
 
 def walk_step(walked: Tensor, y: Tensor, seed: Tensor, mu: Tensor | float, beta: Tensor | float) -> Tensor:

@@ -16,7 +16,7 @@ walk with fixed settings and no weights.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -74,6 +74,19 @@ def check_walk_settings(owner: str, **settings: float) -> None:
     mu = settings.get("mu", 0.5)
     if isinstance(mu, bool) or not isinstance(mu, int | float) or not 0 < mu < 1:
         raise ValueError(f"{owner} mu must lie strictly between 0 and 1 (got {mu!r})")
+
+
+def restart_walk(
+    transition: Callable[[Tensor], Tensor], start: Tensor, mu: Tensor | float, steps: Iterable[int]
+) -> Iterator[tuple[int, Tensor]]:
+    """`(n, p_n)` for each `n` in `steps` of the walk `p_n = mu P p_(n-1) + (1 - mu) p_0` from
+    `p_0 = start` `[B, N, K]`, with `transition` computing `P p`: one walk serves every count."""
+    walked, taken = start, 0
+    for wanted in sorted(set(steps)):
+        for _ in range(wanted - taken):
+            walked = walk_step(transition(walked), walked, start, mu, 1.0)
+        taken = wanted
+        yield wanted, walked
 
 
 def resize_to(maps: Tensor, grid: tuple[int, int]) -> Tensor:
@@ -154,12 +167,8 @@ class GuidedWalk(nn.Module):
         features = self.features(images)
         transition = local_transition(features, self.kernel, grid)
         start = flatten_nodes(resize_to(probabilities.to(features.dtype), grid))
-        walked, taken, mu = start, 0, self.mu.to(features.dtype)
-        for wanted in sorted(set(steps)):
-            for _ in range(wanted - taken):
-                walked = walk_step(transition(walked), walked, start, mu, 1.0)
-            taken = wanted
-            yield wanted, unflatten_nodes(walked, grid)
+        for n, walked in restart_walk(transition, start, self.mu.to(features.dtype), steps):
+            yield n, unflatten_nodes(walked, grid).contiguous()
 
     def forward(self, probabilities: Tensor, images: Tensor) -> Tensor:
         return next(self.states(probabilities, images, [self.steps]))[1]
