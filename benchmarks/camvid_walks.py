@@ -17,6 +17,7 @@ from pathlib import Path
 from benchmarks.camvid import RESULTS, RUNS
 from benchmarks.camvid_variants import SMALL_CLASSES, STAGE_ONE
 from difnet.data.camvid import CAMVID_CLASSES
+from difnet.diagnostics import GUIDED, GUIDED_SEED
 
 
 def load(output: Path, phase: str, prefix: str) -> dict[str, list[dict]]:
@@ -64,6 +65,12 @@ def levels(values: Sequence[float | None] | None) -> str:
     return "-" if values is None else ", ".join("-" if v is None else f"{v:.2f}" for v in values)
 
 
+def output_stage(diagnostics: dict) -> str:
+    """The stage that is the model's output: the last walk, or the guided walk after it."""
+    stages = list(diagnostics["miou"])
+    return stages[stages.index("oracle") - 1]
+
+
 def error_shares(diagnostics: dict) -> str:
     """At the nodes the seed gets wrong, per level: share to the true class / to the seed's class
     ("-" for records written before the diagnostics kept them)."""
@@ -81,15 +88,16 @@ def screen_rows(groups: dict[str, list[dict]], names: list[str]) -> list[list[st
     for variant, runs in groups.items():
         diagnostics = [r["diagnostics"] for r in runs]
         gains = [d["walk_gain"] for d in diagnostics]
-        small: Callable[[str], float | None] = lambda stage: mean(  # noqa: E731
-            [v for d in diagnostics if (v := small_miou(d["per_class_iou"][stage], names)) is not None]
-        )
+        small: Callable[[str | None], float | None] = lambda stage: mean(  # noqa: E731
+            [v for d in diagnostics
+             if (v := small_miou(d["per_class_iou"][stage or output_stage(d)], names)) is not None]
+        )  # fmt: skip
         best = diagnostics[0]["best_override"]
         rows.append([
             variant, " / ".join(pct(d["miou"]["seed"]) for d in diagnostics),
             " / ".join(pct(g, signed=True) for g in gains), f"**{pct(mean(gains), signed=True)}**",
             f"{best['setting']} ({pct(best['gain'], signed=True)})",
-            f"{pct(small('seed'))} -> {pct(small('walk 5'))}",
+            f"{pct(small('seed'))} -> {pct(small(None))}",
             levels(diagnostics[0]["in_class_share"]), error_shares(diagnostics[0]),
             levels(diagnostics[0]["mean_self_weight"]),
             " / ".join(f"{min(d['beta']):.2f}-{max(d['beta']):.2f}" for d in diagnostics),
@@ -146,7 +154,8 @@ def staged_rows(
             for name, base in baselines.items()
         )
         small = [
-            f"{pct(small_miou(d['per_class_iou']['seed'], names))} -> {pct(small_miou(d['per_class_iou']['walk 5'], names))}"
+            f"{pct(small_miou(d['per_class_iou']['seed'], names))} -> "
+            f"{pct(small_miou(d['per_class_iou'][output_stage(d)], names))}"
             for d in diagnostics
         ]
         rows.append([
@@ -177,6 +186,23 @@ def scalar_fit_rows(groups: dict[str, list[dict]], scored_on: str) -> list[list[
                          pct(on_fit["learned"] - on_fit["seed"], signed=True),
                          pct(on_fit["best"] - on_fit["seed"], signed=True), f"{fit['seconds']:.0f}",
                          fit["provenance"]["commit"][:7]])  # fmt: skip
+    return rows
+
+
+def guided_rows(groups: dict[str, list[dict]], scored_on: str) -> list[list[str]]:
+    """One row per run whose cascade ends with a guided walk: the seed, walk 5, the guided walk on
+    the seed alone and after walk 5 (the output), and what each adds to the seed."""
+    rows = []
+    for name, runs in groups.items():
+        for r in runs:
+            miou = r["diagnostics"]["miou"]
+            if GUIDED not in miou:
+                continue
+            seed, on_seed = miou["seed"], miou.get(GUIDED_SEED)  # older records lack it
+            rows.append([name, scored_on, str(r["seed"]), pct(seed), pct(miou["walk 5"]), pct(on_seed),
+                         pct(miou[GUIDED]), pct(miou["walk 5"] - seed, signed=True),
+                         "-" if on_seed is None else pct(on_seed - seed, signed=True),
+                         f"**{pct(miou[GUIDED] - seed, signed=True)}**", r["provenance"]["commit"][:7]])  # fmt: skip
     return rows
 
 
@@ -300,6 +326,19 @@ def report(output: Path, results: Path) -> Path:
         ["run", "scored on", "seed", "seed mIoU", "learned gain", "picked setting", "picked gain", "seed on the fit frames",
          "learned gain there", "picked gain there", "fit s", "commit"],
         scalar_fit_rows(screen, "held-aside") + scalar_fit_rows(staged, "val"),
+    )  # fmt: skip
+    lines += [
+        "",
+        "## The guided walk: what the cascade and the walk on the image at stride 2 each add",
+        "",
+        "Each run's own diagnostics: the guided walk on the seed skips the cascade; the output is the "
+        "guided walk after walk 5.",
+        "",
+    ]
+    lines += table(
+        ["run", "scored on", "seed", "seed mIoU", "walk 5", "guided walk on the seed", "output",
+         "walk 5 gain", "guided-on-seed gain", "walk gain", "commit"],
+        guided_rows(screen, "held-aside") + guided_rows(staged, "val"),
     )  # fmt: skip
     lines += bilateral_table("the held-aside frames", {**stage_one, **screen, **rates})
     lines += bilateral_table("val (the verdict's models)", {**staged, **baselines})
