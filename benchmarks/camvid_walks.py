@@ -67,8 +67,8 @@ def levels(values: Sequence[float | None] | None) -> str:
 
 def output_stage(diagnostics: dict) -> str:
     """The stage that is the model's output: the last walk, or the guided walk after it."""
-    stages = list(diagnostics["miou"])
-    return stages[stages.index("oracle") - 1]
+    stages = diagnostics["miou"]
+    return GUIDED if GUIDED in stages else [stage for stage in stages if stage.startswith("walk ")][-1]
 
 
 def error_shares(diagnostics: dict) -> str:
