@@ -392,3 +392,25 @@ def test_walk_report_scores_the_staged_verdict_by_its_walk_gain_and_lead_over_th
         "| walk-dist-r1-e3 | val | 0 | 46.0 | +1.0 | mu 0.8, beta 0.5, walk 1 off | **+0.5** | 44.0 | +0.1 | +0.2 | "
         "81 | ddddddd |" in text
     )
+
+
+def test_walk_report_splits_a_guided_runs_gain_between_the_cascade_and_the_guided_walk(tmp_path):
+    from benchmarks.camvid_walks import report
+
+    stages = {"seed": 0.46, "walk 5": 0.463, "guided walk": 0.475, "oracle": 0.5, "seed, guided walk": 0.47}
+    per_class = {stage: [miou] * len(NAMES) for stage, miou in stages.items()}
+    per_class["seed"][NAMES.index("Pole")] = 0.1  # the small classes: the seed's Pole is worse
+    diagnostics = {"walk_gain": 0.015, "miou": stages, "per_class_iou": per_class,
+                   "best_override": {"setting": "mu 0.5, beta 0.25", "gain": 0.004}}  # fmt: skip
+    val = {"miou": 0.475, "per_class_iou": [0.475] * len(NAMES)}
+    record = {"variant": "walk-dist-r1-guided", "train_seconds": 600.0, "val": val, "seed": 1,
+              "epochs": 3, "diagnostics": diagnostics, "provenance": {"commit": "eeeeeee"}}  # fmt: skip
+    (tmp_path / "verdict").mkdir()
+    (tmp_path / "verdict" / "walk-dist-r1-guided-e3-seed1.json").write_text(json.dumps(record))
+    text = report(tmp_path, tmp_path).read_text()
+    assert (
+        "| walk-dist-r1-guided-e3 | val | 1 | 46.0 | 46.3 | 47.0 | 47.5 | +0.3 | +1.0 | **+1.5** | eeeeeee |"
+        in text
+    )
+    # the small classes are read at the output, the guided walk: (10 + 4 x 46) / 5 -> 47.5
+    assert "| 38.8 -> 47.5 |" in text
