@@ -281,7 +281,8 @@ def local_transition(
     weights = torch.softmax(logits.masked_fill(~inside, float("-inf")), dim=1)
 
     def transition(values: Tensor) -> Tensor:
-        maps = unflatten_nodes(values.to(weights.dtype), (height, width))
+        # one memory layout for every elementwise op (node tensors unflatten to channels-last views)
+        maps = unflatten_nodes(values.to(weights.dtype), (height, width)).contiguous()
         tracked = torch.is_grad_enabled() and (weights.requires_grad or maps.requires_grad)
         if tracked and not torch.compiler.is_compiling():
             return flatten_nodes(_LocalApply.apply(weights, maps, radius))
@@ -317,7 +318,7 @@ class _LocalApply(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None]:  # noqa: ANN001
         weights, padded = ctx.saved_tensors
-        radius, side = ctx.radius, 2 * ctx.radius + 1
+        grad, radius, side = grad.contiguous(), ctx.radius, 2 * ctx.radius + 1
         height, width = weights.shape[-2:]
         grad_weights = torch.empty_like(weights) if ctx.needs_input_grad[0] else None
         grad_padded = torch.zeros_like(padded) if ctx.needs_input_grad[1] else None

@@ -13,6 +13,7 @@ from difnet.diffusion import TransitionKernel, local_transition
 from difnet.guided_walk import GuidedWalk, restart_walk
 from difnet.models import DifNet, load_model
 from reference import VariantMismatch, check_variant
+from tests.test_diffusion_walk import LargestTensor
 from tests.test_refinement import TwoRegions
 
 
@@ -78,6 +79,15 @@ def test_local_transition_gradients_match_finite_differences(requires) -> None:
         return local_transition(given.get("f", features), kernel, (4, 5))(given.get("v", values))
 
     assert torch.autograd.gradcheck(apply, inputs)
+
+
+def test_never_holds_an_n_by_n_tensor_at_4096_nodes() -> None:
+    walk = GuidedWalk(3, stride=2, steps=3)
+    images, probabilities = torch.rand(1, 3, 128, 128), torch.rand(1, 21, 16, 16, requires_grad=True)
+    with LargestTensor() as largest:
+        out = walk(probabilities, images)
+        torch.autograd.grad(out, (probabilities, *walk.parameters()), torch.ones_like(out))
+    assert out.shape[-2:] == (64, 64) and largest.numel < 4096 * 4096 // 16, largest.numel
 
 
 def test_it_learns_to_stop_at_a_colour_edge() -> None:

@@ -1,0 +1,146 @@
+"""Benchmark the guided walk (`difnet.guided_walk.GuidedWalk`) at 505x505 against the cascade it
+follows: DifNet's 5 walks on the stride-8 grid (64 x 64 nodes, the local distance kernel of radius
+1 that CamVid's staged DifNet uses), and the guided walk's 15 steps on the image at stride 2
+(253 x 253 nodes, radius 3) and at stride 4. Batch 1, 21 classes, float32; forward (no grad) and
+forward+backward. Per case: median wall time in this process, and the peak extra memory of one
+call (peak RSS in a fresh process on CPU, max_memory_allocated on CUDA) against one N x N float32
+matrix of the case's grid. Writes guided_walk.{json,md} under benchmarks/results/.
+
+    python -m benchmarks.guided_walk                  # CPU, and CUDA when present
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from benchmarks._measure import (
+    RESULTS_DIR,
+    machine_info,
+    markdown_table,
+    measure_peak_extra_memory,
+    run_in_subprocess,
+    time_calls,
+    write_results,
+)
+from difnet.diffusion import Cascade, TransitionKernel
+from difnet.guided_walk import GuidedWalk, walk_grid
+
+IMAGE, CLASSES, FEATURE_DIM, SEED_STRIDE = 505, 21, 64, 8
+CASES = ("cascade, stride 8", "guided walk, stride 2", "guided walk, stride 4")
+MODES = ("forward", "forward+backward")
+COLUMNS = {
+    "device": "device",
+    "case": "case",
+    "nodes": "N",
+    "mode": "pass",
+    "median_ms": "median (ms)",
+    "peak_extra_mib": "peak extra (MiB)",
+    "peak_vs_nxn": "peak / one NxN fp32",
+}
+
+
+def seed_grid() -> tuple[int, int]:
+    side = -(-IMAGE // SEED_STRIDE)
+    return side, side
+
+
+def case_call(case: str, mode: str, device: str) -> tuple[Callable[[], Any], int]:
+    """A call running `case` once in `mode`, and its node count."""
+    generator = torch.Generator(device=device).manual_seed(0)
+    grid = seed_grid()
+    nodes = grid[0] * grid[1]
+    seed = torch.randn(1, nodes, CLASSES, device=device, generator=generator)
+    if case.startswith("cascade"):
+        module = Cascade(5, kernel=TransitionKernel("distance", 1)).to(device)
+        features = [torch.randn(1, nodes, FEATURE_DIM, device=device, generator=generator) for _ in range(5)]
+        inputs, run = [seed, *features], lambda: module(features, seed, grid)[-1]
+    else:
+        module = GuidedWalk(3, stride=int(case.rsplit(" ", 1)[-1])).to(device)
+        images = torch.randn(1, 3, IMAGE, IMAGE, device=device, generator=generator)
+        probabilities = seed.transpose(1, 2).reshape(1, CLASSES, *grid).softmax(1)
+        nodes = walk_grid((IMAGE, IMAGE), module.stride)[0] ** 2
+        inputs, run = [probabilities], lambda: module(probabilities, images)
+    if mode == "forward":
+
+        def forward() -> Any:
+            with torch.no_grad():
+                return run()
+
+        return forward, nodes
+    for tensor in inputs:
+        tensor.requires_grad_(True)
+
+    def forward_backward() -> Any:
+        out = run()
+        return torch.autograd.grad(out, [*inputs, *module.parameters()], torch.ones_like(out))
+
+    return forward_backward, nodes
+
+
+def memory_worker(case: str, mode: str, device: str) -> dict[str, int]:
+    """Run in a fresh process: warm up on the same case, then measure one call."""
+    call, _ = case_call(case, mode, device)
+    call()
+    return {"peak_extra_bytes": measure_peak_extra_memory(case_call(case, mode, device)[0], device)}
+
+
+def measure(case: str, mode: str, device: str, budget_s: float) -> dict[str, Any]:
+    call, nodes = case_call(case, mode, device)
+    timing = time_calls(call, device=device, budget_s=budget_s)
+    if torch.device(device).type == "cuda":
+        memory = memory_worker(case, mode, device)["peak_extra_bytes"]
+    else:
+        memory = run_in_subprocess(["-m", "benchmarks.guided_walk", "--memory-worker", case, mode, device])[
+            "peak_extra_bytes"
+        ]
+    return {"device": device, "case": case, "nodes": nodes, "mode": mode, "median_ms": timing["median_s"] * 1e3,
+            "times_ms": [t * 1e3 for t in timing["times_s"]], "peak_extra_mib": memory / 2**20,
+            "peak_vs_nxn": memory / (nodes * nodes * 4)}  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--devices", nargs="+", default=None, help="default: cpu, and cuda when present")
+    parser.add_argument("--budget", type=float, default=10.0, help="seconds of repeats per case (min 3)")
+    parser.add_argument("--output-dir", type=Path, default=RESULTS_DIR)
+    parser.add_argument(
+        "--memory-worker", nargs=3, metavar=("CASE", "MODE", "DEVICE"), help=argparse.SUPPRESS
+    )
+    args = parser.parse_args(argv)
+    if args.memory_worker:
+        print(json.dumps(memory_worker(*args.memory_worker)))
+        return
+    devices = args.devices or ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    info = machine_info()
+    print(markdown_table([], COLUMNS))
+    rows = []
+    for device in devices:
+        for mode in MODES:
+            for case in CASES:
+                rows.append(measure(case, mode, device, args.budget))
+                print(markdown_table(rows[-1:], COLUMNS).splitlines()[-1], flush=True)
+    info["load_average_after"] = list(os.getloadavg())
+    markdown = "\n\n".join([
+        "# The guided walk against the cascade it follows, at 505x505",
+        f"Measured {info['date']} on {info['cpu']} ({info['torch_threads']} torch threads), torch "
+        f"{info['torch']}; load average before {info['load_average_1m_5m_15m']}, after "
+        f"{info['load_average_after']} (the CPU is shared). Batch 1, {CLASSES} classes, float32. The cascade: "
+        "5 walks on the stride-8 grid, distance kernel within 1 cell, features [N, 64]. The guided walk: "
+        "15 steps on the image pooled by its stride, within 3 cells.",
+        markdown_table(rows, COLUMNS),
+    ])  # fmt: skip
+    paths = write_results("guided_walk", {"machine": info, "cases": rows}, markdown, args.output_dir)
+    print("\n" + markdown + f"\n\nwrote {paths[0]} and {paths[1]}")
+
+
+if __name__ == "__main__":
+    main()
