@@ -49,9 +49,10 @@ MODELS = (("simdeeplab", "Sim-DeepLab-18"), ("difnet", "DifNet-18"))
 # The staged DifNet of CamVid's verdict (benchmarks/results/camvid_walks.md). First stage: the seed
 # branch with every P_t = I and an auxiliary cross-entropy (weight 0.4) on the seed scores; the
 # similarity levels read the seed backbone. Second stage: only Psi_t and the walks train, on the
-# frozen seed, with the distance kernel between neighbouring cells.
+# frozen seed, with the distance kernel between neighbouring cells, and the cascade ends with the
+# guided walk on the image at stride 2 (`difnet.guided_walk`).
 SEED_STAGE = {"shared_backbone": True, "kernel": "identity", "aux_seed_weight": 0.4}
-WALK_STAGE = {"shared_backbone": True, "kernel": "distance", "kernel_radius": 1}
+WALK_STAGE = {"shared_backbone": True, "kernel": "distance", "kernel_radius": 1, "guided_walk_stride": 2}
 FIGURE_NAME = "demo.png"
 RESULTS_NAME = "results.json"
 
@@ -149,7 +150,8 @@ class DemoConfig:
         return (
             f"staged, as in the CamVid verdict: {self.steps} steps of the seed branch alone (walks off, "
             f"auxiliary seed loss {weight}), then {self.walk_steps} steps of the walks alone on the frozen "
-            "seed (distance kernel, 3x3 neighbourhood); --paper-difnet: the paper's"
+            "seed (distance kernel, 3x3 neighbourhood, then the guided walk on the image at stride 2); "
+            "--paper-difnet: the paper's"
         )
 
     def train_config(self, model: str) -> TrainConfig:

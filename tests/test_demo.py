@@ -65,7 +65,7 @@ def test_the_demos_difnet_is_the_staged_one_of_the_camvid_verdict():
     from benchmarks.camvid import VARIANTS
     from benchmarks.camvid_variants import STAGE_ONE
 
-    for variant, options in ((STAGE_ONE, SEED_STAGE), ("walk-dist-r1", WALK_STAGE)):
+    for variant, options in ((STAGE_ONE, SEED_STAGE), ("walk-dist-r1-guided", WALK_STAGE)):
         model, recipe = VARIANTS[variant]
         assert model == "difnet"
         assert {k: v for k, v in recipe.items() if k != "head_init"} == options, variant
