@@ -19,13 +19,16 @@ from benchmarks.camvid_variants import SMALL_CLASSES, STAGE_ONE
 from difnet.data.camvid import CAMVID_CLASSES
 from difnet.diagnostics import GUIDED, GUIDED_SEED
 
+RERUNS = "{phase}/reruns"  # the records of first stages run again, beside their phase's
 
-def load(output: Path, phase: str, prefix: str) -> dict[str, list[dict]]:
-    """The records of `phase` whose variant starts with `prefix`, by variant, in seed order."""
+
+def load(output: Path, phase: str, prefix: str, suffix: str = "") -> dict[str, list[dict]]:
+    """The records of `phase` (a folder under `output`) whose variant starts with `prefix`, by
+    variant (named with `suffix`), in seed order."""
     groups: dict[str, list[dict]] = {}
     for path in sorted((output / phase).glob(f"{prefix}*.json")):
         record = json.loads(path.read_text())
-        groups.setdefault(record["variant"] + f"-e{record['epochs']}", []).append(record)
+        groups.setdefault(record["variant"] + f"-e{record['epochs']}{suffix}", []).append(record)
     return {name: sorted(runs, key=lambda r: r["seed"]) for name, runs in sorted(groups.items())}
 
 
@@ -232,10 +235,15 @@ def bilateral_table(scored_on: str, groups: dict[str, list[dict]]) -> list[str]:
 
 def report(output: Path, results: Path) -> Path:
     """Write `camvid_walks.md` under `results` from the records under `output`; returns its path."""
-    stage_one = load(output, "remedy", STAGE_ONE)
+    # first stages run again where their weights were gone, for later second stages
+    stage_one = {
+        **load(output, "remedy", STAGE_ONE),
+        **load(output, RERUNS.format(phase="remedy"), STAGE_ONE, " (rerun)"),
+    }
     screen = load(output, "remedy", "walk-")
     rates = load(output, "remedy", "sim-lr")
-    control = load(output, "verdict", STAGE_ONE)
+    first_control = load(output, "verdict", STAGE_ONE)  # the seeds of the staged verdicts' times
+    control = {**first_control, **load(output, RERUNS.format(phase="verdict"), STAGE_ONE, " (rerun)")}
     staged = load(output, "verdict", "walk-")
     baselines = load(output, "verdict", "sim-")
     names = list(CAMVID_CLASSES)
@@ -310,7 +318,7 @@ def report(output: Path, results: Path) -> Path:
         ["candidate", "seed val per seed", "walk 5 val per seed", "walk gain per seed", "mean gain",
          "small classes seed -> walk 5", "best override (seed 0)", "lead over the baseline",
          "second-stage min", "commit"],
-        staged_rows(staged, [r for runs in control.values() for r in runs], baselines, names),
+        staged_rows(staged, [r for runs in first_control.values() for r in runs], baselines, names),
     )  # fmt: skip
     lines += per_class_table({**control, **staged, **baselines}, names)
     lines += [
