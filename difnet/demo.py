@@ -272,14 +272,15 @@ def demo_figure(
     class_names: Sequence[str],
 ) -> Figure:
     """Image, ground truth, both predictions and DifNet's importance map (top row); DifNet's
-    seed and the output after each walk (bottom row)."""
+    seed and the output after each walk, and after its guided walk where it has one (bottom row)."""
     batch = normalize(image)[None]
     size = image.shape[:2]
     with torch.no_grad():
         out = difnet.eval().forward_intermediates(batch)
         baseline_labels = label_map(baseline.eval()(batch), size)
     difnet_labels = label_map(out.logits, size)
-    walks = [label_map(y, size) for y in (out.seed, *out.walks)]
+    guided = [] if out.guided is None else [out.logits]
+    walks = [label_map(y, size) for y in (out.seed, *out.walks, *guided)]
     figure, axes = new_figure(2, len(walks), legend=True)
     top = iter(axes[0])
     draw_image(next(top), image)
@@ -290,6 +291,7 @@ def demo_figure(
     for ax in top:
         ax.set_axis_off()
     titles = ["seed s = M x", *(f"after walk {t}" for t in range(1, len(out.walks) + 1))]
+    titles += ["after the guided walk"] * len(guided)
     for ax, labels, title in zip(axes[1], walks, titles):
         draw_labels(ax, labels, palette, title)
     add_class_legend(figure, [label, baseline_labels, difnet_labels, *walks], palette, class_names)
