@@ -22,6 +22,7 @@ import torch
 
 from benchmarks._measure import (
     RESULTS_DIR,
+    describe_machine,
     machine_info,
     markdown_table,
     measure_peak_extra_memory,
@@ -131,11 +132,9 @@ def main(argv: list[str] | None = None) -> None:
     info["load_average_after"] = list(os.getloadavg())
     markdown = "\n\n".join([
         "# The guided walk against the cascade it follows, at 505x505",
-        f"Measured {info['date']} on {info['cpu']} ({info['torch_threads']} torch threads), torch "
-        f"{info['torch']}; load average before {info['load_average_1m_5m_15m']}, after "
-        f"{info['load_average_after']} (the CPU is shared). Batch 1, {CLASSES} classes, float32. The cascade: "
-        "5 walks on the stride-8 grid, distance kernel within 1 cell, features [N, 64]. The guided walk: "
-        "15 steps on the image pooled by its stride, within 3 cells.",
+        f"{describe_machine(info)} The CPU is shared. Batch 1, {CLASSES} classes, float32. The cascade: 5 "
+        "walks on the stride-8 grid, distance kernel within 1 cell, features [N, 64]. The guided walk: 15 "
+        "steps on the image pooled by its stride, within 3 cells.",
         markdown_table(rows, COLUMNS),
     ])  # fmt: skip
     paths = write_results("guided_walk", {"machine": info, "cases": rows}, markdown, args.output_dir)
