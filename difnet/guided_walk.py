@@ -61,9 +61,9 @@ def log_probabilities(probabilities: Tensor) -> Tensor:
 
 
 def check_walk_settings(owner: str, **settings: float) -> None:
-    """A `ValueError` naming `owner` unless `stride`, `radius` and `steps` are positive integers,
-    the sigmas positive numbers and `mu` strictly between 0 and 1 (those of them given)."""
-    for name in ("stride", "radius", "steps"):
+    """A `ValueError` naming `owner` unless `in_channels`, `stride`, `radius` and `steps` are positive
+    integers, the sigmas positive numbers and `mu` strictly between 0 and 1 (those of them given)."""
+    for name in ("in_channels", "stride", "radius", "steps"):
         value = settings.get(name, 1)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{owner} {name} must be a positive integer (got {value!r})")
@@ -116,10 +116,8 @@ class GuidedWalk(nn.Module):
         mu: float = DEFAULT_MU,
     ) -> None:
         super().__init__()
-        check_walk_settings("GuidedWalk", stride=stride, radius=radius, steps=steps,
+        check_walk_settings("GuidedWalk", in_channels=in_channels, stride=stride, radius=radius, steps=steps,
                             colour_sigma=colour_sigma, position_sigma=position_sigma, mu=mu)  # fmt: skip
-        if isinstance(in_channels, bool) or not isinstance(in_channels, int) or in_channels < 1:
-            raise ValueError(f"GuidedWalk in_channels must be a positive integer (got {in_channels!r})")
         self.in_channels, self.stride, self.steps = in_channels, stride, steps
         self.kernel = TransitionKernel("distance", radius)
         self.colour = nn.Conv2d(in_channels, in_channels, 1, bias=False)
