@@ -41,6 +41,9 @@ STAGE_TWO: dict[str, dict] = {
     # on the seed (every P_t = I), it is what the guided walk adds by itself
     "dist-r1-guided": {"kernel": "distance", "kernel_radius": 1, **GUIDED},
     "guided": {"kernel": "identity", **GUIDED},
+    # the guided walk's settings at the walks' own rate, and on the image's full grid
+    "dist-r1-guided-walklr": {"kernel": "distance", "kernel_radius": 1, **GUIDED, **WALK_LR},
+    "dist-r1-guided1": {"kernel": "distance", "kernel_radius": 1, "guided_walk_stride": 1},
 }
 STAGE_ONE = "seed-aux-shared"
 STAGE_ONE_EPOCHS = {"remedy": 8, "verdict": 16}

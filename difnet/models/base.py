@@ -121,7 +121,8 @@ class SegmentationModel(nn.Module):
 
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
         """`"backbone"`: the ResNets; `"head"`: everything else but the walks; `"walk"` (DifNet):
-        mu_t and beta_t. The recipe gives each group its learning-rate factor."""
+        mu_t, beta_t (and temperatures) and the guided walk's settings. The recipe gives each group
+        its learning-rate factor."""
         return split_backbone_head(self, self.backbones().values(), walk=self.walk_parameters_module())
 
     # --- saving and sharing (difnet.models.serialization) -----------------------------------

@@ -172,7 +172,10 @@ class DifNet(SegmentationModel):
         return {"seed": self.encoder, "similarity": self.similarity_encoder}
 
     def walk_parameters_module(self) -> nn.Module:
-        return self.head.cascade
+        """The cascade's walks and, if any, the guided walk: the "walk" learning-rate group."""
+        if self.head.guided_walk is None:
+            return self.head.cascade
+        return nn.ModuleList([self.head.cascade, self.head.guided_walk])
 
     def seed_branch_modules(self) -> dict[str, nn.Module]:
         """The modules that make the seed `s = M x`, by state-dict prefix: the seed backbone, the

@@ -187,7 +187,9 @@ class TrainConfig:
         1.0, "learning-rate factor of the heads and projections (authors: 1)", OPTIMISATION
     )
     walk_lr_mult: float = setting(
-        1.0, "learning-rate factor of DifNet's walk weights mu_t, beta_t (authors: 1)", OPTIMISATION
+        1.0,
+        "learning-rate factor of DifNet's walk weights mu_t, beta_t and the guided walk's (authors: 1)",
+        OPTIMISATION,
     )
     walk_weight_decay: float | None = setting(
         None, "weight decay of the walk weights (default: --weight-decay, as the authors)", OPTIMISATION

@@ -12,7 +12,7 @@ from difnet.training.config import TrainConfig
 
 def build_optimizer(model: nn.Module, config: TrainConfig) -> SGD:
     """SGD over the model's `param_groups()`: "backbone" at `lr`, "head" at `lr * head_lr_mult`,
-    "walk" (DifNet's mu_t, beta_t) at `lr * walk_lr_mult` with `walk_weight_decay`."""
+    "walk" (DifNet's mu_t, beta_t, guided walk) at `lr * walk_lr_mult` with `walk_weight_decay`."""
     multipliers = {"backbone": 1.0, "head": config.head_lr_mult, "walk": config.walk_lr_mult}
     walk_decay = config.weight_decay if config.walk_weight_decay is None else config.walk_weight_decay
     return SGD(
