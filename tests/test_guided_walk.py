@@ -12,6 +12,8 @@ from difnet.diagnostics import GUIDED, GUIDED_SEED, diagnose
 from difnet.diffusion import TransitionKernel, local_transition
 from difnet.guided_walk import GuidedWalk, restart_walk
 from difnet.models import DifNet, load_model
+from difnet.training import TrainConfig
+from difnet.training.optim import build_optimizer
 from reference import VariantMismatch, check_variant
 from tests.test_diffusion_walk import LargestTensor
 from tests.test_refinement import TwoRegions
@@ -154,6 +156,17 @@ def test_the_guided_walk_trains_with_the_seed_frozen_and_saves(tmp_path) -> None
     images = torch.rand(1, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(loaded(images), model(images))
+
+
+def test_the_guided_walk_learns_at_the_walks_rate() -> None:
+    model = guided_difnet()
+    walk_group = {id(p) for p in model.param_groups()["walk"]}
+    assert {id(p) for p in model.head.guided_walk.parameters()} <= walk_group
+    assert {id(p) for p in model.cascade.parameters()} <= walk_group
+    config = TrainConfig(lr=0.01, walk_lr_mult=30.0, walk_weight_decay=0.0)
+    (walk,) = [g for g in build_optimizer(model, config).param_groups if g["name"] == "walk"]
+    assert walk["lr"] == pytest.approx(0.3) and walk["weight_decay"] == 0.0
+    assert {id(p) for p in walk["params"]} == walk_group
 
 
 def test_diagnose_scores_the_guided_walk_as_the_output(tmp_path) -> None:
