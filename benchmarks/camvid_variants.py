@@ -44,6 +44,14 @@ STAGE_TWO: dict[str, dict] = {
     # the guided walk's settings at the walks' own rate, and on the image's full grid
     "dist-r1-guided-walklr": {"kernel": "distance", "kernel_radius": 1, **GUIDED, **WALK_LR},
     "dist-r1-guided1": {"kernel": "distance", "kernel_radius": 1, "guided_walk_stride": 1},
+    # the first ResNet stage's features join the colours in the guided walk's kernel
+    "dist-r1-guided-l1-walklr": {
+        "kernel": "distance",
+        "kernel_radius": 1,
+        **GUIDED,
+        "guided_walk_level": 1,
+        **WALK_LR,
+    },
 }
 STAGE_ONE = "seed-aux-shared"
 STAGE_ONE_EPOCHS = {"remedy": 8, "verdict": 16}

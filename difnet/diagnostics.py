@@ -321,7 +321,9 @@ def diagnose(
             scores.update(stage, maps, labels)
         if guided:
             scores.update(GUIDED, out.logits, labels)
-            scores.update(GUIDED_SEED, model.head.guided_walk(out.seed.float().softmax(1), images), labels)
+            scores.update(
+                GUIDED_SEED, model.head.guided_walk(out.seed.float().softmax(1), images, out.guide), labels
+            )
         grid = tuple(out.walks[-1].shape[-2:])
         seed = flatten_nodes(upsample(out.seed, grid)).float()
         oracle = [lambda y, nodes=nodes: label_propagate(nodes, y)] * len(mu)

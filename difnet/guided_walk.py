@@ -10,7 +10,9 @@ guide features `[colour / colour_sigma, position / position_sigma] / sqrt(2)`:
 within `radius` cells (the bilateral kernel of dense CRFs, colour only inside a kernel that also
 carries position). `GuidedWalk` learns the colour map (a 1x1 convolution that starts at
 `I / colour_sigma`), the position scale and `mu`; `difnet.refinement.BilateralWalk` is the same
-walk with fixed settings and no weights.
+walk with fixed settings and no weights. With `guide_channels`, a feature map the model computes
+anyway (in DifNet, a similarity level such as the first ResNet stage) joins the colours through a
+learned projection: edges the seed's features know of that the colours do not show.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ from difnet.diffusion import (
 # the settings the bilateral-walk fits on CamVid's training frames chose most often
 DEFAULT_STRIDE, DEFAULT_RADIUS, DEFAULT_STEPS = 2, 3, 15
 DEFAULT_COLOUR_SIGMA, DEFAULT_POSITION_SIGMA, DEFAULT_MU = 0.1, 2.0, 0.97
+# the guide projection's output channels, and the spread of each at init on RMS-normalised maps
+DEFAULT_GUIDE_DIMS, DEFAULT_GUIDE_SCALE = 8, 1.0
 
 
 def walk_grid(size: Sequence[int], stride: int) -> tuple[int, int]:
@@ -61,13 +65,14 @@ def log_probabilities(probabilities: Tensor) -> Tensor:
 
 
 def check_walk_settings(owner: str, **settings: float) -> None:
-    """A `ValueError` naming `owner` unless `in_channels`, `stride`, `radius` and `steps` are positive
-    integers, the sigmas positive numbers and `mu` strictly between 0 and 1 (those of them given)."""
-    for name in ("in_channels", "stride", "radius", "steps"):
+    """A `ValueError` naming `owner` unless the channel counts, `stride`, `radius` and `steps` are
+    positive integers, the sigmas and `guide_scale` positive numbers and `mu` strictly between 0 and 1
+    (those of them given)."""
+    for name in ("in_channels", "stride", "radius", "steps", "guide_channels", "guide_dims"):
         value = settings.get(name, 1)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{owner} {name} must be a positive integer (got {value!r})")
-    for name in ("colour_sigma", "position_sigma"):
+    for name in ("colour_sigma", "position_sigma", "guide_scale"):
         value = settings.get(name, 1.0)
         if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < math.inf:
             raise ValueError(f"{owner} {name} must be a positive number (got {value!r})")
@@ -89,6 +94,12 @@ def restart_walk(
         yield wanted, walked
 
 
+def rms_normalised(maps: Tensor) -> Tensor:
+    """`maps` `[B, C, h, w]` over their root mean square per image: a guide of unit scale whatever
+    the layer it comes from."""
+    return maps / maps.pow(2).mean(dim=(1, 2, 3), keepdim=True).clamp_min(1e-12).sqrt()
+
+
 def resize_to(maps: Tensor, grid: tuple[int, int]) -> Tensor:
     """`maps` `[B, K, h, w]` on `grid`: averaged over each cell when at least as fine, else bilinear."""
     if maps.shape[-2] >= grid[0] and maps.shape[-1] >= grid[1]:
@@ -102,7 +113,12 @@ class GuidedWalk(nn.Module):
     resized to that grid (`resize_to`). Learned: the colour map (`colour`, a bias-free 1x1
     convolution from `in_channels`), the position scale and `mu`; they start at the bilateral
     setting of `colour_sigma` (in the input's normalised units), `position_sigma` (grid cells)
-    and `mu`. Rows of `P` sum to one, so probabilities stay probabilities."""
+    and `mu`. Rows of `P` sum to one, so probabilities stay probabilities.
+
+    With `guide_channels`, `walk(probabilities, images, guide)` also takes a map `guide`
+    `[B, guide_channels, h', w']` of any grid: resized to the walk's, RMS-normalised and projected by
+    a learned 1x1 convolution (`guide`, `guide_dims` outputs, random at init with `guide_scale`
+    spread), it joins the colours in the kernel."""
 
     def __init__(
         self,
@@ -114,17 +130,26 @@ class GuidedWalk(nn.Module):
         colour_sigma: float = DEFAULT_COLOUR_SIGMA,
         position_sigma: float = DEFAULT_POSITION_SIGMA,
         mu: float = DEFAULT_MU,
+        guide_channels: int | None = None,
+        guide_dims: int = DEFAULT_GUIDE_DIMS,
+        guide_scale: float = DEFAULT_GUIDE_SCALE,
     ) -> None:
         super().__init__()
         check_walk_settings("GuidedWalk", in_channels=in_channels, stride=stride, radius=radius, steps=steps,
-                            colour_sigma=colour_sigma, position_sigma=position_sigma, mu=mu)  # fmt: skip
+                            colour_sigma=colour_sigma, position_sigma=position_sigma, mu=mu,
+                            guide_channels=guide_channels or 1, guide_dims=guide_dims,
+                            guide_scale=guide_scale)  # fmt: skip
         self.in_channels, self.stride, self.steps = in_channels, stride, steps
+        self.guide_channels = guide_channels
         self.kernel = TransitionKernel("distance", radius)
         self.colour = nn.Conv2d(in_channels, in_channels, 1, bias=False)
         with torch.no_grad():
             self.colour.weight.copy_(torch.eye(in_channels)[..., None, None] / colour_sigma)
         self.raw_position_scale = nn.Parameter(torch.tensor(-math.log(position_sigma)))
         self.raw_mu = nn.Parameter(torch.tensor(math.log(mu / (1 - mu))))
+        self.guide = None if guide_channels is None else nn.Conv2d(guide_channels, guide_dims, 1, bias=False)
+        if self.guide is not None:
+            nn.init.normal_(self.guide.weight, std=guide_scale / math.sqrt(guide_channels))
 
     @property
     def mu(self) -> Tensor:
@@ -140,15 +165,20 @@ class GuidedWalk(nn.Module):
         """The walk's `(h, w)` grid for an image of `size`."""
         return walk_grid(size, self.stride)
 
-    def features(self, images: Tensor) -> Tensor:
-        """Guide features `[B, N, C + 2]` of `images` on this walk's grid, in at least float32."""
+    def features(self, images: Tensor, guide: Tensor | None = None) -> Tensor:
+        """Kernel features `[B, N, C (+ guide_dims) + 2]` of `images` (and `guide`) on this walk's
+        grid, in at least float32."""
+        grid = self.grid(images.shape[-2:])
         with full_precision(images) as (images,):
-            pooled = F.adaptive_avg_pool2d(images, self.grid(images.shape[-2:]))
+            pooled = F.adaptive_avg_pool2d(images, grid)
             colours = F.conv2d(pooled, self.colour.weight.to(pooled.dtype))
+            if self.guide is not None:
+                guide = rms_normalised(resize_to(guide.to(pooled.dtype), grid))
+                colours = torch.cat([colours, F.conv2d(guide, self.guide.weight.to(pooled.dtype))], dim=1)
             return guide_features(colours, self.position_scale.to(pooled.dtype))
 
     def states(
-        self, probabilities: Tensor, images: Tensor, steps: Iterable[int]
+        self, probabilities: Tensor, images: Tensor, steps: Iterable[int], guide: Tensor | None = None
     ) -> Iterator[tuple[int, Tensor]]:
         """`(n, walked [B, K, h, w])` after each of `steps` walk steps (this walk's `steps` ignored):
         settings that differ only in their step count share one walk."""
@@ -161,15 +191,29 @@ class GuidedWalk(nn.Module):
             raise ValueError(
                 f"images must have {self.in_channels} channels (got shape {tuple(images.shape)})"
             )
+        self._check_guide(guide, images)
         grid = self.grid(images.shape[-2:])
-        features = self.features(images)
+        features = self.features(images, guide)
         transition = local_transition(features, self.kernel, grid)
         start = flatten_nodes(resize_to(probabilities.to(features.dtype), grid))
         for n, walked in restart_walk(transition, start, self.mu.to(features.dtype), steps):
             yield n, unflatten_nodes(walked, grid).contiguous()
 
-    def forward(self, probabilities: Tensor, images: Tensor) -> Tensor:
-        return next(self.states(probabilities, images, [self.steps]))[1]
+    def forward(self, probabilities: Tensor, images: Tensor, guide: Tensor | None = None) -> Tensor:
+        return next(self.states(probabilities, images, [self.steps], guide))[1]
+
+    def _check_guide(self, guide: Tensor | None, images: Tensor) -> None:
+        if self.guide is None:
+            if guide is not None:
+                raise ValueError("this GuidedWalk has no guide_channels: build it with them to pass a guide")
+            return
+        if guide is None or guide.dim() != 4 or guide.shape[:2] != (images.shape[0], self.guide_channels):
+            shape = None if guide is None else tuple(guide.shape)
+            raise ValueError(
+                f"guide must be [B, {self.guide_channels}, h, w] with the images' B={images.shape[0]} "
+                f"(got {'no guide' if shape is None else f'shape {shape}'})"
+            )
 
     def extra_repr(self) -> str:
-        return f"in_channels={self.in_channels}, stride={self.stride}, radius={self.kernel.radius}, steps={self.steps}"
+        guide = "" if self.guide is None else f", guide_channels={self.guide_channels}"
+        return f"in_channels={self.in_channels}, stride={self.stride}, radius={self.kernel.radius}, steps={self.steps}{guide}"

@@ -115,6 +115,64 @@ def test_it_learns_to_stop_at_a_colour_edge() -> None:
     assert walk.colour.weight.abs().max() > 1.0  # it started at 1 / 100
 
 
+def test_matches_the_reference_walk_with_a_guide_in_its_kernel() -> None:
+    walk = GuidedWalk(3, stride=1, radius=1, steps=3, guide_channels=5, guide_dims=2).double()
+    generator = torch.Generator().manual_seed(2)
+    images = torch.rand(1, 3, 4, 6, generator=generator, dtype=torch.float64)
+    guide = torch.rand(1, 5, 2, 3, generator=generator, dtype=torch.float64)  # a coarser map, resized
+    probabilities = torch.rand(1, 3, 4, 6, generator=generator, dtype=torch.float64).softmax(1)
+    features = walk.features(images, guide).detach().numpy()
+    assert features.shape == (1, 24, 3 + 2 + 2)
+    P = reference.transition_matrix(features, "distance", radius=1, grid=(4, 6))
+    expected = reference.random_walk(P, nodes(probabilities), float(walk.mu.detach()), 3)
+    numpy.testing.assert_allclose(nodes(walk(probabilities, images, guide)), expected, rtol=1e-12, atol=1e-12)
+    unguided = GuidedWalk(3, stride=1, radius=1, steps=3).double()
+    assert not numpy.allclose(nodes(unguided(probabilities, images)), expected)  # the guide counts
+
+
+def test_it_learns_an_edge_the_colours_do_not_show_from_its_guide() -> None:
+    """On images of one colour, whose classes only a guide map tells apart, the guide's projection
+    grows from its small start and the loss falls."""
+    dataset = TwoRegions()
+    labels = torch.stack([label for _, label in dataset])
+    images = torch.full((len(labels), 3, *labels.shape[-2:]), 0.5)
+    one_hot = torch.nn.functional.one_hot(labels, 2).permute(0, 3, 1, 2).float()
+    guide = torch.cat([one_hot, torch.rand(len(labels), 6, *labels.shape[-2:])], dim=1)
+    blurred = torch.nn.functional.avg_pool2d(one_hot, 7, stride=1, padding=3, count_include_pad=False)
+    walk = GuidedWalk(3, stride=1, radius=2, steps=5, mu=0.9, guide_channels=8, guide_dims=4, guide_scale=0.1)
+    optimizer = torch.optim.Adam(walk.parameters(), lr=0.1)
+
+    def loss() -> torch.Tensor:
+        return torch.nn.functional.nll_loss(walk(blurred, images, guide).clamp_min(1e-9).log(), labels)
+
+    first, start = loss().item(), walk.guide.weight.detach()[:, :2].abs().max().item()
+    for _ in range(60):
+        optimizer.zero_grad()
+        loss().backward()
+        optimizer.step()
+    assert loss().item() < 0.6 * first
+    assert walk.guide.weight.detach()[:, :2].abs().max() > 5 * start
+
+
+def test_a_guide_is_refused_where_it_does_not_fit() -> None:
+    probabilities, images = torch.rand(2, 3, 4, 4).softmax(1), torch.rand(2, 3, 8, 8)
+    with pytest.raises(ValueError, match="has no guide_channels"):
+        GuidedWalk(3)(probabilities, images, torch.rand(2, 5, 4, 4))
+    guided = GuidedWalk(3, guide_channels=5)
+    with pytest.raises(
+        ValueError, match=r"guide must be \[B, 5, h, w\] with the images' B=2 \(got no guide\)"
+    ):
+        guided(probabilities, images)
+    with pytest.raises(ValueError, match=r"\(got shape \(2, 4, 4, 4\)\)"):
+        guided(probabilities, images, torch.rand(2, 4, 4, 4))
+    with pytest.raises(ValueError, match="GuidedWalk guide_dims must be a positive integer"):
+        GuidedWalk(3, guide_channels=5, guide_dims=0)
+    with pytest.raises(ValueError, match=r"guided_walk_level must be None or a level index in \[1, 5\)"):
+        DifNet(depth=18, num_classes=2, guided_walk_stride=2, guided_walk_level=0)
+    with pytest.raises(ValueError, match="give guided_walk_stride too"):
+        DifNet(depth=18, num_classes=2, guided_walk_level=1)
+
+
 def test_refuses_bad_settings_and_inputs() -> None:
     with pytest.raises(ValueError, match="GuidedWalk steps must be a positive integer"):
         GuidedWalk(3, steps=0)
@@ -154,6 +212,27 @@ def test_the_guided_walk_trains_with_the_seed_frozen_and_saves(tmp_path) -> None
     loaded = DifNet.from_pretrained(tmp_path / "saved")
     assert loaded.config["guided_walk_stride"] == 2 and loaded.config["guided_walk_steps"] == 3
     images = torch.rand(1, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(images), model(images))
+
+
+def test_difnet_guides_its_walk_with_a_similarity_level(tmp_path) -> None:
+    torch.manual_seed(0)
+    model = DifNet(depth=18, num_classes=2, shared_backbone=True, guided_walk_stride=2, guided_walk_steps=3,
+                   guided_walk_level=1).eval()  # fmt: skip
+    images = torch.rand(1, 3, 32, 40)
+    with torch.no_grad():
+        out = model(images, intermediates=True)
+        levels = model.similarity_branch(images)
+        expected = model.head.guided_walk(out.walks[-1].softmax(1), images, levels[1])
+    torch.testing.assert_close(out.guide, levels[1])
+    torch.testing.assert_close(out.guided, expected)
+    assert {id(p) for p in model.head.guided_walk.guide.parameters()} <= {
+        id(p) for p in model.param_groups()["walk"]
+    }
+    model.save_pretrained(tmp_path / "saved")
+    loaded = DifNet.from_pretrained(tmp_path / "saved")
+    assert loaded.config["guided_walk_level"] == 1
     with torch.no_grad():
         torch.testing.assert_close(loaded(images), model(images))
 

@@ -140,7 +140,7 @@ NOT_DEFAULT = {"aspp": False, "walk": "materialized", "diffusion_stride": 4, "ps
                "shared_backbone": True, "normalize_importance": True, "kernel": "distance", "kernel_radius": 2,
                "learn_temperature": True, "beta_init": 0.1, "aux_seed_weight": 0.4, "transition_loss_weight": 0.4,
                "walk_lr_mult": 10.0, "walk_weight_decay": 0.0, "seed_from": "stage-one/last.pt",
-               "similarity_encoder": "resnet18", "guided_walk_stride": 2, "guided_walk_steps": 5}  # fmt: skip
+               "similarity_encoder": "resnet18", "guided_walk_stride": 2, "guided_walk_steps": 5, "guided_walk_level": 1}  # fmt: skip
 
 
 @pytest.mark.parametrize("name", DIFNET_ONLY)

@@ -39,7 +39,8 @@ class DifNetOutput:
     are `[T]` tensors; `features` are the T levels' node features Psi_t `[B, N, 64]` that every
     P_t comes from, through `kernel` and each walk's learned logit factor in `temperatures`
     (None where it has none). `guided` holds the guided walk's probabilities on its grid (None
-    without one), of which `logits` is then the log, upsampled.
+    without one), of which `logits` is then the log, upsampled; `guide` the level that joined the
+    image in its kernel (None without one).
     """
 
     logits: Tensor
@@ -53,6 +54,18 @@ class DifNetOutput:
     kernel: TransitionKernel = PAPER_KERNEL
     temperatures: list[Tensor | None] = field(default_factory=list)
     guided: Tensor | None = None
+    guide: Tensor | None = None
+
+
+def check_guided_walk_level(level: int | None, stride: int | None, levels: int) -> None:
+    """A `ValueError` unless `level` is None, or the index of a level after the image (1 to
+    `levels - 1`) for a head with a guided walk (`stride` not None)."""
+    if level is None:
+        return
+    if isinstance(level, bool) or not isinstance(level, int) or not 1 <= level < levels:
+        raise ValueError(f"guided_walk_level must be None or a level index in [1, {levels}) (got {level!r})")
+    if stride is None:
+        raise ValueError(f"guided_walk_level={level} guides the guided walk: give guided_walk_stride too")
 
 
 class DiffusionHead(nn.Module):
@@ -70,6 +83,7 @@ class DiffusionHead(nn.Module):
     `guided_walk_steps` steps on `levels[0]` (the image, in DifNet) pooled by that stride: y_T's
     probabilities diffused between nearby pixels of similar colour, on a grid finer than the
     seed's; `logits` are then their log. None (the default) is the paper's cascade.
+    `guided_walk_level=i` (i >= 1) adds `levels[i]` to the guided walk's kernel (its `guide`).
     """
 
     name: ClassVar[str] = "diffusion_head"
@@ -90,6 +104,7 @@ class DiffusionHead(nn.Module):
         gradient_checkpointing: bool = False,
         guided_walk_stride: int | None = None,
         guided_walk_steps: int = DEFAULT_STEPS,
+        guided_walk_level: int | None = None,
     ) -> None:
         super().__init__()
         if isinstance(level_channels, int | str) or not level_channels:
@@ -97,6 +112,7 @@ class DiffusionHead(nn.Module):
         level_channels = [check_positive_int(c, "level_channels entry") for c in level_channels]
         check_positive_int(guided_walk_steps, "guided_walk_steps")
         check_num_classes(num_classes)
+        check_guided_walk_level(guided_walk_level, guided_walk_stride, len(level_channels))
         if walk not in WALK_METHODS:
             raise ValueError(f"walk must be one of {WALK_METHODS} (got {walk!r})")
         if grid_level is not None and (
@@ -122,7 +138,8 @@ class DiffusionHead(nn.Module):
                         "normalize_importance": normalize_importance, "kernel": kernel,
                         "kernel_radius": kernel_radius, "learn_temperature": learn_temperature,
                         "beta_init": beta_init, "gradient_checkpointing": gradient_checkpointing,
-                        "guided_walk_stride": guided_walk_stride, "guided_walk_steps": guided_walk_steps}  # fmt: skip
+                        "guided_walk_stride": guided_walk_stride, "guided_walk_steps": guided_walk_steps,
+                        "guided_walk_level": guided_walk_level}  # fmt: skip
         self.num_classes = num_classes
         self.grid_level = grid_level
         self.normalize_importance = normalize_importance
@@ -132,11 +149,13 @@ class DiffusionHead(nn.Module):
         self.kernel = TransitionKernel(kernel, kernel_radius)
         self.cascade = Cascade(len(level_channels), walk, self.kernel, learn_temperature=learn_temperature,
                                beta_init=beta_init)  # fmt: skip
+        self.guided_walk_level = guided_walk_level
         self.guided_walk = (
             None
             if guided_walk_stride is None
-            else GuidedWalk(level_channels[0], stride=guided_walk_stride, steps=guided_walk_steps)
-        )
+            else GuidedWalk(level_channels[0], stride=guided_walk_stride, steps=guided_walk_steps,
+                            guide_channels=None if guided_walk_level is None else level_channels[guided_walk_level])
+        )  # fmt: skip
 
     @property
     def config(self) -> dict[str, Any]:
@@ -158,8 +177,11 @@ class DiffusionHead(nn.Module):
         walks = self.cascade(features, flatten_nodes(upsample(seed, grid)), grid)
         maps = [unflatten_nodes(y, grid) for y in walks]
         size = levels[0].shape[-2:] if output_size is None else output_size
+        guide = None if self.guided_walk_level is None else levels[self.guided_walk_level]
         guided = (
-            None if self.guided_walk is None else self.guided_walk(maps[-1].float().softmax(1), levels[0])
+            None
+            if self.guided_walk is None
+            else self.guided_walk(maps[-1].float().softmax(1), levels[0], guide)
         )
         return DifNetOutput(
             logits=upsample(maps[-1], size) if guided is None else log_probabilities(upsample(guided, size)),
@@ -173,6 +195,7 @@ class DiffusionHead(nn.Module):
             kernel=self.kernel,
             temperatures=[walk.temperature for walk in self.cascade.walks],
             guided=guided,
+            guide=guide,
         )
 
     def diffusion_grid(self, scores_grid: tuple[int, int], levels: Sequence[Tensor]) -> tuple[int, int]:

@@ -71,6 +71,7 @@ class DifNet(SegmentationModel):
     `guided_walk_stride` (e.g. 2) ends the cascade with `guided_walk_steps` steps of a learned
     bilateral walk on the image at that stride (`difnet.guided_walk.GuidedWalk`): what the stride-8
     seed lacks is where the image's edges lie; None (the default) is the paper's cascade.
+    `guided_walk_level` (e.g. 1, the first ResNet stage) adds that similarity level to its kernel.
     """
 
     name = "difnet"
@@ -97,6 +98,7 @@ class DifNet(SegmentationModel):
         similarity_encoder: str | None = None,
         guided_walk_stride: int | None = None,
         guided_walk_steps: int = DEFAULT_STEPS,
+        guided_walk_level: int | None = None,
     ) -> None:
         encoder = model_encoder(depth, encoder, DEFAULT_DEPTH)
         similarity_encoder = (
@@ -118,7 +120,8 @@ class DifNet(SegmentationModel):
                         "normalize_importance": normalize_importance, "kernel": kernel,
                         "kernel_radius": kernel_radius, "learn_temperature": learn_temperature,
                         "beta_init": beta_init, "similarity_encoder": similarity_encoder,
-                        "guided_walk_stride": guided_walk_stride, "guided_walk_steps": guided_walk_steps}  # fmt: skip
+                        "guided_walk_stride": guided_walk_stride, "guided_walk_steps": guided_walk_steps,
+                        "guided_walk_level": guided_walk_level}  # fmt: skip
         super().__init__(encoder=encoder, num_classes=num_classes, in_channels=in_channels,
                          gradient_checkpointing=gradient_checkpointing, **architecture)  # fmt: skip
         self.similarity_encoder = similarity_encoder
@@ -137,7 +140,8 @@ class DifNet(SegmentationModel):
                                   kernel_radius=kernel_radius, learn_temperature=learn_temperature,
                                   beta_init=beta_init, gradient_checkpointing=gradient_checkpointing,
                                   guided_walk_stride=guided_walk_stride,
-                                  guided_walk_steps=guided_walk_steps)  # fmt: skip
+                                  guided_walk_steps=guided_walk_steps,
+                                  guided_walk_level=guided_walk_level)  # fmt: skip
         self.load_pretrained_backbone(pretrained_backbone)
 
     # the diffusion stage's parts, where code written before `head` finds them

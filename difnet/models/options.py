@@ -42,7 +42,7 @@ MODEL_OPTIONS: dict[str, ModelOptions] = {
         "DifNet",
         arguments=(*SHARED_ARGUMENTS, "aspp", "walk", "diffusion_stride", "psi_scale_init", "shared_backbone",
                    "normalize_importance", "kernel", "kernel_radius", "learn_temperature", "beta_init", "similarity_encoder",
-                   "guided_walk_stride", "guided_walk_steps"),
+                   "guided_walk_stride", "guided_walk_steps", "guided_walk_level"),
         training=("aux_seed_weight", "transition_loss_weight", "walk_lr_mult", "walk_weight_decay", "seed_from"),
     ),
     "simdeeplab": ModelOptions("Sim-DeepLab", arguments=SHARED_ARGUMENTS, lacks="no diffusion"),

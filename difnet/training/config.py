@@ -112,6 +112,10 @@ class TrainConfig:
     guided_walk_steps: int = setting(
         15, "DifNet: steps of the guided walk (with --guided-walk-stride)", MODEL
     )
+    guided_walk_level: int | None = setting(
+        None, "DifNet: a similarity level (1: the first ResNet stage) whose features join the colours in "
+        "the guided walk's kernel (with --guided-walk-stride)", MODEL, metavar="LEVEL",
+    )  # fmt: skip
     aux_seed_weight: float = setting(
         0.0,
         "DifNet: weight of an auxiliary cross-entropy on the seed scores x (0: the paper's single loss "
@@ -317,7 +321,7 @@ class TrainConfig:
             "max_steps_per_epoch": self.max_steps_per_epoch, "num_classes": self.num_classes,
             "save_every": self.save_every, "in_channels": self.in_channels,
             "kernel_radius": self.kernel_radius, "guided_walk_stride": self.guided_walk_stride,
-            "guided_walk_steps": self.guided_walk_steps,
+            "guided_walk_steps": self.guided_walk_steps, "guided_walk_level": self.guided_walk_level,
         }  # fmt: skip
         for name, value in positive.items():
             if value is not None and not _is_int(value, minimum=1):

@@ -105,7 +105,7 @@ def gradient_norm(parameters: list[nn.Parameter]) -> Tensor:
 LATER_MODEL_OPTIONS = {"in_channels": 3, "head_init": "he", "shared_backbone": False,
                        "normalize_importance": False, "kernel": "dot", "kernel_radius": None,
                        "learn_temperature": False, "beta_init": 0.5, "guided_walk_stride": None,
-                       "guided_walk_steps": 15}  # fmt: skip
+                       "guided_walk_steps": 15, "guided_walk_level": None}  # fmt: skip
 
 
 class Trainer:
