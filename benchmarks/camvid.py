@@ -21,6 +21,8 @@ Three phases, every run resumable and recorded with the commit that produced it:
                                  # fit a bilateral walk on its training images, score with and without
     python -m benchmarks.camvid fit-scalars --variant walk-dist-r1 --seed 0 --phase verdict --epochs 3
                           # pick the walk scalars on its training images, score them where it was scored
+    python -m benchmarks.camvid fit-guided --variant walk-dist-r1-guided --seed 0 --phase verdict --epochs 3
+                   # pick the guided walk's stride, steps and mu on its training images, score them
     python -m benchmarks.camvid shrink --to .camvid240             # a 240x180 copy to ship
 
 A run whose record exists is not repeated; one killed mid-way resumes from its `last.pt`. Records
@@ -42,6 +44,7 @@ import subprocess
 import sys
 import tarfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import IO
 
@@ -55,6 +58,7 @@ from difnet.data import CamVid, EvalTransform, TrainTransform
 from difnet.data.base import SegmentationDataset
 from difnet.diagnostics import diagnose, transition_shares
 from difnet.evaluation import evaluate
+from difnet.guided_fit import fit_guided_walk
 from difnet.metrics import mean_of_defined
 from difnet.models import DifNet, build_model, load_model
 from difnet.refinement import Refined, bilateral_grid, fit_bilateral_walk
@@ -271,25 +275,37 @@ def fit_images(data_root: Path, phase: str, every: int = 5) -> CamVid:
     return images
 
 
+def finished_run(args: argparse.Namespace) -> tuple[Path, dict, torch.nn.Module]:
+    """The record of the finished run `args` names, and its model from `last.pt` on `args.device`."""
+    path = record_path(args.output, args.variant, args.seed, args.phase, args.epochs)
+    if not path.is_file():
+        raise SystemExit(f"no record {path}: run it first")
+    return path, json.loads(path.read_text()), load_model(path.with_suffix("") / "last.pt").to(args.device)
+
+
+def scored_metrics(model: torch.nn.Module, scored_on: SegmentationDataset, device: str) -> dict:
+    """`model`'s metrics on `scored_on`, with the mean IoU of `SMALL_CLASSES`."""
+    metrics = evaluate(model, scored_on, device=device, progress=False).metrics
+    small = [scored_on.class_names.index(name) for name in SMALL_CLASSES]
+    return {
+        **metrics.to_dict(),
+        "small_class_miou": mean_of_defined([metrics.per_class_iou[i] for i in small]),
+    }
+
+
 def refine(args: argparse.Namespace) -> dict:
     """Fit a `BilateralWalk` to a finished run's model on its training images
     (`fit_images`), then score the model with and without it where the run was scored, and write
     both into its record with the commit that computed them."""
-    path = record_path(args.output, args.variant, args.seed, args.phase, args.epochs)
-    if not path.is_file():
-        raise SystemExit(f"no record {path}: run it first")
-    record = json.loads(path.read_text())
-    model = load_model(path.with_suffix("") / "last.pt").to(args.device)
+    path, record, model = finished_run(args)
     fitted_on = fit_images(args.data_root, args.phase)
     start = time.perf_counter()
     fit = fit_bilateral_walk(model, fitted_on, bilateral_grid(), device=args.device)
     scored_on = phase_datasets(args.data_root, args.phase, (160, 160))["val"]
-    small = [scored_on.class_names.index(name) for name in SMALL_CLASSES]
-    scores = {}
-    for name, scored in (("model", model), ("refined", Refined(model, fit.walk))):
-        metrics = evaluate(scored, scored_on, device=args.device, progress=False).metrics
-        scores[name] = {**metrics.to_dict(), "small_class_miou": mean_of_defined(
-            [metrics.per_class_iou[i] for i in small])}  # fmt: skip
+    scores = {
+        name: scored_metrics(scored, scored_on, args.device)
+        for name, scored in (("model", model), ("refined", Refined(model, fit.walk)))
+    }
     record["bilateral_walk"] = {
         "fit": fit.to_dict(),
         "fit_images": len(fitted_on),
@@ -308,14 +324,10 @@ def fit_scalars(args: argparse.Namespace) -> dict:
     finished DifNet run's training images (`fit_images`), and record its score and gain over the
     seed where the run was scored, read off the run's own diagnostics: the scalars chosen without
     the scored images, as the bilateral walk's setting is."""
-    path = record_path(args.output, args.variant, args.seed, args.phase, args.epochs)
-    if not path.is_file():
-        raise SystemExit(f"no record {path}: run it first")
-    record = json.loads(path.read_text())
+    path, record, model = finished_run(args)
     scored = record.get("diagnostics", {})
     if "overrides" not in scored:
         raise SystemExit(f"{path} has no walk-override scores: rediagnose it first")
-    model = load_model(path.with_suffix("") / "last.pt")
     if not isinstance(model, DifNet):
         raise SystemExit(f"{path.with_suffix('')} holds a {type(model).__name__}: only a DifNet walks")
     fitted_on = fit_images(args.data_root, args.phase)
@@ -333,6 +345,37 @@ def fit_scalars(args: argparse.Namespace) -> dict:
         "split": scored["split"],
         "miou": scored["overrides"][setting],
         "gain": scored["overrides"][setting] - scored["miou"]["seed"],
+        "seconds": round(time.perf_counter() - start, 1),
+        "provenance": provenance(),
+    }
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    return record
+
+
+def fit_guided(args: argparse.Namespace) -> dict:
+    """Pick the guided walk's stride, steps and restart weight (`difnet.guided_fit`) by mIoU on a
+    finished guided DifNet run's training images (`fit_images`), then score the model with them
+    where the run was scored, against its seed read off the run's own diagnostics."""
+    path, record, model = finished_run(args)
+    scored = record.get("diagnostics", {})
+    if "seed" not in scored.get("miou", {}):
+        raise SystemExit(f"{path} has no diagnostics: rediagnose it first")
+    fitted_on = fit_images(args.data_root, args.phase)
+    start = time.perf_counter()
+    try:
+        fit = fit_guided_walk(model, fitted_on, device=args.device)
+    except ValueError as error:
+        raise SystemExit(f"{path.with_suffix('')}: {error}") from None
+    model.set_guided_walk(**asdict(fit.setting))
+    metrics = scored_metrics(
+        model, phase_datasets(args.data_root, args.phase, (160, 160))["val"], args.device
+    )
+    record["guided_walk_fit"] = {
+        "fit": fit.to_dict(),
+        "fit_images": len(fitted_on),
+        "split": scored["split"],
+        **metrics,
+        "gain": metrics["miou"] - scored["miou"]["seed"],
         "seconds": round(time.perf_counter() - start, 1),
         "provenance": provenance(),
     }
@@ -553,15 +596,15 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    for name in ("run", "rediagnose", "refine", "fit-scalars", "all", "report", "shrink"):
+    for name in ("run", "rediagnose", "refine", "fit-scalars", "fit-guided", "all", "report", "shrink"):
         sub = commands.add_parser(name)
         sub.add_argument("--data-root", type=Path, default=DEFAULT_DATA)
         sub.add_argument("--output", type=Path, default=RUNS, help="run folders and their records")
-        if name in ("run", "rediagnose", "refine", "fit-scalars", "all"):
+        if name in ("run", "rediagnose", "refine", "fit-scalars", "fit-guided", "all"):
             sub.add_argument("--device", default="cpu")
             sub.add_argument("--crop", type=int, nargs=2, default=[160, 160], metavar=("H", "W"))
             sub.add_argument("--max-steps", type=int, help="cut every epoch to this many steps (smoke runs)")
-        if name in ("run", "rediagnose", "refine", "fit-scalars"):
+        if name in ("run", "rediagnose", "refine", "fit-scalars", "fit-guided"):
             sub.add_argument("--variant", choices=tuple(VARIANTS), required=True)
             sub.add_argument("--seed", type=int, default=0)
             sub.add_argument("--phase", choices=(*HELD_ASIDE, "verdict"), required=True)
@@ -595,6 +638,8 @@ def main() -> None:
         refine(args)
     elif args.command == "fit-scalars":
         fit_scalars(args)
+    elif args.command == "fit-guided":
+        fit_guided(args)
     elif args.command == "all":
         run_all(args)
     else:

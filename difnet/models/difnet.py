@@ -3,13 +3,14 @@ of random walks whose transition matrices come from a second, similarity encoder
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
 
 from difnet.diffusion import WALK_METHODS, Cascade, TransitionKernel, WalkMethod
-from difnet.guided_walk import DEFAULT_STEPS
+from difnet.guided_walk import DEFAULT_STEPS, check_walk_settings
 from difnet.models.base import SegmentationModel
 from difnet.models.diffusion_head import DiffusionHead, DifNetOutput
 from difnet.models.encoders import check_encoder, model_encoder
@@ -189,6 +190,27 @@ class DifNet(SegmentationModel):
             "classifier": self.classifier,
             "head.importance": self.head.importance,
         }
+
+    def set_guided_walk(
+        self, *, stride: int | None = None, steps: int | None = None, mu: float | None = None
+    ) -> DifNet:
+        """Give the guided walk another grid `stride`, step count or restart weight `mu` (those
+        given), kept in `config` and the weights so that saving and loading keep them (as
+        `difnet.guided_fit.fit_guided_walk` picks them). Returns the model."""
+        walk = self.head.guided_walk
+        if walk is None:
+            raise ValueError("this DifNet has no guided walk: build it with guided_walk_stride")
+        stride, steps = walk.stride if stride is None else stride, walk.steps if steps is None else steps
+        check_walk_settings(
+            "set_guided_walk", stride=stride, steps=steps, **({} if mu is None else {"mu": mu})
+        )
+        walk.stride, walk.steps = stride, steps
+        if mu is not None:
+            with torch.no_grad():
+                walk.raw_mu.fill_(math.log(mu / (1 - mu)))
+        for config in (self._architecture, self.head._config):
+            config.update(guided_walk_stride=stride, guided_walk_steps=steps)
+        return self
 
     def freeze_seed_branch(self, frozen: bool = True) -> DifNet:
         """Stop (or resume) training the seed branch, whose BN layers then stay in eval mode: staged
