@@ -330,6 +330,53 @@ def test_fit_scalars_picks_on_training_images_and_scores_from_the_runs_own_diagn
         camvid.fit_scalars(args)
 
 
+def test_fit_guided_picks_on_training_images_and_scores_where_the_run_was_scored(tmp_path, monkeypatch):
+    import torch
+
+    from difnet.data import SyntheticShapes
+    from difnet.evaluation import evaluate
+    from difnet.guided_fit import GuidedSetting, fit_guided_walk
+    from difnet.models import DifNet
+
+    fitted, scored = (SyntheticShapes(n, size=40, num_classes=len(NAMES), seed=n) for n in (2, 1))
+    for scenes in (fitted, scored):
+        scenes.class_names = NAMES
+    monkeypatch.setattr(camvid, "fit_images", lambda root, phase: fitted)
+    monkeypatch.setattr(camvid, "phase_datasets", lambda root, phase, crop: {"val": scored})
+    monkeypatch.setattr(camvid, "provenance", lambda: {"commit": "eeeeeee", "dirty": "no"})
+    settings = [GuidedSetting(1, 2, 0.9), GuidedSetting(2, 4, 0.99)]
+    monkeypatch.setattr(
+        camvid, "fit_guided_walk", lambda model, images, device: fit_guided_walk(model, images, settings)
+    )
+    torch.manual_seed(0)
+    model = DifNet(
+        depth=18, num_classes=len(NAMES), shared_backbone=True, guided_walk_stride=2, guided_walk_steps=3
+    )
+    monkeypatch.setattr(camvid, "load_model", lambda source: model)
+    args = argparse.Namespace(variant="walk-dist-r1-guided", seed=0, phase="verdict", epochs=3, output=tmp_path,
+                              data_root=tmp_path, device="cpu")  # fmt: skip
+    path = record_path(tmp_path, "walk-dist-r1-guided", 0, "verdict", 3)
+    path.write_text(json.dumps({"variant": "walk-dist-r1-guided"}))
+    with pytest.raises(SystemExit, match="has no diagnostics: rediagnose it first"):
+        camvid.fit_guided(args)
+    path.write_text(json.dumps({"diagnostics": {"miou": {"seed": 0.4}, "split": "val"}}))
+    record = camvid.fit_guided(args)
+    fit = record["guided_walk_fit"]
+    assert json.loads(path.read_text()) == record and fit["fit_images"] == 2 and fit["split"] == "val"
+    assert [(t["stride"], t["steps"]) for t in fit["fit"]["tried"]] == [
+        (2, 3),
+        (1, 2),
+        (2, 4),
+    ]  # its own first
+    picked = fit["fit"]["setting"]
+    assert GuidedSetting.of(model) == GuidedSetting(picked["stride"], picked["steps"], picked["mu"])
+    assert fit["miou"] == pytest.approx(evaluate(model, scored, progress=False).metrics.miou)
+    assert fit["gain"] == pytest.approx(fit["miou"] - 0.4) and fit["provenance"]["commit"] == "eeeeeee"
+    monkeypatch.setattr(camvid, "load_model", lambda source: DifNet(depth=18, num_classes=len(NAMES)))
+    with pytest.raises(SystemExit, match="must be a DifNet with a guided walk"):
+        camvid.fit_guided(args)
+
+
 def test_walk_report_lists_each_refined_run_with_its_gain_and_setting(tmp_path):
     from benchmarks.camvid_walks import report
 
@@ -414,3 +461,25 @@ def test_walk_report_splits_a_guided_runs_gain_between_the_cascade_and_the_guide
     )
     # the small classes are read at the output, the guided walk: (10 + 4 x 46) / 5 -> 47.5
     assert "| 38.8 -> 47.5 |" in text
+
+
+def test_walk_report_lists_a_guided_runs_picked_setting_against_its_learned_one(tmp_path):
+    from benchmarks.camvid_walks import report
+
+    stages = {"seed": 0.46, "walk 5": 0.463, "guided walk": 0.475, "oracle": 0.5, "seed, guided walk": 0.47}
+    diagnostics = {"walk_gain": 0.015, "miou": stages, "small_class_miou": {"seed": 0.09, "guided walk": 0.08},
+                   "per_class_iou": {stage: [miou] * len(NAMES) for stage, miou in stages.items()},
+                   "best_override": {"setting": "mu 0.5, beta 0.25", "gain": 0.004}}  # fmt: skip
+    fit = {"fit": {"setting": {"stride": 1, "steps": 60, "mu": 0.99}, "model_miou": 0.40, "best_miou": 0.404},
+           "miou": 0.479, "small_class_miou": 0.095, "gain": 0.019, "seconds": 412.0,
+           "provenance": {"commit": "fffffff"}}  # fmt: skip
+    record = {"variant": "walk-dist-r1-guided", "train_seconds": 600.0, "seed": 2, "epochs": 3,
+              "val": {"miou": 0.475, "per_class_iou": [0.475] * len(NAMES)}, "diagnostics": diagnostics,
+              "guided_walk_fit": fit, "provenance": {"commit": "eeeeeee"}}  # fmt: skip
+    (tmp_path / "verdict").mkdir()
+    (tmp_path / "verdict" / "walk-dist-r1-guided-e3-seed2.json").write_text(json.dumps(record))
+    text = report(tmp_path, tmp_path).read_text()
+    assert (
+        "| walk-dist-r1-guided-e3 | val | 2 | 46.0 | +1.5 | stride 1, 60 steps, mu 0.99 | 47.9 | **+1.9** | "
+        "9.0 -> 9.5 | +0.4 | 412 | fffffff |" in text
+    )
