@@ -44,7 +44,7 @@ import subprocess
 import sys
 import tarfile
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import IO
 
@@ -58,7 +58,7 @@ from difnet.data import CamVid, EvalTransform, TrainTransform
 from difnet.data.base import SegmentationDataset
 from difnet.diagnostics import diagnose, transition_shares
 from difnet.evaluation import evaluate
-from difnet.guided_fit import fit_guided_walk
+from difnet.guided_fit import fit_guided_walk, guided_grid
 from difnet.metrics import mean_of_defined
 from difnet.models import DifNet, build_model, load_model
 from difnet.refinement import Refined, bilateral_grid, fit_bilateral_walk
@@ -296,18 +296,25 @@ def scored_metrics(model: torch.nn.Module, scored_on: SegmentationDataset, devic
 def refine(args: argparse.Namespace) -> dict:
     """Fit a `BilateralWalk` to a finished run's model on its training images
     (`fit_images`), then score the model with and without it where the run was scored, and write
-    both into its record with the commit that computed them."""
+    both into its record with the commit that computed them. With `args.widen`, the fitted walk's
+    stride, steps and mu are then searched again over `difnet.guided_fit.guided_grid()`, the
+    search `fit-guided` gives a guided DifNet's walk."""
     path, record, model = finished_run(args)
     fitted_on = fit_images(args.data_root, args.phase)
     start = time.perf_counter()
-    fit = fit_bilateral_walk(model, fitted_on, bilateral_grid(), device=args.device)
+    fit = first = fit_bilateral_walk(model, fitted_on, bilateral_grid(), device=args.device)
+    widened = None
+    if args.widen:
+        wider = [fit.walk, *(replace(fit.walk, **asdict(setting)) for setting in guided_grid())]
+        widened = fit = fit_bilateral_walk(model, fitted_on, wider, device=args.device)
     scored_on = phase_datasets(args.data_root, args.phase, (160, 160))["val"]
     scores = {
         name: scored_metrics(scored, scored_on, args.device)
         for name, scored in (("model", model), ("refined", Refined(model, fit.walk)))
     }
     record["bilateral_walk"] = {
-        "fit": fit.to_dict(),
+        "fit": first.to_dict(),
+        **({} if widened is None else {"widened": widened.to_dict()}),
         "fit_images": len(fitted_on),
         "split": "holdout" if args.phase in HELD_ASIDE else "val",
         **scores,
@@ -604,6 +611,10 @@ def main() -> None:
             sub.add_argument("--device", default="cpu")
             sub.add_argument("--crop", type=int, nargs=2, default=[160, 160], metavar=("H", "W"))
             sub.add_argument("--max-steps", type=int, help="cut every epoch to this many steps (smoke runs)")
+        if name == "refine":
+            sub.add_argument(
+                "--widen", action="store_true", help="then search the fitted walk's stride, steps and mu"
+            )
         if name in ("run", "rediagnose", "refine", "fit-scalars", "fit-guided"):
             sub.add_argument("--variant", choices=tuple(VARIANTS), required=True)
             sub.add_argument("--seed", type=int, default=0)

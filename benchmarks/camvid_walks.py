@@ -110,17 +110,18 @@ def screen_rows(groups: dict[str, list[dict]], names: list[str]) -> list[list[st
 
 
 def bilateral_rows(groups: dict[str, list[dict]]) -> list[list[str]]:
-    """One row per run that `benchmarks.camvid refine` scored with and without a bilateral walk."""
+    """One row per run that `benchmarks.camvid refine` scored with and without a bilateral walk
+    (with `--widen`, its stride is named too)."""
     rows = []
     for name, runs in groups.items():
         for r in runs:
             if "bilateral_walk" not in r:
                 continue
             walk = r["bilateral_walk"]
-            fitted = walk["fit"]["walk"]
-            setting = ", ".join(
-                f"{key} {fitted[key]}" for key in ("steps", "colour_sigma", "position_sigma", "mu")
-            )
+            fitted = walk.get("widened", walk["fit"])["walk"]  # the wider search's choice, if it ran
+            keys = ("stride", "steps", "colour_sigma", "position_sigma", "mu") if "widened" in walk else (
+                "steps", "colour_sigma", "position_sigma", "mu")  # fmt: skip
+            setting = ", ".join(f"{key} {fitted[key]}" for key in keys)
             rows.append([name, str(r["seed"]), pct(walk["model"]["miou"]), pct(walk["refined"]["miou"]),
                          f"**{pct(walk['gain'], signed=True)}**",
                          f"{pct(walk['model']['small_class_miou'])} -> {pct(walk['refined']['small_class_miou'])}",

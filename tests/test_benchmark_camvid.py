@@ -261,8 +261,10 @@ def test_refine_fits_on_training_images_and_scores_with_and_without_the_walk(tmp
     import torch
 
     from difnet.data import SyntheticShapes
+    from difnet.evaluation import evaluate
+    from difnet.guided_fit import GuidedSetting
     from difnet.models import SimDeepLab
-    from difnet.refinement import BilateralWalk
+    from difnet.refinement import BilateralWalk, Refined
 
     fitted, scored = (SyntheticShapes(n, size=40, num_classes=len(NAMES), seed=n) for n in (2, 1))
     for scenes in (fitted, scored):
@@ -273,9 +275,10 @@ def test_refine_fits_on_training_images_and_scores_with_and_without_the_walk(tmp
     settings = [BilateralWalk(steps=1, mu=0.5), BilateralWalk(steps=2, colour_sigma=0.2)]
     monkeypatch.setattr(camvid, "bilateral_grid", lambda: settings)
     torch.manual_seed(0)
-    monkeypatch.setattr(camvid, "load_model", lambda source: SimDeepLab(depth=18, num_classes=len(NAMES)))
+    model = SimDeepLab(depth=18, num_classes=len(NAMES))
+    monkeypatch.setattr(camvid, "load_model", lambda source: model)
     args = argparse.Namespace(variant="sim-lr0.007", seed=0, phase="remedy", epochs=8, output=tmp_path,
-                              data_root=tmp_path, device="cpu")  # fmt: skip
+                              data_root=tmp_path, device="cpu", widen=False)  # fmt: skip
     path = record_path(tmp_path, "sim-lr0.007", 0, "remedy", 8)
     with pytest.raises(SystemExit, match="no record .*sim-lr0.007-e8-seed0.json: run it first"):
         camvid.refine(args)
@@ -291,6 +294,16 @@ def test_refine_fits_on_training_images_and_scores_with_and_without_the_walk(tmp
     expected = [walk["model"]["per_class_iou"][i] for i in small]
     assert walk["model"]["small_class_miou"] == pytest.approx(
         sum(v for v in expected if v is not None) / len([v for v in expected if v is not None])
+    )
+    assert "widened" not in walk
+    monkeypatch.setattr(camvid, "guided_grid", lambda: [GuidedSetting(1, 3, 0.9)])
+    widened = camvid.refine(argparse.Namespace(**{**vars(args), "widen": True}))["bilateral_walk"]
+    fitted = BilateralWalk(**widened["fit"]["walk"])
+    assert [BilateralWalk(**{k: v for k, v in t.items() if k != "miou"}) for t in widened["widened"]["tried"]] == [
+        fitted, BilateralWalk(1, fitted.radius, 3, fitted.colour_sigma, fitted.position_sigma, 0.9)]  # fmt: skip
+    chosen = BilateralWalk(**widened["widened"]["walk"])
+    assert widened["refined"]["miou"] == pytest.approx(
+        evaluate(Refined(model, chosen), scored, progress=False).metrics.miou
     )
 
 
