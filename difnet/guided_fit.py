@@ -23,6 +23,7 @@ from difnet.guided_walk import GuidedWalk, check_walk_settings
 from difnet.metrics import ConfusionMatrix
 from difnet.models.difnet import DifNet
 from difnet.models.heads import upsample
+from difnet.refinement import SettingFit
 
 
 @dataclass(frozen=True)
@@ -62,26 +63,12 @@ def guided_grid(
     return [GuidedSetting(stride, n, mu) for stride, mu, n in itertools.product(strides, mus, steps)]
 
 
-@dataclass
-class GuidedFit:
-    """The chosen setting, the model's mIoU (fractions) as it was and with each setting tried."""
-
-    setting: GuidedSetting
-    model_miou: float
-    scores: list[tuple[GuidedSetting, float]]
+class GuidedFit(SettingFit[GuidedSetting]):
+    """`fit_guided_walk`'s result: the chosen `setting`."""
 
     @property
-    def best_miou(self) -> float:
-        return max(score for _, score in self.scores)
-
-    def to_dict(self) -> dict:
-        """Plain-typed values, for JSON."""
-        return {
-            "setting": asdict(self.setting),
-            "model_miou": self.model_miou,
-            "best_miou": self.best_miou,
-            "tried": [{**asdict(setting), "miou": score} for setting, score in self.scores],
-        }
+    def setting(self) -> GuidedSetting:
+        return self.chosen
 
 
 def walk_at(walk: GuidedWalk, stride: int, mu: float) -> GuidedWalk:

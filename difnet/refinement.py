@@ -12,6 +12,7 @@ import itertools
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
 from functools import partial
+from typing import ClassVar, Generic, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -31,6 +32,8 @@ from difnet.guided_walk import (
 )
 from difnet.metrics import ConfusionMatrix
 from difnet.models.heads import upsample
+
+Setting = TypeVar("Setting")
 
 
 @dataclass(frozen=True)
@@ -119,12 +122,14 @@ def bilateral_grid(
 
 
 @dataclass
-class BilateralFit:
-    """The chosen setting, the mIoU (fractions) of the model alone and with each setting tried."""
+class SettingFit(Generic[Setting]):
+    """The setting chosen among those tried (`scores`, each with its mIoU as a fraction) and the
+    mIoU of the model as it was; `to_dict` names the choice `label`."""
 
-    walk: BilateralWalk
+    chosen: Setting
     model_miou: float
-    scores: list[tuple[BilateralWalk, float]]
+    scores: list[tuple[Setting, float]]
+    label: ClassVar[str] = "setting"
 
     @property
     def best_miou(self) -> float:
@@ -133,11 +138,21 @@ class BilateralFit:
     def to_dict(self) -> dict:
         """Plain-typed values, for JSON."""
         return {
-            "walk": asdict(self.walk),
+            self.label: asdict(self.chosen),
             "model_miou": self.model_miou,
             "best_miou": self.best_miou,
-            "tried": [{**asdict(walk), "miou": score} for walk, score in self.scores],
+            "tried": [{**asdict(setting), "miou": score} for setting, score in self.scores],
         }
+
+
+class BilateralFit(SettingFit[BilateralWalk]):
+    """`fit_bilateral_walk`'s result: the chosen `walk`."""
+
+    label: ClassVar[str] = "walk"
+
+    @property
+    def walk(self) -> BilateralWalk:
+        return self.chosen
 
 
 @torch.no_grad()

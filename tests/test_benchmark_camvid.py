@@ -257,14 +257,10 @@ def test_rediagnose_replaces_a_records_diagnostics_and_names_the_commit_that_com
         camvid.rediagnose(args)
 
 
-def test_refine_fits_on_training_images_and_scores_with_and_without_the_walk(tmp_path, monkeypatch):
-    import torch
-
+def fit_and_scored_scenes(monkeypatch) -> tuple:
+    """Scenes a post-processing setting is fitted on and scenes it is scored on, in place of a phase's
+    CamVid frames, with a fixed commit in the records."""
     from difnet.data import SyntheticShapes
-    from difnet.evaluation import evaluate
-    from difnet.guided_fit import GuidedSetting
-    from difnet.models import SimDeepLab
-    from difnet.refinement import BilateralWalk, Refined
 
     fitted, scored = (SyntheticShapes(n, size=40, num_classes=len(NAMES), seed=n) for n in (2, 1))
     for scenes in (fitted, scored):
@@ -272,6 +268,18 @@ def test_refine_fits_on_training_images_and_scores_with_and_without_the_walk(tmp
     monkeypatch.setattr(camvid, "fit_images", lambda root, phase: fitted)
     monkeypatch.setattr(camvid, "phase_datasets", lambda root, phase, crop: {"val": scored})
     monkeypatch.setattr(camvid, "provenance", lambda: {"commit": "eeeeeee", "dirty": "no"})
+    return fitted, scored
+
+
+def test_refine_fits_on_training_images_and_scores_with_and_without_the_walk(tmp_path, monkeypatch):
+    import torch
+
+    from difnet.evaluation import evaluate
+    from difnet.guided_fit import GuidedSetting
+    from difnet.models import SimDeepLab
+    from difnet.refinement import BilateralWalk, Refined
+
+    fitted, scored = fit_and_scored_scenes(monkeypatch)
     settings = [BilateralWalk(steps=1, mu=0.5), BilateralWalk(steps=2, colour_sigma=0.2)]
     monkeypatch.setattr(camvid, "bilateral_grid", lambda: settings)
     torch.manual_seed(0)
@@ -346,17 +354,11 @@ def test_fit_scalars_picks_on_training_images_and_scores_from_the_runs_own_diagn
 def test_fit_guided_picks_on_training_images_and_scores_where_the_run_was_scored(tmp_path, monkeypatch):
     import torch
 
-    from difnet.data import SyntheticShapes
     from difnet.evaluation import evaluate
     from difnet.guided_fit import GuidedSetting, fit_guided_walk
     from difnet.models import DifNet
 
-    fitted, scored = (SyntheticShapes(n, size=40, num_classes=len(NAMES), seed=n) for n in (2, 1))
-    for scenes in (fitted, scored):
-        scenes.class_names = NAMES
-    monkeypatch.setattr(camvid, "fit_images", lambda root, phase: fitted)
-    monkeypatch.setattr(camvid, "phase_datasets", lambda root, phase, crop: {"val": scored})
-    monkeypatch.setattr(camvid, "provenance", lambda: {"commit": "eeeeeee", "dirty": "no"})
+    fitted, scored = fit_and_scored_scenes(monkeypatch)
     settings = [GuidedSetting(1, 2, 0.9), GuidedSetting(2, 4, 0.99)]
     monkeypatch.setattr(
         camvid, "fit_guided_walk", lambda model, images, device: fit_guided_walk(model, images, settings)
