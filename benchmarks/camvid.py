@@ -58,7 +58,7 @@ from difnet.data import CamVid, EvalTransform, TrainTransform
 from difnet.data.base import SegmentationDataset
 from difnet.diagnostics import diagnose, transition_shares
 from difnet.evaluation import evaluate
-from difnet.guided_fit import fit_guided_walk, guided_grid
+from difnet.guided_fit import fit_guided_walk, guided_grid, guided_walk_of
 from difnet.metrics import mean_of_defined
 from difnet.models import DifNet, build_model, load_model
 from difnet.refinement import Refined, bilateral_grid, fit_bilateral_walk
@@ -305,7 +305,9 @@ def refine(args: argparse.Namespace) -> dict:
     fit = first = fit_bilateral_walk(model, fitted_on, bilateral_grid(), device=args.device)
     widened = None
     if args.widen:
-        wider = [fit.walk, *(replace(fit.walk, **asdict(setting)) for setting in guided_grid())]
+        wider = list(
+            dict.fromkeys([fit.walk, *(replace(fit.walk, **asdict(setting)) for setting in guided_grid())])
+        )
         widened = fit = fit_bilateral_walk(model, fitted_on, wider, device=args.device)
     scored_on = phase_datasets(args.data_root, args.phase, (160, 160))["val"]
     scores = {
@@ -367,12 +369,13 @@ def fit_guided(args: argparse.Namespace) -> dict:
     scored = record.get("diagnostics", {})
     if "seed" not in scored.get("miou", {}):
         raise SystemExit(f"{path} has no diagnostics: rediagnose it first")
-    fitted_on = fit_images(args.data_root, args.phase)
-    start = time.perf_counter()
     try:
-        fit = fit_guided_walk(model, fitted_on, device=args.device)
+        guided_walk_of(model)
     except ValueError as error:
         raise SystemExit(f"{path.with_suffix('')}: {error}") from None
+    fitted_on = fit_images(args.data_root, args.phase)
+    start = time.perf_counter()
+    fit = fit_guided_walk(model, fitted_on, device=args.device)
     model.set_guided_walk(**asdict(fit.setting))
     metrics = scored_metrics(
         model, phase_datasets(args.data_root, args.phase, (160, 160))["val"], args.device

@@ -39,9 +39,11 @@ class GuidedSetting:
 
     @classmethod
     def of(cls, model: DifNet) -> GuidedSetting:
-        """`model`'s own setting, with its learned `mu`."""
+        """`model`'s own setting, with its learned `mu` (in float64, kept inside (0, 1) where a
+        rounded sigmoid would reach an end)."""
         walk = guided_walk_of(model)
-        return cls(walk.stride, walk.steps, round(float(walk.mu.detach()), 6))
+        mu = float(torch.sigmoid(walk.raw_mu.detach().double()))
+        return cls(walk.stride, walk.steps, min(max(mu, math.ulp(0.0)), math.nextafter(1.0, 0.0)))
 
 
 def guided_walk_of(model: DifNet) -> GuidedWalk:
@@ -72,11 +74,12 @@ class GuidedFit(SettingFit[GuidedSetting]):
 
 
 def walk_at(walk: GuidedWalk, stride: int, mu: float) -> GuidedWalk:
-    """A copy of `walk` on the grid of `stride` with restart weight `mu`, its other weights equal."""
+    """A copy of `walk` on the grid of `stride` with restart weight `mu`, its other weights equal
+    (its position scale and radius count grid cells, so a finer grid also narrows its reach)."""
+    check_walk_settings("walk_at", stride=stride)
     moved = copy.deepcopy(walk)
     moved.stride = stride
-    with torch.no_grad():
-        moved.raw_mu.fill_(math.log(mu / (1 - mu)))
+    moved.set_mu(mu)
     return moved
 
 
@@ -90,8 +93,9 @@ def fit_guided_walk(
 ) -> GuidedFit:
     """The setting with the best mIoU on `dataset` (`(image, label)` pairs, with `num_classes`)
     among `settings` (default `guided_grid()`) and the model's own, from one pass of the model's
-    cascade over each image. The model is left as it was: apply the choice with
-    `model.set_guided_walk(**asdict(fit.setting))`."""
+    cascade over each image. The model's weights and setting are left as they were (it is put in
+    eval mode on `device`): apply the choice with `model.set_guided_walk(**asdict(fit.setting))`.
+    The position scale and radius count grid cells, so stride 1 also halves stride 2's reach."""
     walk = guided_walk_of(model)
     num_classes = getattr(dataset, "num_classes", None)
     if num_classes is None:

@@ -137,8 +137,8 @@ class GuidedWalk(nn.Module):
         super().__init__()
         check_walk_settings("GuidedWalk", in_channels=in_channels, stride=stride, radius=radius, steps=steps,
                             colour_sigma=colour_sigma, position_sigma=position_sigma, mu=mu,
-                            guide_channels=guide_channels or 1, guide_dims=guide_dims,
-                            guide_scale=guide_scale)  # fmt: skip
+                            guide_dims=guide_dims, guide_scale=guide_scale,
+                            **({} if guide_channels is None else {"guide_channels": guide_channels}))  # fmt: skip
         self.in_channels, self.stride, self.steps = in_channels, stride, steps
         self.guide_channels = guide_channels
         self.kernel = TransitionKernel("distance", radius)
@@ -146,7 +146,8 @@ class GuidedWalk(nn.Module):
         with torch.no_grad():
             self.colour.weight.copy_(torch.eye(in_channels)[..., None, None] / colour_sigma)
         self.raw_position_scale = nn.Parameter(torch.tensor(-math.log(position_sigma)))
-        self.raw_mu = nn.Parameter(torch.tensor(math.log(mu / (1 - mu))))
+        self.raw_mu = nn.Parameter(torch.zeros(()))
+        self.set_mu(mu)
         self.guide = None if guide_channels is None else nn.Conv2d(guide_channels, guide_dims, 1, bias=False)
         if self.guide is not None:
             nn.init.normal_(self.guide.weight, std=guide_scale / math.sqrt(guide_channels))
@@ -155,6 +156,12 @@ class GuidedWalk(nn.Module):
     def mu(self) -> Tensor:
         """The restart weight in (0, 1)."""
         return torch.sigmoid(self.raw_mu)
+
+    def set_mu(self, mu: float) -> None:
+        """Set the restart weight to `mu`, strictly between 0 and 1 (the weight `raw_mu` is its logit)."""
+        check_walk_settings("GuidedWalk", mu=mu)
+        with torch.no_grad():
+            self.raw_mu.fill_(math.log(mu / (1 - mu)))
 
     @property
     def position_scale(self) -> Tensor:
@@ -168,6 +175,7 @@ class GuidedWalk(nn.Module):
     def features(self, images: Tensor, guide: Tensor | None = None) -> Tensor:
         """Kernel features `[B, N, C (+ guide_dims) + 2]` of `images` (and `guide`) on this walk's
         grid, in at least float32."""
+        self._check_guide(guide, images)
         grid = self.grid(images.shape[-2:])
         with full_precision(images) as (images,):
             pooled = F.adaptive_avg_pool2d(images, grid)
@@ -191,7 +199,6 @@ class GuidedWalk(nn.Module):
             raise ValueError(
                 f"images must have {self.in_channels} channels (got shape {tuple(images.shape)})"
             )
-        self._check_guide(guide, images)
         grid = self.grid(images.shape[-2:])
         features = self.features(images, guide)
         transition = local_transition(features, self.kernel, grid)

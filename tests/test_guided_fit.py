@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from difnet.evaluation import evaluate
-from difnet.guided_fit import GuidedSetting, fit_guided_walk, guided_grid
+from difnet.guided_fit import GuidedSetting, fit_guided_walk, guided_grid, walk_at
 from difnet.models import DifNet
 from tests.test_refinement import TwoRegions
 
@@ -47,6 +47,18 @@ def test_a_guided_walk_with_a_guide_level_is_fitted_with_its_guide() -> None:
     )
 
 
+def test_a_fit_leaves_the_models_weights_and_setting_as_they_were() -> None:
+    model = guided_difnet()
+    with torch.no_grad():
+        model.head.guided_walk.raw_mu.fill_(20.0)  # a learned mu of 1 - 2e-9: its own setting is still tried
+    before = {name: value.clone() for name, value in model.state_dict().items()}
+    fit = fit_guided_walk(model, TwoRegions(count=1, size=(24, 24)), [GuidedSetting(1, 2, 0.9)])
+    assert fit.scores[0][0].mu == pytest.approx(1.0) and len(fit.scores) == 2
+    assert model.config["guided_walk_stride"] == 2 and model.config["guided_walk_steps"] == 3
+    for name, value in model.state_dict().items():
+        torch.testing.assert_close(value, before[name], rtol=0, atol=0, msg=name)
+
+
 def test_the_default_grid_spans_strides_restart_weights_and_longer_walks() -> None:
     grid = guided_grid()
     assert {s.stride for s in grid} == {1, 2} and {s.mu for s in grid} == {0.97, 0.99}
@@ -65,7 +77,8 @@ def test_set_guided_walk_survives_saving_and_loading(tmp_path) -> None:
     assert model.head.guided_walk.mu.item() == pytest.approx(0.9)
     model.save_pretrained(tmp_path / "fitted")
     loaded = DifNet.from_pretrained(tmp_path / "fitted").eval()
-    assert GuidedSetting.of(loaded) == GuidedSetting(1, 7, 0.9)
+    own = GuidedSetting.of(loaded)
+    assert (own.stride, own.steps) == (1, 7) and own.mu == pytest.approx(0.9)
     with torch.no_grad():
         torch.testing.assert_close(loaded(images), after)
 
@@ -82,3 +95,8 @@ def test_refuses_what_it_cannot_fit_or_set() -> None:
         guided_difnet().set_guided_walk(mu=1.0)
     with pytest.raises(ValueError, match="GuidedSetting stride must be a positive integer"):
         GuidedSetting(0, 3, 0.9)
+    walk = guided_difnet().head.guided_walk
+    with pytest.raises(ValueError, match="walk_at stride must be a positive integer"):
+        walk_at(walk, 0, 0.9)
+    with pytest.raises(ValueError, match="GuidedWalk mu must lie strictly between 0 and 1"):
+        walk_at(walk, 1, 1.0)

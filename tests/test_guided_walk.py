@@ -167,6 +167,10 @@ def test_a_guide_is_refused_where_it_does_not_fit() -> None:
         guided(probabilities, images, torch.rand(2, 4, 4, 4))
     with pytest.raises(ValueError, match="GuidedWalk guide_dims must be a positive integer"):
         GuidedWalk(3, guide_channels=5, guide_dims=0)
+    with pytest.raises(ValueError, match="GuidedWalk guide_channels must be a positive integer"):
+        GuidedWalk(3, guide_channels=0)
+    with pytest.raises(ValueError, match="got no guide"):
+        guided.features(images)
     with pytest.raises(ValueError, match=r"guided_walk_level must be None or a level index in \[1, 5\)"):
         DifNet(depth=18, num_classes=2, guided_walk_stride=2, guided_walk_level=0)
     with pytest.raises(ValueError, match="give guided_walk_stride too"):

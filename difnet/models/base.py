@@ -121,7 +121,7 @@ class SegmentationModel(nn.Module):
 
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
         """`"backbone"`: the ResNets; `"head"`: everything else but the walks; `"walk"` (DifNet):
-        mu_t, beta_t (and temperatures) and the guided walk's settings. The recipe gives each group
+        mu_t, beta_t (and temperatures) and all the guided walk's weights. The recipe gives each group
         its learning-rate factor."""
         return split_backbone_head(self, self.backbones().values(), walk=self.walk_parameters_module())
 

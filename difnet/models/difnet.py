@@ -3,7 +3,6 @@ of random walks whose transition matrices come from a second, similarity encoder
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
@@ -196,7 +195,8 @@ class DifNet(SegmentationModel):
     ) -> DifNet:
         """Give the guided walk another grid `stride`, step count or restart weight `mu` (those
         given), kept in `config` and the weights so that saving and loading keep them (as
-        `difnet.guided_fit.fit_guided_walk` picks them). Returns the model."""
+        `difnet.guided_fit.fit_guided_walk` picks them). Its position scale and radius count grid
+        cells, so a finer grid also narrows its reach. Returns the model."""
         walk = self.head.guided_walk
         if walk is None:
             raise ValueError("this DifNet has no guided walk: build it with guided_walk_stride")
@@ -206,8 +206,7 @@ class DifNet(SegmentationModel):
         )
         walk.stride, walk.steps = stride, steps
         if mu is not None:
-            with torch.no_grad():
-                walk.raw_mu.fill_(math.log(mu / (1 - mu)))
+            walk.set_mu(mu)
         for config in (self._architecture, self.head._config):
             config.update(guided_walk_stride=stride, guided_walk_steps=steps)
         return self
