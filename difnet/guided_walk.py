@@ -140,7 +140,6 @@ class GuidedWalk(nn.Module):
                             guide_dims=guide_dims, guide_scale=guide_scale,
                             **({} if guide_channels is None else {"guide_channels": guide_channels}))  # fmt: skip
         self.in_channels, self.stride, self.steps = in_channels, stride, steps
-        self.guide_channels = guide_channels
         self.kernel = TransitionKernel("distance", radius)
         self.colour = nn.Conv2d(in_channels, in_channels, 1, bias=False)
         with torch.no_grad():
@@ -214,13 +213,13 @@ class GuidedWalk(nn.Module):
             if guide is not None:
                 raise ValueError("this GuidedWalk has no guide_channels: build it with them to pass a guide")
             return
-        if guide is None or guide.dim() != 4 or guide.shape[:2] != (images.shape[0], self.guide_channels):
+        if guide is None or guide.dim() != 4 or guide.shape[:2] != (images.shape[0], self.guide.in_channels):
             shape = None if guide is None else tuple(guide.shape)
             raise ValueError(
-                f"guide must be [B, {self.guide_channels}, h, w] with the images' B={images.shape[0]} "
+                f"guide must be [B, {self.guide.in_channels}, h, w] with the images' B={images.shape[0]} "
                 f"(got {'no guide' if shape is None else f'shape {shape}'})"
             )
 
     def extra_repr(self) -> str:
-        guide = "" if self.guide is None else f", guide_channels={self.guide_channels}"
+        guide = "" if self.guide is None else f", guide_channels={self.guide.in_channels}"
         return f"in_channels={self.in_channels}, stride={self.stride}, radius={self.kernel.radius}, steps={self.steps}{guide}"
