@@ -19,7 +19,7 @@ from benchmarks.camvid_variants import SMALL_CLASSES, STAGE_ONE
 from difnet.data.camvid import CAMVID_CLASSES
 from difnet.diagnostics import GUIDED, GUIDED_SEED
 
-RERUNS = "{phase}/reruns"  # the records of first stages run again, beside their phase's
+RERUNS = "{phase}/reruns"  # the records of runs made again where their weights were gone
 
 
 def load(output: Path, phase: str, prefix: str, suffix: str = "") -> dict[str, list[dict]]:
@@ -268,7 +268,10 @@ def report(output: Path, results: Path) -> Path:
     first_control = load(output, "verdict", STAGE_ONE)  # the seeds of the staged verdicts' times
     control = {**first_control, **load(output, RERUNS.format(phase="verdict"), STAGE_ONE, " (rerun)")}
     staged = load(output, "verdict", "walk-")
-    baselines = load(output, "verdict", "sim-")
+    baselines = {
+        **load(output, "verdict", "sim-"),
+        **load(output, RERUNS.format(phase="verdict"), "sim-", " (rerun)"),
+    }
     names = list(CAMVID_CLASSES)
     lines = ["# CamVid: staged walks, the baseline's rate and the control", ""]
     lines += ["## First stage (the seed alone: every P_t = I), 8 epochs on the remedy split", ""]

@@ -411,6 +411,25 @@ def test_walk_report_lists_each_refined_run_with_its_gain_and_setting(tmp_path):
     assert row + "position_sigma 2.0, mu 0.9 | 95 | bbbbbbb |" in text
 
 
+def test_walk_report_lists_a_baseline_run_again_apart_from_its_first_run(tmp_path):
+    from benchmarks.camvid_walks import report
+
+    walk = {"stride": 1, "radius": 3, "steps": 100, "colour_sigma": 0.1, "position_sigma": 2.0, "mu": 0.99}
+    refined = {"fit": {"walk": {}}, "widened": {"walk": walk}, "model": {"miou": 0.43, "small_class_miou": 0.07},
+               "refined": {"miou": 0.446, "small_class_miou": 0.06}, "gain": 0.016, "seconds": 800.0,
+               "provenance": {"commit": "fffffff"}}  # fmt: skip
+    first = {"variant": "sim-lr0.007", "epochs": 16, "seed": 0, "train_seconds": 2400.0, "curve": [{"miou": 0.43}],
+             "val": {"miou": 0.43, "per_class_iou": [0.43] * len(NAMES)}, "provenance": {"commit": "aaaaaaa"}}  # fmt: skip
+    again = {**first, "val": {"miou": 0.44, "per_class_iou": [0.44] * len(NAMES)}, "bilateral_walk": refined}
+    (tmp_path / "verdict" / "reruns").mkdir(parents=True)
+    (tmp_path / "verdict" / "sim-lr0.007-e16-seed0.json").write_text(json.dumps(first))
+    (tmp_path / "verdict" / "reruns" / "sim-lr0.007-e16-seed0.json").write_text(json.dumps(again))
+    text = report(tmp_path, tmp_path).read_text()
+    assert "| sim-lr0.007-e16 | 43.0 | 43.0 |" in text and "| sim-lr0.007-e16 (rerun) | 44.0 | 44.0 |" in text
+    row = "| sim-lr0.007-e16 (rerun) | 0 | 43.0 | 44.6 | **+1.6** | 7.0 -> 6.0 | stride 1, steps 100, "
+    assert row + "colour_sigma 0.1, position_sigma 2.0, mu 0.99 | 800 | fffffff |" in text
+
+
 def test_walk_report_scores_the_staged_verdict_by_its_walk_gain_and_lead_over_the_baseline(tmp_path):
     from benchmarks.camvid_walks import report
 
