@@ -44,6 +44,8 @@ STAGE_TWO: dict[str, dict] = {
     # the guided walk's settings at the walks' own rate, and on the image's full grid
     "dist-r1-guided-walklr": {"kernel": "distance", "kernel_radius": 1, **GUIDED, **WALK_LR},
     "dist-r1-guided1": {"kernel": "distance", "kernel_radius": 1, "guided_walk_stride": 1},
+    # the winner on the paper's separate similarity backbone
+    "dist-r1-guided-sep": {**SEPARATE, "kernel": "distance", "kernel_radius": 1, **GUIDED},
     # the first ResNet stage's features join the colours in the guided walk's kernel
     "dist-r1-guided-l1-walklr": {
         "kernel": "distance",
