@@ -15,6 +15,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from benchmarks.camvid_variants import SMALL_CLASSES  # noqa: E402
 
@@ -300,7 +301,10 @@ def transition_lines(runs: list[dict], diag: list[dict]) -> list[str]:
     ]
 
 
-def curves(groups: dict[str, list[dict]], path: Path) -> None:
+def curves(
+    groups: dict[str, list[dict]], path: Path, title: str = "CamVid val, from scratch (each line one seed)"
+) -> None:
+    """Val mIoU against the epoch, one line per run and one colour per group."""
     figure, axis = plt.subplots(figsize=(7, 4.5))
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for colour, (label, runs) in zip(colours, groups.items()):
@@ -309,8 +313,9 @@ def curves(groups: dict[str, list[dict]], path: Path) -> None:
             axis.plot(epochs, [100 * p["miou"] for p in r["curve"]], color=colour, alpha=0.8,
                       label=label if index == 0 else None)  # fmt: skip
     axis.set_xlabel("epoch")
+    axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     axis.set_ylabel("val mIoU (%)")
-    axis.set_title("CamVid val, from scratch (each line one seed)")
+    axis.set_title(title)
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8)
     figure.tight_layout()

@@ -15,7 +15,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from benchmarks.camvid import RESULTS, RUNS
-from benchmarks.camvid_variants import SMALL_CLASSES, STAGE_ONE
+from benchmarks.camvid_report import curves
+from benchmarks.camvid_variants import SMALL_CLASSES, STAGE_ONE, STAGE_ONE_EPOCHS
 from difnet.data.camvid import CAMVID_CLASSES
 from difnet.diagnostics import GUIDED, GUIDED_SEED
 
@@ -247,6 +248,20 @@ def per_class_table(groups: dict[str, list[dict]], names: list[str]) -> list[str
             *table(header, rows)]  # fmt: skip
 
 
+def second_stage_curves(staged: dict[str, list[dict]]) -> dict[str, list[dict]]:
+    """Each second stage's val curve drawn on from the first stage it froze: its seed's val score at
+    the first stage's last epoch, then its own epochs counted after it."""
+    start = STAGE_ONE_EPOCHS["verdict"]
+    return {
+        f"{name} (second stage)": [
+            {"curve": [{"epoch": start, "miou": r["diagnostics"]["miou"]["seed"]},
+                       *({"epoch": start + p["epoch"], "miou": p["miou"]} for p in r["curve"])]}
+            for r in runs
+        ]
+        for name, runs in staged.items()
+    }  # fmt: skip
+
+
 def bilateral_table(scored_on: str, groups: dict[str, list[dict]]) -> list[str]:
     """The section listing each run of `groups` scored with and without its fitted bilateral walk."""
     return [
@@ -347,6 +362,13 @@ def report(output: Path, results: Path) -> Path:
         staged_rows(staged, [r for runs in first_control.values() for r in runs], baselines, names),
     )  # fmt: skip
     lines += per_class_table({**control, **staged, **baselines}, names)
+    rated = {name: runs for name, runs in baselines.items() if name.startswith("sim-lr")}
+    drawn = {**control, **rated, **second_stage_curves(staged)}
+    if drawn:
+        curves(drawn, results / "camvid_walks_curves.png",
+               title="CamVid val: control, baseline, second stages (a line a seed)")  # fmt: skip
+        lines += ["", "Learning curves: camvid_walks_curves.png (val mIoU every 2 epochs, each run; a second "
+                  "stage starts from its seed's score at the first stage's last epoch)."]  # fmt: skip
     lines += [
         "",
         "## The walk scalars picked on every 5th training frame (`fit-scalars`), scored where the run was",

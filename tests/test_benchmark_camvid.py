@@ -418,7 +418,7 @@ def test_walk_report_lists_a_baseline_run_again_apart_from_its_first_run(tmp_pat
     refined = {"fit": {"walk": {}}, "widened": {"walk": walk}, "model": {"miou": 0.43, "small_class_miou": 0.07},
                "refined": {"miou": 0.446, "small_class_miou": 0.06}, "gain": 0.016, "seconds": 800.0,
                "provenance": {"commit": "fffffff"}}  # fmt: skip
-    first = {"variant": "sim-lr0.007", "epochs": 16, "seed": 0, "train_seconds": 2400.0, "curve": [{"miou": 0.43}],
+    first = {"variant": "sim-lr0.007", "epochs": 16, "seed": 0, "train_seconds": 2400.0, "curve": [{"epoch": 16, "miou": 0.43}],
              "val": {"miou": 0.43, "per_class_iou": [0.43] * len(NAMES)}, "provenance": {"commit": "aaaaaaa"}}  # fmt: skip
     again = {**first, "val": {"miou": 0.44, "per_class_iou": [0.44] * len(NAMES)}, "bilateral_walk": refined}
     (tmp_path / "verdict" / "reruns").mkdir(parents=True)
@@ -431,7 +431,7 @@ def test_walk_report_lists_a_baseline_run_again_apart_from_its_first_run(tmp_pat
 
 
 def test_walk_report_scores_the_staged_verdict_by_its_walk_gain_and_lead_over_the_baseline(tmp_path):
-    from benchmarks.camvid_walks import report
+    from benchmarks.camvid_walks import report, second_stage_curves
 
     def val(miou: float) -> dict:
         return {"miou": miou, "per_class_iou": [miou] * len(NAMES)}
@@ -442,11 +442,12 @@ def test_walk_report_scores_the_staged_verdict_by_its_walk_gain_and_lead_over_th
     provenance = {"provenance": {"commit": "ccccccc"}, "epochs": 16, "seed": 0}
     records = {
         "seed-aux-shared-e16-seed0": {"variant": "seed-aux-shared", "train_seconds": 2400.0, "val": val(0.46),
-                                      "curve": [{"miou": 0.46}], **provenance},
+                                      "curve": [{"epoch": 16, "miou": 0.46}], **provenance},
         "walk-dist-r1-e3-seed0": {"variant": "walk-dist-r1", "train_seconds": 240.0, "val": val(0.47),
+                                  "curve": [{"epoch": 2, "miou": 0.465}, {"epoch": 3, "miou": 0.47}],
                                   "diagnostics": diagnostics, **provenance, "epochs": 3},
         "sim-lr0.007-e16-seed0": {"variant": "sim-lr0.007", "train_seconds": 2000.0, "val": val(0.44),
-                                  "curve": [{"miou": 0.40}, {"miou": 0.44}], **provenance},
+                                  "curve": [{"epoch": 8, "miou": 0.40}, {"epoch": 16, "miou": 0.44}], **provenance},
     }  # fmt: skip
     (tmp_path / "verdict").mkdir()
     for name, record in records.items():
@@ -466,6 +467,10 @@ def test_walk_report_scores_the_staged_verdict_by_its_walk_gain_and_lead_over_th
         and "| **mIoU** | **46.0** | **47.0** |" in text
     )
     assert "| walk-dist-r1-e3 | val |" not in text  # no scalars picked yet
+    assert (tmp_path / "camvid_walks_curves.png").stat().st_size > 0
+    drawn = second_stage_curves({"walk-dist-r1-e3": [records["walk-dist-r1-e3-seed0"]]})
+    assert drawn == {"walk-dist-r1-e3 (second stage)": [{"curve": [
+        {"epoch": 16, "miou": 0.46}, {"epoch": 18, "miou": 0.465}, {"epoch": 19, "miou": 0.47}]}]}  # fmt: skip
     fit = {"setting": "mu 0.8, beta 0.5, walk 1 off", "fit": {"seed": 0.44, "learned": 0.441, "best": 0.442},
            "miou": 0.465, "gain": 0.005, "seconds": 81.0, "provenance": {"commit": "ddddddd"}}  # fmt: skip
     staged = {**records["walk-dist-r1-e3-seed0"], "walk_scalar_fit": fit}
@@ -486,8 +491,9 @@ def test_walk_report_splits_a_guided_runs_gain_between_the_cascade_and_the_guide
     diagnostics = {"walk_gain": 0.015, "miou": stages, "per_class_iou": per_class,
                    "best_override": {"setting": "mu 0.5, beta 0.25", "gain": 0.004}}  # fmt: skip
     val = {"miou": 0.475, "per_class_iou": [0.475] * len(NAMES)}
-    record = {"variant": "walk-dist-r1-guided", "train_seconds": 600.0, "val": val, "seed": 1,
-              "epochs": 3, "diagnostics": diagnostics, "provenance": {"commit": "eeeeeee"}}  # fmt: skip
+    record = {"variant": "walk-dist-r1-guided", "train_seconds": 600.0, "val": val, "seed": 1, "epochs": 3,
+              "curve": [{"epoch": 3, "miou": 0.475}], "diagnostics": diagnostics,
+              "provenance": {"commit": "eeeeeee"}}  # fmt: skip
     (tmp_path / "verdict").mkdir()
     (tmp_path / "verdict" / "walk-dist-r1-guided-e3-seed1.json").write_text(json.dumps(record))
     text = report(tmp_path, tmp_path).read_text()
@@ -511,7 +517,8 @@ def test_walk_report_lists_a_guided_runs_picked_setting_against_its_learned_one(
            "provenance": {"commit": "fffffff"}}  # fmt: skip
     record = {"variant": "walk-dist-r1-guided", "train_seconds": 600.0, "seed": 2, "epochs": 3,
               "val": {"miou": 0.475, "per_class_iou": [0.475] * len(NAMES)}, "diagnostics": diagnostics,
-              "guided_walk_fit": fit, "provenance": {"commit": "eeeeeee"}}  # fmt: skip
+              "curve": [{"epoch": 3, "miou": 0.475}], "guided_walk_fit": fit,
+              "provenance": {"commit": "eeeeeee"}}  # fmt: skip
     (tmp_path / "verdict").mkdir()
     (tmp_path / "verdict" / "walk-dist-r1-guided-e3-seed2.json").write_text(json.dumps(record))
     text = report(tmp_path, tmp_path).read_text()
