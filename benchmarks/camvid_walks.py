@@ -2,8 +2,9 @@
 `sim-lr*`) from their run records: the first-stage seeds, the second-stage screen scored by the
 walk gain, the baseline's rate search, the control, the walk scalars picked on training frames,
 and each run with and without a fitted bilateral walk (`difnet.refinement`). Every table lists the commits behind it.
+The verdict's learning curves go beside it (the control, the rated baseline, each second stage).
 
-    python -m benchmarks.camvid_walks --output /work/runs/camvid   # writes results/camvid_walks.md
+    python -m benchmarks.camvid_walks --output /work/runs/camvid   # writes results/camvid_walks.md and .png
 """
 
 from __future__ import annotations
