@@ -48,6 +48,7 @@ from difnet.metrics import ConfusionMatrix
 from difnet.models import DifNet, Preprocessing, SimDeepLab, build_model, dilated_resnet
 from difnet.models.serialization import save_pretrained
 from difnet.predict import predict_labels
+from difnet.refinement import BilateralWalk
 from difnet.training import TrainConfig, train
 from difnet.training.checkpoint import FORMAT, load_model, save_model
 from reference import cascade, check_variant, closed_form, random_walk, transition_matrix
@@ -583,6 +584,12 @@ CASES = [
          lambda e: cli("predict", "--checkpoint", str(e.checkpoint), "--input", str(e.photos),
                        "--output", str(e.root / "photo-masks"), "--no-progress"),
          SystemExit, r"exit status 1: difnet: error: 1 of 2 image\(s\) could not be predicted"),
+    # the walk on the image ---------------------------------------------------------------------
+    Case("walk-nan-probabilities",
+         lambda e: BilateralWalk()(torch.full((1, 3, 6, 7), float("nan")), torch.zeros(1, 3, 6, 7)), ValueError,
+         r"probabilities must be finite: probabilities of shape \(1, 3, 6, 7\) holds NaN or inf"),
+    Case("walk-solver", lambda e: BilateralWalk(solver="multigrid"), ValueError,
+         r"BilateralWalk solver must be one of \('chebyshev', 'steps'\) \(got 'multigrid'\)"),
 ]  # fmt: skip
 
 
