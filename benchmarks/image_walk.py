@@ -13,7 +13,7 @@ median milliseconds per image over the frames and repeats, the peak extra memory
 probability from the walk taken step by step. The dense CRF runs on one thread whatever the
 setting (pydensecrf2 has no threads). Writes image_walk.{json,md} under benchmarks/results/.
 
-    python -m benchmarks.image_walk --data-root /work/camvid240     # ~5 min on 2 cores
+    python -m benchmarks.image_walk --data-root /work/camvid240     # pip install 'difnet[crf]' first
     python -m benchmarks.image_walk --frames 2 --threads 1          # a quick look
 """
 
@@ -86,7 +86,10 @@ def frames(data_root: Path, size: str, count: int) -> list[dict[str, Any]]:
 
 def dense_crf(probabilities: torch.Tensor, rgb: np.ndarray, iterations: int) -> np.ndarray:
     """Mean-field marginals `[K, H, W]` of a dense CRF on `-log probabilities` and `rgb`."""
-    import pydensecrf.densecrf as dcrf
+    try:
+        import pydensecrf.densecrf as dcrf
+    except ImportError:
+        raise SystemExit("the dense CRF needs pydensecrf2: pip install 'difnet[crf]'") from None
 
     _, classes, height, width = probabilities.shape
     crf = dcrf.DenseCRF2D(width, height, classes)
