@@ -74,7 +74,9 @@ def test_the_truncated_series_stays_within_its_tail_on_any_symmetric_kernel(
     degree = chebyshev_degree(mu, steps)
     assert 0 <= degree <= steps
     plain = next(restart_walk(transition, start, mu, [steps]))[1]
-    torch.testing.assert_close(next(chebyshev_walk(transition, start, mu, [steps]))[1], plain, rtol=0, atol=1e-4)
+    torch.testing.assert_close(
+        next(chebyshev_walk(transition, start, mu, [steps]))[1], plain, rtol=0, atol=1e-4
+    )
 
 
 def test_the_degree_saves_products_where_the_walk_is_long_and_none_where_it_is_short() -> None:
