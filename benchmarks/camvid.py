@@ -1,21 +1,26 @@
 """The CamVid verdict: Sim-DeepLab-18 at its best against the best DifNet-18, from scratch.
 
-Three phases, every run resumable and recorded with the commit that produced it:
+Every run resumable and recorded with the commit that produced it, in stages (`plan`):
 
 - **screen**: both models x both score-head inits train `SCREEN_EPOCHS` on CamVid `train`
   without the dusk sequence 0001TP and are scored on `val`: each model keeps its better init.
-- **remedy**: DifNet at that init and with each remedy in `VARIANTS` trains `SCREEN_EPOCHS` on
-  `train` without the first 60 frames of 0016E5 (daytime) and is scored on those 60 images only;
-  the best mean over the seeds is DifNet's configuration. `val` plays no part in this choice.
-- **verdict**: each model's configuration trains `VERDICT_EPOCHS` on all of `train`, scored on
-  `val` every 2 epochs (learning curves), then per class and, for DifNet, by
-  `difnet.diagnostics`. Equal steps, and equal time: the baseline again with the epochs DifNet's
-  training time buys, from step times measured alone.
+- **remedy**: DifNet at that init and with each remedy in `VARIANTS`, the baseline at each rate,
+  and the staged DifNet's first stage (the seed alone, every P_t = I) train `SCREEN_EPOCHS` on
+  `train` without the first 60 frames of 0016E5 (daytime) and are scored on those 60 images only;
+  the best mean over the seeds is each one's configuration. `val` plays no part in this choice.
+- **second stage**: each second-stage candidate trains `STAGE_TWO_EPOCHS` on its seed's frozen
+  first stage, scored there by its walk gain (its output minus its seed).
+- **verdict**: each configuration trains `VERDICT_EPOCHS` on all of `train` (the staged DifNet's
+  first stage, then its chosen second stage), scored on `val` every 2 epochs (learning curves),
+  then per class and, for DifNet, by `difnet.diagnostics`. Equal steps, and equal time: the
+  baseline again with the epochs DifNet's training time buys. `select` and `selection.json` hold
+  both verdicts' choices: the jointly trained DifNet's and the staged one's.
 
-    python -m benchmarks.camvid all --device cuda --parallel 24     # every phase, then report
-    python -m benchmarks.camvid run --variant dif-aux --seed 0 --phase remedy   # one run
+    python -m benchmarks.camvid all --dry-run                       # what the records choose, what is missing
+    python -m benchmarks.camvid all --device cuda --parallel 24     # every run still missing
+    python -m benchmarks.camvid run --variant dif-aux --seed 0 --phase remedy --epochs 8   # one run
     python -m benchmarks.camvid report                              # results/camvid_verdict.*
-    python -m benchmarks.camvid rediagnose --variant walk-dist --seed 0 --phase remedy --epochs 3
+    python -m benchmarks.camvid rediagnose --variant walk-dist-r1 --seed 0 --phase remedy --epochs 3
                                                  # recompute a finished run's diagnostics
     python -m benchmarks.camvid refine --variant sim-lr0.007 --seed 0 --phase remedy --epochs 8
                                  # fit a bilateral walk on its training images, score with and without
@@ -44,6 +49,7 @@ import subprocess
 import sys
 import tarfile
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import IO
@@ -53,7 +59,16 @@ import torch
 from PIL import Image
 
 from benchmarks._measure import machine_info, synchronize
-from benchmarks.camvid_variants import INIT_VARIANTS, SMALL_CLASSES, STAGE_ONE, STAGE_ONE_EPOCHS, VARIANTS
+from benchmarks.camvid_variants import (
+    INIT_VARIANTS,
+    RATES,
+    REMEDIES,
+    SECOND_STAGES,
+    SMALL_CLASSES,
+    STAGE_ONE,
+    STAGE_ONE_EPOCHS,
+    VARIANTS,
+)
 from difnet.data import CamVid, EvalTransform, TrainTransform
 from difnet.data.base import SegmentationDataset
 from difnet.diagnostics import diagnose, transition_shares
@@ -78,6 +93,10 @@ RECIPE_SCALES = (0.75, 1.25)
 HELD_ASIDE = {"screen": ("0001TP", 62), "remedy": ("0016E5", 60)}
 SCREEN_EPOCHS, VERDICT_EPOCHS, EVAL_EVERY = 8, 16, 2
 SEEDS = {"screen": (0, 1), "verdict": (0, 1, 2)}
+STAGE_TWO_EPOCHS = 3  # a second stage trains this long on its frozen first stage
+# The staged verdict's baseline at equal time: 1.25x the steps of its 16 epochs, since DifNet's two
+# stages and its guided fit took 1.2-1.4x the baseline's 16 epochs in the recorded times.
+STAGED_EQUAL_TIME_EPOCHS = 20
 SEGMENTS = "segments.json"  # in a run folder: the provenance of each process that trained it
 
 
@@ -496,39 +515,69 @@ class Runs:
         self.running, self.pending = [], []
 
 
-def mean_score(output: Path, phase: str, split: str, variant: str, epochs: int) -> float | None:
-    """Mean mIoU on `split` of a variant's runs in `phase`, None if none finished."""
-    values = [json.loads(p.read_text())[split]["miou"]
-              for p in (output / phase).glob(f"{variant}-e{epochs}-seed*.json")]  # fmt: skip
-    return statistics.mean(values) if values else None
+def seed_scores(output: Path, phase: str, variant: str, epochs: int, score: Callable[[dict], float]) -> dict:
+    """`score` of each finished run of `variant` in `phase`, by seed."""
+    runs = [json.loads(p.read_text()) for p in (output / phase).glob(f"{variant}-e{epochs}-seed*.json")]
+    return {r["seed"]: score(r) for r in runs}
 
 
-def best_of(scores: dict[str, float | None]) -> str | None:
-    """The variant with the highest score among those that have one."""
-    finished = {v: s for v, s in scores.items() if s is not None}
-    return max(finished, key=finished.get) if finished else None
+def best_of(
+    output: Path, phase: str, variants: Sequence[str], epochs: int, score: Callable[[dict], float]
+) -> str | None:
+    """The variant with the best mean `score` in `phase` over the seeds that every variant with a
+    finished run has (a candidate run on fewer seeds is compared on those); None if none finished."""
+    scored = {v: s for v in variants if (s := seed_scores(output, phase, v, epochs, score))}
+    shared = set.intersection(*map(set, scored.values())) if scored else set()
+    if not shared:
+        return None
+    return max(scored, key=lambda v: statistics.mean(scored[v][seed] for seed in shared))
 
 
-def select(output: Path, variants: list[str], epochs: int) -> dict[str, str]:
-    """Each model's configuration: its better score-head init on val (the screen), then for DifNet
-    the best of that init and its remedies on the remedy phase's held-aside images."""
-    best = {model: init for model in ("simdeeplab", "difnet") if (init := better_init(output, model, epochs))}
-    if "difnet" in best:
-        candidates = [best["difnet"], *remedies(variants)]
-        chosen = best_of({v: mean_score(output, "remedy", "holdout", v, epochs) for v in candidates})
-        best["difnet"] = chosen or best["difnet"]
-    return best
+def select(output: Path, epochs: int = SCREEN_EPOCHS, variants: Sequence[str] = tuple(VARIANTS)) -> dict:
+    """The choices the records under `output` make, as the protocol makes them, among `variants`:
+
+    - `inits`: each model's better score-head init on val (the screen);
+    - `joint`: the jointly trained verdict's pair, that baseline and the best of DifNet's init and
+      its remedies on the remedy split's held-aside frames;
+    - `stage_one`, `best`: the staged verdict's, the first stage the second stages freeze, the
+      baseline's best rate and the second stage with the best walk gain (output minus seed) on
+      those frames, over `STAGE_TWO_EPOCHS`.
+
+    `val` plays no part after the screen. A choice no finished run makes yet is left out."""
+    wanted = [v for v in VARIANTS if v in variants]
+    holdout, on_val = (lambda r: r["holdout"]["miou"]), (lambda r: r["val"]["miou"])  # noqa: E731
+    inits = {}
+    for model in ("simdeeplab", "difnet"):
+        candidates = [v for v in wanted if v in INIT_VARIANTS and VARIANTS[v][0] == model]
+        if init := best_of(output, "screen", candidates, epochs, on_val):
+            inits[model] = init
+    joint = dict(inits)
+    if "difnet" in inits:
+        candidates = [inits["difnet"], *(v for v in wanted if v in REMEDIES)]
+        joint["difnet"] = best_of(output, "remedy", candidates, epochs, holdout) or inits["difnet"]
+    best = {}
+    if rate := best_of(output, "remedy", [v for v in wanted if v in RATES], epochs, holdout):
+        best["simdeeplab"] = rate
+    second = [v for v in wanted if v in SECOND_STAGES]
+    if stage := best_of(output, "remedy", second, STAGE_TWO_EPOCHS, lambda r: r["diagnostics"]["walk_gain"]):
+        best["difnet"] = stage
+    return {"inits": inits, "joint": joint, "stage_one": STAGE_ONE, "best": best}
 
 
-def better_init(output: Path, model: str, epochs: int) -> str | None:
-    """The init variant of `model` with the better mean val mIoU in the screen."""
-    inits = [v for v in INIT_VARIANTS if VARIANTS[v][0] == model]
-    return best_of({v: mean_score(output, "screen", "val", v, epochs) for v in inits})
-
-
-def remedies(variants: list[str]) -> list[str]:
-    """The DifNet variants among `variants` that are not plain inits."""
-    return [v for v in variants if VARIANTS[v][0] == "difnet" and v not in INIT_VARIANTS]
+def selection(output: Path, epochs: int = SCREEN_EPOCHS, verdict_epochs: int = VERDICT_EPOCHS,
+              variants: Sequence[str] = tuple(VARIANTS)) -> dict:  # fmt: skip
+    """`select`'s choices with each verdict's budget for the baseline at equal time, as
+    `selection.json` holds them: the joint verdict's from the step times measured alone
+    (`step_seconds.json`; left out while they are not), the staged verdict's
+    `STAGED_EQUAL_TIME_EPOCHS`."""
+    chosen = select(output, epochs, variants)
+    joint = {"best": chosen["joint"]}
+    timing = output / "step_seconds.json"
+    seconds = json.loads(timing.read_text())["seconds"] if timing.is_file() else {}
+    if len(chosen["joint"]) == 2 and all(v in seconds for v in chosen["joint"].values()):
+        ratio = seconds[chosen["joint"]["difnet"]] / seconds[chosen["joint"]["simdeeplab"]]
+        joint["equal_time_epochs"] = round(verdict_epochs * ratio)
+    return {**chosen, "joint": joint, "equal_time_epochs": STAGED_EQUAL_TIME_EPOCHS}
 
 
 def pack(output: Path, archive: Path | None) -> None:
@@ -543,10 +592,77 @@ def pack(output: Path, archive: Path | None) -> None:
     partial.replace(archive)
 
 
+Run = tuple[str, int, str, int]  # variant, seed, phase, epochs
+STAGES = ("screen", "remedy", "second stage", "verdict", "staged verdict")
+
+
+def plan(args: argparse.Namespace) -> list[tuple[str, list[Run]]]:
+    """Each stage of the protocol (`STAGES`) whose choices the records under `args.output` make so
+    far, with its runs (seed by seed, among `args.variants`, in `args.phases`): the init screen; the
+    remedy screen (DifNet's init and its remedies, the baseline's rates, the first stage); the second
+    stages on seed 0 of the remedy split's first stages; the verdict (the joint pair at equal steps and
+    at equal time, the first stage on all of train, the staged verdict's baseline at equal steps and
+    at equal time, the chosen second stage on the remedy split's other seeds); and the chosen second
+    stage on the verdict's first stages. A stage waiting on a choice is left out, with every later one."""
+    chosen = selection(args.output, args.screen_epochs, args.verdict_epochs, args.variants)
+    wanted = lambda group: [v for v in VARIANTS if v in group and v in args.variants]  # noqa: E731
+    screen, verdict = list(args.screen_seeds), list(args.verdict_seeds)
+
+    def runs(variants: Sequence[str], seeds: Sequence[int], phase: str, epochs: int) -> list[Run]:
+        return [(v, seed, phase, epochs) for seed in seeds for v in variants]
+
+    inits, joint, best = chosen["inits"], chosen["joint"], chosen["best"]
+    stages = [("screen", runs(wanted(INIT_VARIANTS), screen, "screen", args.screen_epochs))]
+    if "difnet" not in inits:
+        return stages
+    stages.append(("remedy", runs([inits["difnet"], *wanted(REMEDIES)], screen, "remedy", args.screen_epochs)
+                   + runs(wanted(RATES), screen, "remedy", args.screen_epochs)
+                   + runs([STAGE_ONE], screen, "remedy", STAGE_ONE_EPOCHS["remedy"])))  # fmt: skip
+    stages.append(("second stage", runs(wanted(SECOND_STAGES), screen[:1], "remedy", STAGE_TWO_EPOCHS)))
+    if len(joint["best"]) < 2 or len(best) < 2 or "equal_time_epochs" not in joint:
+        return stages
+    epochs, sim = args.verdict_epochs, joint["best"]["simdeeplab"]
+    stages.append(("verdict", runs([joint["best"]["difnet"], sim], verdict, "verdict", epochs)
+                   + runs([sim], verdict, "verdict", max(joint["equal_time_epochs"], epochs))
+                   + runs([STAGE_ONE], verdict, "verdict", STAGE_ONE_EPOCHS["verdict"])
+                   + runs([best["simdeeplab"]], verdict, "verdict", epochs)
+                   + runs([best["simdeeplab"]], verdict, "verdict", max(chosen["equal_time_epochs"], epochs))
+                   + runs([best["difnet"]], screen[1:], "remedy", STAGE_TWO_EPOCHS)))  # fmt: skip
+    stages.append(("staged verdict", runs([best["difnet"]], verdict, "verdict", STAGE_TWO_EPOCHS)))
+    return [(name, sorted(dict.fromkeys(r for r in planned if r[2] in args.phases), key=lambda r: r[1]))
+            for name, planned in stages]  # fmt: skip
+
+
+def has_record(output: Path, run: Run) -> bool:
+    variant, seed, phase, epochs = run
+    return (output / (run_name(variant, seed, phase, epochs) + ".json")).is_file()
+
+
+def queue(args: argparse.Namespace) -> list[tuple[str, Run]]:
+    """The runs `all` would start now, by stage: those of `plan` that have no record yet."""
+    return [(stage, run) for stage, runs in plan(args) for run in runs if not has_record(args.output, run)]
+
+
+def dry_run(args: argparse.Namespace) -> list[tuple[str, Run]]:
+    """Print what the records choose and what `all` would queue, running nothing."""
+    chosen = selection(args.output, args.screen_epochs, args.verdict_epochs, args.variants)
+    queued = queue(args)
+    planned = [stage for stage, _ in plan(args)]
+    print("selection:", json.dumps(chosen), flush=True)
+    print(f"{len(queued)} runs to queue:", *(f"  {stage}: {run_name(v, seed, phase, epochs)}"
+                                            for stage, (v, seed, phase, epochs) in queued), sep="\n")  # fmt: skip
+    if waiting := [stage for stage in STAGES if stage not in planned]:
+        print("waiting on choices the records do not make yet:", ", ".join(waiting))
+    return queued
+
+
 def run_all(args: argparse.Namespace) -> None:
-    """The phases asked for in order: the init screen, the remedy screen of DifNet at its chosen
-    init, then timing and the verdict at equal steps and at equal time. Runs go seed by seed, so an
-    interrupted experiment holds whole seeds."""
+    """The stages of `plan` in order, each once the runs before it have finished, skipping every run
+    whose record exists; the step times the joint verdict's equal-time budget needs are measured
+    alone before the verdict, where they are missing. Then `selection.json`, once complete."""
+    if args.dry_run:
+        dry_run(args)
+        return
     deadline = time.time() + 60 * args.minutes
     args.output.mkdir(parents=True, exist_ok=True)
     last_pack = [0.0]
@@ -557,46 +673,39 @@ def run_all(args: argparse.Namespace) -> None:
             last_pack[0] = time.time()
 
     runs = Runs(args)
-    finished = True
-    for phase in ("screen", "remedy"):
-        if phase not in args.phases or not finished:
-            continue
-        init = better_init(args.output, "difnet", args.screen_epochs)
-        variants = [v for v in args.variants if v in INIT_VARIANTS] if phase == "screen" else (
-            [init, *remedies(args.variants)] if init else [])  # fmt: skip
-        for seed in args.screen_seeds:
-            for variant in variants:
-                runs.add(variant, seed, phase, args.screen_epochs)
-        finished = runs.wait(deadline, tick)
-    best = select(args.output, args.variants, args.screen_epochs)
-    print("selected:", best, "selection finished" if finished else "cut by the deadline", flush=True)
-    if "verdict" in args.phases and finished and len(best) == 2:
-        timing = measured_step_seconds(args, [best["simdeeplab"], best["difnet"]])
-        epochs = args.verdict_epochs
-        equal_time = round(epochs * timing[best["difnet"]] / timing[best["simdeeplab"]])
-        (args.output / "selection.json").write_text(
-            json.dumps({"best": best, "equal_time_epochs": equal_time}, indent=2) + "\n"
-        )
-        for seed in args.verdict_seeds:
-            runs.add(best["difnet"], seed, "verdict", epochs)
-            runs.add(best["simdeeplab"], seed, "verdict", epochs)
-            if equal_time > epochs:
-                runs.add(best["simdeeplab"], seed, "verdict", equal_time)
-        runs.wait(deadline, tick)
+    for stage in STAGES:
+        joint = select(args.output, args.screen_epochs, args.variants)["joint"]
+        if stage == "verdict" and len(joint) == 2:
+            measured_step_seconds(args, [joint["simdeeplab"], joint["difnet"]])
+        planned = dict(plan(args))
+        if stage not in planned:
+            print(f"{stage}: waiting on a choice the records do not make", flush=True)
+            break
+        for run in planned[stage]:
+            runs.add(*run)
+        if not runs.wait(deadline, tick):
+            print(f"{stage}: cut by the deadline", flush=True)
+            break
+    chosen = selection(args.output, args.screen_epochs, args.verdict_epochs, args.variants)
+    print("selected:", json.dumps(chosen), flush=True)
+    if len(chosen["best"]) == 2 and "equal_time_epochs" in chosen["joint"]:
+        (args.output / "selection.json").write_text(json.dumps(chosen, indent=2) + "\n")
     pack(args.output, args.archive)
     if runs.failed:
         print("failed runs:", runs.failed, flush=True)
 
 
 def measured_step_seconds(args: argparse.Namespace, variants: list[str]) -> dict[str, float]:
-    """Step seconds of `variants`, measured alone once and kept in step_seconds.json."""
+    """Step seconds of `variants`, measured alone once and kept in step_seconds.json (rewritten only
+    when one was missing)."""
     path = args.output / "step_seconds.json"
     stored = json.loads(path.read_text())["seconds"] if path.is_file() else {}
-    for variant in variants:
-        if variant not in stored:
-            stored[variant] = step_seconds(variant, args.device, tuple(args.crop), args.timing_steps)
-    payload = {"device": args.device, "threads": args.threads, "seconds": stored, "provenance": provenance()}
-    path.write_text(json.dumps(payload, indent=2) + "\n")
+    missing = [variant for variant in variants if variant not in stored]
+    for variant in missing:
+        stored[variant] = step_seconds(variant, args.device, tuple(args.crop), args.timing_steps)
+    if missing:
+        payload = {"device": args.device, "threads": args.threads, "seconds": stored}
+        path.write_text(json.dumps({**payload, "provenance": provenance()}, indent=2) + "\n")
     print("step seconds:", json.dumps(stored), flush=True)
     return stored
 
@@ -633,6 +742,9 @@ def main() -> None:
                 "--phases", nargs="+", choices=(*HELD_ASIDE, "verdict"), default=[*HELD_ASIDE, "verdict"]
             )
             sub.add_argument("--timing-steps", type=int, default=10, help="timed steps per variant")
+            sub.add_argument(
+                "--dry-run", action="store_true", help="print the selection and the runs it would queue"
+            )
             sub.add_argument("--screen-epochs", type=int, default=SCREEN_EPOCHS)
             sub.add_argument("--verdict-epochs", type=int, default=VERDICT_EPOCHS)
             sub.add_argument("--screen-seeds", type=int, nargs="+", default=list(SEEDS["screen"]))

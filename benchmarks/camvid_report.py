@@ -130,9 +130,14 @@ def report(output: Path, results: Path) -> None:
         ]
         lines += screen_table(remedy, names) + [""]
         lines += diagnostics_table(verdict_groups(remedy), names) + [commits_line(remedy), ""]
-    if selection:
-        lines += [f"Selected (inits on val, DifNet's remedy on the held-aside frames): {selection['best']}; "
-                  f"equal-time budget for the baseline: {selection['equal_time_epochs']} epochs.", ""]  # fmt: skip
+    joint = selection.get("joint", selection)  # an older selection.json holds the joint verdict's only
+    if joint:
+        lines += [f"Selected (inits on val, DifNet's remedy on the held-aside frames): {joint['best']}; "
+                  f"equal-time budget for the baseline: {joint['equal_time_epochs']} epochs.", ""]  # fmt: skip
+    if "joint" in selection:
+        lines += [f"The staged verdict's choice (its tables: camvid_walks.md): {selection['best']} on the first "
+                  f"stage {selection['stage_one']}; the baseline at equal time {selection['equal_time_epochs']} "
+                  "epochs.", ""]  # fmt: skip
     gaps = {}
     if verdict:
         groups = verdict_groups(verdict)
@@ -147,7 +152,7 @@ def report(output: Path, results: Path) -> None:
                 f"{mean_std([small_miou(r['val'], names) for r in runs])} | {runs[0]['steps']} | "
                 f"{' / '.join(train_seconds(r) for r in runs)} |"
             )
-        gaps = verdict_gaps(groups, selection, names)
+        gaps = verdict_gaps(groups, joint, names)
         lines += [""] + [f"- {line}" for line in gaps["lines"]] + [""]
         lines += per_class_table(groups, names) + [""]
         lines += diagnostics_table(groups, names) + [commits_line(verdict), ""]

@@ -14,13 +14,18 @@ import pytest
 
 from benchmarks import camvid
 from benchmarks.camvid import (
+    RUNS,
     SEGMENTS,
     STAGE_ONE,
+    STAGES,
     VARIANTS,
     pack,
+    plan,
+    queue,
     recipe,
     record_path,
     select,
+    selection,
     start_segment,
     with_samples,
 )
@@ -41,7 +46,7 @@ def test_every_variant_is_a_valid_recipe_differing_only_in_its_overrides(variant
 
 
 def test_a_second_stage_starts_from_the_first_stage_run_of_its_seed_and_phase(tmp_path):
-    second = recipe("walk-dist-r3", 2, "verdict", 4, tmp_path, "cpu", tmp_path)
+    second = recipe("walk-dist-r1", 2, "verdict", 4, tmp_path, "cpu", tmp_path)
     assert second.seed_from == str(tmp_path / "verdict" / "seed-aux-shared-e16-seed2" / "last.pt")
     first = recipe(STAGE_ONE, 2, "verdict", 16, tmp_path, "cpu", tmp_path)
     assert (first.kernel, first.shared_backbone, first.aux_seed_weight) == ("identity", True, 0.4)
@@ -75,23 +80,63 @@ def write_records(output: Path, phase: str, split: str, scores: dict[str, tuple[
             record_path(output, variant, seed, phase, 8).write_text(json.dumps(record))
 
 
-def test_selection_takes_inits_on_val_and_difnets_remedy_on_the_held_aside_frames(tmp_path):
-    val = {
-        "sim-he": (0.30, 0.40),
-        "sim-normal": (0.36, 0.36),
-        "dif-he": (0.2, 0.2),
-        "dif-normal": (0.31, 0.32),
-    }
-    write_records(tmp_path, "screen", "val", val)
-    assert select(tmp_path, list(VARIANTS), 8) == {"simdeeplab": "sim-normal", "difnet": "dif-normal"}
-    remedy = {
-        "dif-normal": (0.5, 0.5),
-        "dif-aux": (0.7, 0.1),
-        "dif-shared": (0.52, 0.5),
-        "dif-he": (0.9, 0.9),
-    }
-    write_records(tmp_path, "remedy", "holdout", remedy)  # dif-he is not DifNet's init: not a candidate
-    assert select(tmp_path, list(VARIANTS), 8) == {"simdeeplab": "sim-normal", "difnet": "dif-shared"}
+def test_every_committed_record_is_of_a_variant_the_runner_still_has():
+    records = [json.loads(p.read_text()) for p in sorted(RUNS.glob("*/*.json"))]
+    assert records and {r["variant"] for r in records} <= set(VARIANTS)
+
+
+def test_the_committed_records_select_what_selection_json_says():
+    # the staged verdict's second stage is chosen on seed 0, the seed every candidate ran:
+    # walk-dist-r1-guided1 ran on seed 0 only, and its gain there beats walk-dist-r1-guided's mean
+    # over both seeds, not its gain on seed 0
+    assert selection(RUNS) == json.loads((RUNS / "selection.json").read_text())
+    assert select(RUNS)["best"] == {"simdeeplab": "sim-lr0.007", "difnet": "walk-dist-r1-guided"}
+    assert select(RUNS)["joint"] == {"simdeeplab": "sim-normal", "difnet": "dif-aux-shared"}
+
+
+def all_args(output: Path) -> argparse.Namespace:
+    """The arguments of `python -m benchmarks.camvid all` with its defaults, on `output`."""
+    return argparse.Namespace(output=output, variants=list(VARIANTS), phases=["screen", "remedy", "verdict"],
+                              screen_seeds=[0, 1], verdict_seeds=[0, 1, 2], screen_epochs=8,
+                              verdict_epochs=16)  # fmt: skip
+
+
+def test_all_would_queue_only_the_staged_baselines_third_equal_time_seed(monkeypatch, capsys):
+    planned = dict(plan(all_args(RUNS)))
+    assert list(planned) == list(STAGES)
+    assert planned["staged verdict"] == [("walk-dist-r1-guided", s, "verdict", 3) for s in (0, 1, 2)]
+    assert queue(all_args(RUNS)) == [("verdict", ("sim-lr0.007", 2, "verdict", 20))]
+    monkeypatch.setattr(sys, "argv", ["camvid", "all", "--dry-run"])
+    camvid.main()
+    out = capsys.readouterr().out
+    assert "1 runs to queue:\n  verdict: verdict/sim-lr0.007-e20-seed2\n" in out and "waiting" not in out
+
+
+def test_all_starts_only_the_missing_run_and_keeps_the_committed_selection(tmp_path, monkeypatch):
+    for path in [*RUNS.glob("*.json"), *RUNS.glob("*/*.json")]:  # the records, not the run folders
+        (tmp_path / path.relative_to(RUNS)).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path.relative_to(RUNS)).write_bytes(path.read_bytes())
+    started: list = []
+
+    def wait(self, deadline, on_tick):  # noqa: ANN001, ANN202
+        started.extend(self.pending)
+        self.pending = []
+        return True
+
+    monkeypatch.setattr(camvid.Runs, "wait", wait)
+    args = argparse.Namespace(**vars(all_args(tmp_path)), dry_run=False, minutes=1.0, archive=None, parallel=2,
+                              threads=1, device="cpu", crop=[160, 160], timing_steps=1, max_steps=None)  # fmt: skip
+    camvid.run_all(args)
+    assert started == [("sim-lr0.007", 2, "verdict", 20)]
+    for name in ("selection.json", "step_seconds.json"):
+        assert (tmp_path / name).read_text() == (RUNS / name).read_text()
+
+
+def test_all_without_records_plans_the_screen_and_waits_on_its_choice(tmp_path):
+    assert plan(all_args(tmp_path)) == [
+        ("screen", [(v, seed, "screen", 8) for seed in (0, 1) for v in ("sim-he", "sim-normal", "dif-he", "dif-normal")])
+    ]  # fmt: skip
+    assert not list(tmp_path.iterdir())  # planning writes nothing
 
 
 def test_pack_keeps_records_and_logs_but_no_weights(tmp_path):
@@ -239,12 +284,13 @@ def test_rediagnose_replaces_a_records_diagnostics_and_names_the_commit_that_com
     monkeypatch.setattr(camvid, "provenance", lambda: {"commit": "eeeeeee", "dirty": "no"})
     torch.manual_seed(0)
     models = {"difnet": DifNet(depth=18, num_classes=len(NAMES)), "sim": SimDeepLab(depth=18, num_classes=11)}
-    args = argparse.Namespace(variant="walk-dist", seed=0, phase="remedy", epochs=3, output=tmp_path,
+    args = argparse.Namespace(variant="walk-dist-r1", seed=0, phase="remedy", epochs=3, output=tmp_path,
                               data_root=tmp_path, device="cpu")  # fmt: skip
-    path = record_path(tmp_path, "walk-dist", 0, "remedy", 3)
-    with pytest.raises(SystemExit, match="no record .*walk-dist-e3-seed0.json: run it first"):
+    path = record_path(tmp_path, "walk-dist-r1", 0, "remedy", 3)
+    with pytest.raises(SystemExit, match="no record .*walk-dist-r1-e3-seed0.json: run it first"):
         camvid.rediagnose(args)
-    path.write_text(json.dumps({"variant": "walk-dist", "holdout": {"miou": 0.3}, "diagnostics": {"old": 1}}))
+    record = {"variant": "walk-dist-r1", "holdout": {"miou": 0.3}, "diagnostics": {"old": 1}}
+    path.write_text(json.dumps(record))
     monkeypatch.setattr(camvid, "load_model", lambda source: models["difnet"])
     record = camvid.rediagnose(args)
     assert json.loads(path.read_text()) == record and record["holdout"] == {"miou": 0.3}
