@@ -15,6 +15,9 @@ Every run resumable and recorded with the commit that produced it, in stages (`p
   then per class and, for DifNet, by `difnet.diagnostics`. Equal steps, and equal time: the
   baseline again with the epochs DifNet's training time buys. `select` and `selection.json` hold
   both verdicts' choices: the jointly trained DifNet's and the staged one's.
+- **cross-drive** (`--phase drive-screen`, `drive-verdict`): whole drives train and a drive no model
+  trains on scores (`DRIVES`); records under `cross-drive/screen/` and `cross-drive/verdict/`, their
+  score under `holdout` with the drive named in `held_out_drive`.
 
     python -m benchmarks.camvid all --dry-run                       # what the records choose, what is missing
     python -m benchmarks.camvid all --device cuda --parallel 24     # every run still missing
@@ -91,6 +94,13 @@ RECIPE_SCALES = (0.75, 1.25)
 # stretch of video whose neighbouring frames are not trained on. 0001TP is at dusk and scores
 # 7-12 mIoU for every model (too hard to rank them); 0016E5's first minutes are daytime, like val.
 HELD_ASIDE = {"screen": ("0001TP", 62), "remedy": ("0016E5", 60)}
+# The cross-drive protocol: whole drives train and a drive no model trains on scores, since CamVid
+# val is the drive 0016E5 whose other frames are in train, which flatters every model. The screens
+# and rate searches train on 0016E5 (train's 204 frames and val's 101) and score 0001TP's 62; the
+# verdict trains on 0001TP and 0016E5 (367 frames) and scores 0006R0's 101.
+DRIVES = {"drive-screen": (("0016E5",), "0001TP"), "drive-verdict": (("0001TP", "0016E5"), "0006R0")}
+PHASE_FOLDERS = {"drive-screen": "cross-drive/screen", "drive-verdict": "cross-drive/verdict"}
+PHASES = (*HELD_ASIDE, "verdict", *DRIVES)
 SCREEN_EPOCHS, VERDICT_EPOCHS, EVAL_EVERY = 8, 16, 2
 SEEDS = {"screen": (0, 1), "verdict": (0, 1, 2)}
 STAGE_TWO_EPOCHS = 3  # a second stage trains this long on its frozen first stage
@@ -117,10 +127,31 @@ def with_samples(dataset: CamVid, phase: str, keep: bool) -> CamVid:
     return part
 
 
+def of_drives(dataset: CamVid, drives: Sequence[str]) -> CamVid:
+    """A copy of `dataset` holding only the frames of `drives` (CamVid names a frame by its drive)."""
+    part = copy.copy(dataset)
+    part.samples = [s for s in dataset.samples if s.image.name.startswith(tuple(drives))]
+    return part
+
+
+def scored_split(phase: str) -> str:
+    """The record key of a phase's score: `holdout` for frames or a drive held out of training."""
+    return "holdout" if phase in HELD_ASIDE or phase in DRIVES else "val"
+
+
 def phase_datasets(data_root: Path, phase: str, crop: tuple[int, int]) -> dict[str, SegmentationDataset]:
     """`{"train", "val"}` of a phase: a selection phase scores its held-aside images as its val;
-    the verdict trains on all of train and scores val."""
+    the verdict trains on all of train and scores val; a cross-drive phase trains on its drives'
+    frames of train and val and scores the drive it holds out."""
     augment = TrainTransform(crop, RECIPE_SCALES)
+    if phase in DRIVES:
+        trained, held_out = DRIVES[phase]
+        return {
+            "train": of_drives(CamVid(data_root, "trainval", augment, resize=HALF_RESOLUTION), trained),
+            "val": of_drives(
+                CamVid(data_root, "trainval", EvalTransform(), resize=HALF_RESOLUTION), [held_out]
+            ),
+        }
     train_set = CamVid(data_root, "train", augment, resize=HALF_RESOLUTION)
     if phase in HELD_ASIDE:
         holdout = CamVid(data_root, "train", EvalTransform(), resize=HALF_RESOLUTION)
@@ -184,7 +215,7 @@ def stage_one_checkpoint(output: Path, seed: int, phase: str) -> Path:
 
 
 def run_name(variant: str, seed: int, phase: str, epochs: int) -> str:
-    return f"{phase}/{variant}-e{epochs}-seed{seed}"
+    return f"{PHASE_FOLDERS.get(phase, phase)}/{variant}-e{epochs}-seed{seed}"
 
 
 def provenance() -> dict:
@@ -228,6 +259,10 @@ def run_one(args: argparse.Namespace) -> dict:
     if args.phase in HELD_ASIDE:
         names = [s.image.name for s in data["val"].samples]
         record["held_aside"] = {"images": len(names), "first": names[0], "last": names[-1]}
+    if args.phase in DRIVES:
+        trained, held_out = DRIVES[args.phase]
+        record["held_out_drive"] = {"drive": held_out, "images": len(data["val"]), "trained_on": list(trained),
+                                    "train_images": len(data["train"])}  # fmt: skip
     if config.model == "difnet" and config.kernel != "identity":
         # how the transitions start, with the batch statistics training sees, on the images the
         # trained model is diagnosed on
@@ -243,7 +278,7 @@ def run_one(args: argparse.Namespace) -> dict:
     record["train_seconds"] = round(time.perf_counter() - start, 1)
     record["steps"] = result.history[-1]["step"]
     record["curve"] = [{"epoch": h["epoch"], "miou": h["miou"]} for h in result.history if "miou" in h]
-    split = "holdout" if args.phase in HELD_ASIDE else "val"
+    split = scored_split(args.phase)
     scored = {split: data["val"]}
     if args.phase == "screen" and args.variant in INIT_VARIANTS:
         scored["val"] = CamVid(args.data_root, "val", EvalTransform(), resize=HALF_RESOLUTION)
@@ -277,7 +312,7 @@ def rediagnose(args: argparse.Namespace) -> dict:
     data = phase_datasets(args.data_root, args.phase, (160, 160))
     record["diagnostics"] = {
         **diagnose(model, data["val"], SMALL_CLASSES, device=args.device).to_dict(),
-        "split": "holdout" if args.phase in HELD_ASIDE else "val",
+        "split": scored_split(args.phase),
         "provenance": provenance(),
     }
     path.write_text(json.dumps(record, indent=2) + "\n")
@@ -290,6 +325,10 @@ def fit_images(data_root: Path, phase: str, every: int = 5) -> CamVid:
     images = CamVid(data_root, "train", EvalTransform(), resize=HALF_RESOLUTION)
     if phase in HELD_ASIDE:
         images = with_samples(images, phase, keep=False)
+    if phase in DRIVES:
+        images = of_drives(
+            CamVid(data_root, "trainval", EvalTransform(), resize=HALF_RESOLUTION), DRIVES[phase][0]
+        )
     images.samples = images.samples[::every]
     return images
 
@@ -337,7 +376,7 @@ def refine(args: argparse.Namespace) -> dict:
         "fit": first.to_dict(),
         **({} if widened is None else {"widened": widened.to_dict()}),
         "fit_images": len(fitted_on),
-        "split": "holdout" if args.phase in HELD_ASIDE else "val",
+        "split": scored_split(args.phase),
         **scores,
         "gain": scores["refined"]["miou"] - scores["model"]["miou"],
         "seconds": round(time.perf_counter() - start, 1),
@@ -517,7 +556,10 @@ class Runs:
 
 def seed_scores(output: Path, phase: str, variant: str, epochs: int, score: Callable[[dict], float]) -> dict:
     """`score` of each finished run of `variant` in `phase`, by seed."""
-    runs = [json.loads(p.read_text()) for p in (output / phase).glob(f"{variant}-e{epochs}-seed*.json")]
+    runs = [
+        json.loads(p.read_text())
+        for p in (output / PHASE_FOLDERS.get(phase, phase)).glob(f"{variant}-e{epochs}-seed*.json")
+    ]
     return {r["seed"]: score(r) for r in runs}
 
 
@@ -730,7 +772,7 @@ def main() -> None:
         if name in ("run", "rediagnose", "refine", "fit-scalars", "fit-guided"):
             sub.add_argument("--variant", choices=tuple(VARIANTS), required=True)
             sub.add_argument("--seed", type=int, default=0)
-            sub.add_argument("--phase", choices=(*HELD_ASIDE, "verdict"), required=True)
+            sub.add_argument("--phase", choices=PHASES, required=True)
             sub.add_argument("--epochs", type=int, required=True)
         if name == "all":
             sub.add_argument("--parallel", type=int, default=2, help="runs at a time")

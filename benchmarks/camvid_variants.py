@@ -43,7 +43,7 @@ STAGE_TWO: dict[str, dict] = {
     },
 }
 STAGE_ONE = "seed-aux-shared"
-STAGE_ONE_EPOCHS = {"remedy": 8, "verdict": 16}
+STAGE_ONE_EPOCHS = {"remedy": 8, "verdict": 16, "drive-screen": 8, "drive-verdict": 16}
 # name: (model, recipe overrides); the DifNet remedies start from DeepLab's head init
 VARIANTS: dict[str, tuple[str, dict]] = {
     "sim-he": ("simdeeplab", {"head_init": "he"}),
@@ -68,9 +68,16 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     # the baseline's rate search at DeepLab's init (the recipe's rate is 0.01; 0.014 and 0.02 are retired,
     # their records lost)
     **{f"sim-lr{lr}": ("simdeeplab", {"head_init": "normal", "lr": lr}) for lr in (0.007, 0.01)},
+    # the cross-drive rate search, the same rates for every model (0.014 and 0.02 of the old search
+    # are retired with their records; 0.02 is searched again here)
+    **{f"sim-lr{lr}": ("simdeeplab", {"head_init": "normal", "lr": lr}) for lr in (0.02, 0.04)},
 }
 INIT_VARIANTS = ("sim-he", "sim-normal", "dif-he", "dif-normal")
 # what each selection step of `benchmarks.camvid.select` chooses among, besides a model's init
 REMEDIES = tuple(v for v in VARIANTS if v.startswith("dif-") and v not in INIT_VARIANTS)
-RATES = tuple(v for v in VARIANTS if v.startswith("sim-lr"))
+RATES = ("sim-lr0.007", "sim-lr0.01")
+# the cross-drive protocol's rate search, every model on the same rates
+DRIVE_RATES = tuple(
+    v for v in VARIANTS if "-lr" in v and v.split("-lr")[-1] in ("0.007", "0.01", "0.02", "0.04")
+)
 SECOND_STAGES = tuple(v for v in VARIANTS if v.startswith("walk-"))

@@ -73,6 +73,23 @@ def test_the_remedy_phase_holds_aside_the_first_60_frames_of_0016E5_in_frame_ord
     assert len(rest.samples) == 42 and "0001TP_1" in {s.image.stem for s in rest.samples}
 
 
+def test_the_cross_drive_phases_train_on_whole_drives_and_score_one_no_model_trains_on(camvid_root, tmp_path):
+    for phase, (trained, held_out, sizes) in {
+        "drive-screen": (("0016E5",), "0001TP", (305, 62)),
+        "drive-verdict": (("0001TP", "0016E5"), "0006R0", (367, 101)),
+    }.items():
+        data = camvid.phase_datasets(camvid_root, phase, (160, 160))
+        drives = {split: {s.image.name.split("_")[0] for s in data[split].samples} for split in data}
+        assert drives == {"train": set(trained), "val": {held_out}}
+        assert (len(data["train"]), len(data["val"])) == sizes
+        assert {s.image.name for s in camvid.fit_images(camvid_root, phase).samples} <= {
+            s.image.name for s in data["train"].samples
+        }
+    assert record_path(tmp_path, "sim-lr0.02", 1, "drive-verdict", 16) == (
+        tmp_path / "cross-drive" / "verdict" / "sim-lr0.02-e16-seed1.json"
+    )
+
+
 def write_records(output: Path, phase: str, split: str, scores: dict[str, tuple[float, ...]]) -> None:
     for variant, mious in scores.items():
         for seed, miou in enumerate(mious):
