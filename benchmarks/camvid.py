@@ -61,6 +61,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+import benchmarks.smp_models  # noqa: F401  (registers the smp-* models the variants name)
 from benchmarks._measure import machine_info, synchronize
 from benchmarks.camvid_variants import (
     INIT_VARIANTS,

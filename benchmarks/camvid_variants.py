@@ -71,6 +71,13 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     # the cross-drive rate search, the same rates for every model (0.014 and 0.02 of the old search
     # are retired with their records; 0.02 is searched again here)
     **{f"sim-lr{lr}": ("simdeeplab", {"head_init": "normal", "lr": lr}) for lr in (0.02, 0.04)},
+    # the models a user would pick instead (benchmarks/smp_models.py), on smp's ResNet-18, at DeepLab's
+    # head init as every model here
+    **{
+        f"{model}-lr{lr}": (model, {"head_init": "normal", "depth": 18, "lr": lr})
+        for model in ("smp-deeplabv3plus", "smp-unet")
+        for lr in (0.007, 0.01, 0.02, 0.04)
+    },  # fmt: skip
 }
 INIT_VARIANTS = ("sim-he", "sim-normal", "dif-he", "dif-normal")
 # what each selection step of `benchmarks.camvid.select` chooses among, besides a model's init

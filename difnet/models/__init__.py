@@ -3,9 +3,16 @@
 from difnet.models.base import SegmentationModel
 from difnet.models.diffusion_head import DiffusionHead, DifNetOutput
 from difnet.models.difnet import DifNet
-from difnet.models.factory import MODELS, build_model, format_parameter_counts, parameter_counts
+from difnet.models.factory import (
+    MODELS,
+    build_model,
+    format_parameter_counts,
+    parameter_counts,
+    register_model,
+)
 from difnet.models.finetune import FineTuneReport
 from difnet.models.loading import load_model, load_model_with_metadata
+from difnet.models.options import ModelOptions
 from difnet.models.parameters import count_parameters
 from difnet.models.preprocessing import Preprocessing
 from difnet.models.pretrained import LoadReport
@@ -22,6 +29,7 @@ __all__ = [
     "DilatedResNet",
     "FineTuneReport",
     "LoadReport",
+    "ModelOptions",
     "Preprocessing",
     "SegmentationModel",
     "SimDeepLab",
@@ -34,5 +42,6 @@ __all__ = [
     "load_model_with_metadata",
     "parameter_counts",
     "push_to_hub",
+    "register_model",
     "save_pretrained",
 ]

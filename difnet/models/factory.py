@@ -10,6 +10,7 @@ from torch import nn
 
 from difnet.models.base import SegmentationModel
 from difnet.models.difnet import DifNet
+from difnet.models.options import MODEL_OPTIONS, ModelOptions
 from difnet.models.parameters import count_parameters
 from difnet.models.resnet import RESNET_DEPTHS
 from difnet.models.simdeeplab import SimDeepLab
@@ -25,6 +26,23 @@ def build_model(name: str, depth: int | None = None, num_classes: int = 21, **kw
     `diffusion_stride`, `pretrained_backbone`).
     """
     return model_class(name)(depth=depth, num_classes=num_classes, **kwargs)
+
+
+def register_model(model_class: type[SegmentationModel], options: ModelOptions) -> None:
+    """Make a `SegmentationModel` subclass buildable (`build_model`), trainable
+    (`TrainConfig(model=...)`) and loadable by its `name`, taking the recipe `options` declared;
+    a name already taken is refused."""
+    if not (isinstance(model_class, type) and issubclass(model_class, SegmentationModel)):
+        raise TypeError(f"a registered model must be a SegmentationModel subclass (got {model_class!r})")
+    name = model_class.__dict__.get("name")
+    if not isinstance(name, str) or not name or name != name.lower():
+        raise ValueError(
+            f"{model_class.__name__} needs its own lower-case `name` to be registered (got {name!r})"
+        )
+    if name in MODELS:
+        raise ValueError(f"model {name!r} is already registered")
+    MODELS[name] = model_class
+    MODEL_OPTIONS[name] = options
 
 
 def model_class(name: str) -> type[SegmentationModel]:

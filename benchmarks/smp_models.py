@@ -1,0 +1,139 @@
+"""segmentation_models_pytorch's DeepLabV3+, U-Net and FPN in the project's trainer: the models a user
+would pick instead of DifNet, trained by the same recipe as every model here.
+
+Importing this module registers them (`smp-deeplabv3plus`, `smp-unet`, `smp-fpn`) with
+`difnet.models.register_model`, and smp's ResNet encoders as `smp-resnet18/34/50` with
+`difnet.encoders.register_encoder`; smp itself (`pip install segmentation-models-pytorch`, the
+benchmarks' extra `difnet[smp]`) is imported only when a model is built."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from difnet.encoders import register_encoder
+from difnet.models import ModelOptions, SegmentationModel, register_model
+from difnet.models.heads import DEEPLAB_HEAD_STD, DEFAULT_HEAD_INIT, HEAD_INITS
+from difnet.models.options import SHARED_ARGUMENTS
+
+SMP_RESNETS = (18, 34, 50)
+DEFAULT_SMP_DEPTH = 18
+
+
+def import_smp() -> Any:
+    """segmentation_models_pytorch, or an ImportError naming how to install it."""
+    try:
+        import segmentation_models_pytorch
+    except ImportError as error:
+        raise ImportError(
+            'the smp-* models need segmentation_models_pytorch: pip install "difnet[smp]" (it needs '
+            "torchvision, so torch 2.14.1 with torchvision 0.29.1)"
+        ) from error
+    return segmentation_models_pytorch
+
+
+class SmpEncoder(nn.Module):
+    """smp's encoder of `name` (no weights) as a difnet encoder: its stages at strides 2..32, without
+    the input that smp returns first."""
+
+    def __init__(self, name: str, in_channels: int = 3, gradient_checkpointing: bool = False) -> None:
+        super().__init__()
+        self.encoder = import_smp().encoders.get_encoder(name, in_channels=in_channels, depth=5, weights=None)
+        self.out_channels: tuple[int, ...] = tuple(self.encoder.out_channels[1:])
+        self.strides: tuple[int, ...] = (2, 4, 8, 16, 32)
+        if gradient_checkpointing:
+            raise ValueError("smp's encoders do not recompute their stages: gradient_checkpointing=False")
+
+    def forward(self, images: Tensor) -> list[Tensor]:
+        """Images `[B, C, H, W]` -> the five stages' maps."""
+        return list(self.encoder(images)[1:])
+
+
+def smp_encoder_name(encoder: str) -> str:
+    """smp's name of a registered `smp-<name>` encoder."""
+    if not encoder.startswith("smp-"):
+        raise ValueError(f"an smp model takes an smp-* encoder, e.g. smp-resnet18 (got {encoder!r})")
+    return encoder.removeprefix("smp-")
+
+
+class SmpModel(SegmentationModel):
+    """An smp architecture (`architecture`, smp's class name) on smp's encoder, from scratch:
+    `model(images) -> logits`. Images of any size are padded to the encoder's output stride and the
+    logits cropped back. `head_init` redraws the last convolution as the models here start theirs
+    ("normal": DeepLab's N(0, 0.01), zero bias; "he": He's fan-out init)."""
+
+    architecture: ClassVar[str]
+
+    def __init__(
+        self,
+        depth: int | None = None,
+        num_classes: int = 21,
+        in_channels: int = 3,
+        pretrained_backbone: str | None = None,
+        gradient_checkpointing: bool = False,
+        head_init: str = DEFAULT_HEAD_INIT,
+        encoder: str | None = None,
+    ) -> None:
+        if head_init not in HEAD_INITS:
+            raise ValueError(f"head_init must be one of {HEAD_INITS} (got {head_init!r})")
+        if gradient_checkpointing:
+            raise ValueError(
+                "the smp models here do not recompute their stages: gradient_checkpointing=False"
+            )
+        encoder = encoder or f"smp-resnet{depth or DEFAULT_SMP_DEPTH}"
+        if depth is not None and encoder != f"smp-resnet{depth}":
+            raise ValueError(f"depth={depth} contradicts encoder={encoder!r}; give only one of them")
+        super().__init__(encoder=encoder, num_classes=num_classes, in_channels=in_channels,
+                         gradient_checkpointing=gradient_checkpointing, head_init=head_init)  # fmt: skip
+        self.net = getattr(import_smp(), self.architecture)(
+            smp_encoder_name(encoder), encoder_weights=None, in_channels=in_channels, classes=num_classes
+        )
+        last = self.net.segmentation_head[0]
+        if head_init == "normal":
+            nn.init.normal_(last.weight, std=DEEPLAB_HEAD_STD)
+            nn.init.zeros_(last.bias)
+        else:
+            nn.init.kaiming_normal_(last.weight, mode="fan_out", nonlinearity="relu")
+        self.load_pretrained_backbone(pretrained_backbone)
+
+    def backbones(self) -> dict[str, nn.Module]:
+        return {"backbone": self.net.encoder}
+
+    def backbone_encoders(self) -> dict[str, str]:
+        return {"backbone": self.encoder}
+
+    def forward(self, images: Tensor) -> Tensor:
+        """Images `[B, C, H, W]` (normalised floats) -> logits `[B, K, H, W]`."""
+        self.check_images(images)
+        height, width = images.shape[-2:]
+        stride = self.net.encoder.output_stride
+        padded = F.pad(images, (0, -width % stride, 0, -height % stride), mode="replicate")
+        return self.net(padded)[..., :height, :width]
+
+
+class SmpDeepLabV3Plus(SmpModel):
+    name = "smp-deeplabv3plus"
+    architecture = "DeepLabV3Plus"
+
+
+class SmpUnet(SmpModel):
+    name = "smp-unet"
+    architecture = "Unet"
+
+
+class SmpFPN(SmpModel):
+    name = "smp-fpn"
+    architecture = "FPN"
+
+
+SMP_MODELS = (SmpDeepLabV3Plus, SmpUnet, SmpFPN)
+for _depth in SMP_RESNETS:
+    register_encoder(
+        f"smp-resnet{_depth}", lambda depth=_depth, **options: SmpEncoder(f"resnet{depth}", **options)
+    )
+for _model in SMP_MODELS:
+    register_model(
+        _model, ModelOptions(f"smp {_model.architecture}", arguments=SHARED_ARGUMENTS, lacks="no diffusion")
+    )
