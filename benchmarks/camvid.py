@@ -77,10 +77,16 @@ from difnet.data import CamVid, EvalTransform, TrainTransform
 from difnet.data.base import SegmentationDataset
 from difnet.diagnostics import diagnose, transition_shares
 from difnet.evaluation import evaluate
-from difnet.guided_fit import fit_guided_walk, guided_grid, guided_walk_of
 from difnet.metrics import mean_of_defined
 from difnet.models import DifNet, build_model, load_model
-from difnet.refinement import Refined, bilateral_grid, fit_bilateral_walk
+from difnet.refinement import (
+    RefinedModel,
+    bilateral_grid,
+    fit_bilateral_walk,
+    fit_guided_walk,
+    guided_grid,
+    guided_walk_of,
+)
 from difnet.training import TrainConfig, train
 from difnet.training.losses import training_loss
 from difnet.training.sample_seeds import seed_everything
@@ -356,7 +362,7 @@ def refine(args: argparse.Namespace) -> dict:
     """Fit a `BilateralWalk` to a finished run's model on its training images
     (`fit_images`), then score the model with and without it where the run was scored, and write
     both into its record with the commit that computed them. With `args.widen`, the fitted walk's
-    stride, steps and mu are then searched again over `difnet.guided_fit.guided_grid()`, the
+    stride, steps and mu are then searched again over `difnet.refinement.guided_grid()`, the
     search `fit-guided` gives a guided DifNet's walk."""
     path, record, model = finished_run(args)
     fitted_on = fit_images(args.data_root, args.phase)
@@ -371,7 +377,7 @@ def refine(args: argparse.Namespace) -> dict:
     scored_on = phase_datasets(args.data_root, args.phase, (160, 160))["val"]
     scores = {
         name: scored_metrics(scored, scored_on, args.device)
-        for name, scored in (("model", model), ("refined", Refined(model, fit.walk)))
+        for name, scored in (("model", model), ("refined", RefinedModel(model, fit.walk)))
     }
     record["bilateral_walk"] = {
         "fit": first.to_dict(),
@@ -421,7 +427,7 @@ def fit_scalars(args: argparse.Namespace) -> dict:
 
 
 def fit_guided(args: argparse.Namespace) -> dict:
-    """Pick the guided walk's stride, steps and restart weight (`difnet.guided_fit`) by mIoU on a
+    """Pick the guided walk's stride, steps and restart weight (`difnet.refinement.guided`) by mIoU on a
     finished guided DifNet run's training images (`fit_images`), then score the model with them
     where the run was scored, against its seed read off the run's own diagnostics."""
     path, record, model = finished_run(args)

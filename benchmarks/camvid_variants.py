@@ -11,7 +11,7 @@ WALK_LR = {"walk_lr_mult": 30.0, "walk_weight_decay": 0.0}
 TRANSITIONS = {"transition_loss_weight": 0.4}
 DISTANCE_LOCAL = {"kernel": "distance", "kernel_radius": 3}
 SEPARATE = {"shared_backbone": False}
-GUIDED = {"guided_walk_stride": 2}
+GUIDED_OPTIONS = {"guided_walk_stride": 2}
 # the second-stage candidates that have a committed record: a transition kernel, and how its walks
 # start and learn (the candidates retired from the runner, whose records were lost or which never
 # ran, are listed with their results in docs/experiments/camvid-walks.md)
@@ -27,17 +27,17 @@ STAGE_TWO: dict[str, dict] = {
     "dist-sep-trans1": {**SEPARATE, "kernel": "distance", "transition_loss_weight": 1.0},
     # the cascade ends with a learned bilateral walk on the image at stride 2 (`GuidedWalk`): the
     # staged verdict's second stage (what it adds alone, on the seed, is in its diagnostics)
-    "dist-r1-guided": {"kernel": "distance", "kernel_radius": 1, **GUIDED},
+    "dist-r1-guided": {"kernel": "distance", "kernel_radius": 1, **GUIDED_OPTIONS},
     # the guided walk's settings at the walks' own rate, and on the image's full grid
-    "dist-r1-guided-walklr": {"kernel": "distance", "kernel_radius": 1, **GUIDED, **WALK_LR},
+    "dist-r1-guided-walklr": {"kernel": "distance", "kernel_radius": 1, **GUIDED_OPTIONS, **WALK_LR},
     "dist-r1-guided1": {"kernel": "distance", "kernel_radius": 1, "guided_walk_stride": 1},
     # the winner on the paper's separate similarity backbone
-    "dist-r1-guided-sep": {**SEPARATE, "kernel": "distance", "kernel_radius": 1, **GUIDED},
+    "dist-r1-guided-sep": {**SEPARATE, "kernel": "distance", "kernel_radius": 1, **GUIDED_OPTIONS},
     # the first ResNet stage's features join the colours in the guided walk's kernel
     "dist-r1-guided-l1-walklr": {
         "kernel": "distance",
         "kernel_radius": 1,
-        **GUIDED,
+        **GUIDED_OPTIONS,
         "guided_walk_level": 1,
         **WALK_LR,
     },

@@ -19,7 +19,7 @@ from benchmarks.camvid import RESULTS, RUNS
 from benchmarks.camvid_report import curves
 from benchmarks.camvid_variants import SMALL_CLASSES, STAGE_ONE, STAGE_ONE_EPOCHS
 from difnet.data.camvid import CAMVID_CLASSES
-from difnet.diagnostics import GUIDED, GUIDED_SEED
+from difnet.diagnostics import GUIDED_SEED_STAGE, GUIDED_STAGE
 
 RERUNS = "{phase}/reruns"  # the records of runs made again where their weights were gone
 
@@ -73,7 +73,11 @@ def levels(values: Sequence[float | None] | None) -> str:
 def output_stage(diagnostics: dict) -> str:
     """The stage that is the model's output: the last walk, or the guided walk after it."""
     stages = diagnostics["miou"]
-    return GUIDED if GUIDED in stages else [stage for stage in stages if stage.startswith("walk ")][-1]
+    return (
+        GUIDED_STAGE
+        if GUIDED_STAGE in stages
+        else [stage for stage in stages if stage.startswith("walk ")][-1]
+    )
 
 
 def error_shares(diagnostics: dict) -> str:
@@ -202,13 +206,13 @@ def guided_rows(groups: dict[str, list[dict]], scored_on: str) -> list[list[str]
     for name, runs in groups.items():
         for r in runs:
             miou = r["diagnostics"]["miou"]
-            if GUIDED not in miou:
+            if GUIDED_STAGE not in miou:
                 continue
-            seed, on_seed = miou["seed"], miou.get(GUIDED_SEED)  # older records lack it
+            seed, on_seed = miou["seed"], miou.get(GUIDED_SEED_STAGE)  # older records lack it
             rows.append([name, scored_on, str(r["seed"]), pct(seed), pct(miou["walk 5"]), pct(on_seed),
-                         pct(miou[GUIDED]), pct(miou["walk 5"] - seed, signed=True),
+                         pct(miou[GUIDED_STAGE]), pct(miou["walk 5"] - seed, signed=True),
                          "-" if on_seed is None else pct(on_seed - seed, signed=True),
-                         f"**{pct(miou[GUIDED] - seed, signed=True)}**", r["provenance"]["commit"][:7]])  # fmt: skip
+                         f"**{pct(miou[GUIDED_STAGE] - seed, signed=True)}**", r["provenance"]["commit"][:7]])  # fmt: skip
     return rows
 
 
@@ -401,7 +405,7 @@ def report(output: Path, results: Path) -> Path:
         "",
         "## The guided walk's stride, steps and restart weight picked on every 5th training frame",
         "",
-        "`benchmarks.camvid fit-guided` (`difnet.guided_fit`): strides 1 and 2, mu 0.97 and 0.99, 15 to 100 "
+        "`benchmarks.camvid fit-guided` (`difnet.refinement.guided`): strides 1 and 2, mu 0.97 and 0.99, 15 to 100 "
         "steps and the run's own setting, picked by mIoU on the training frames; the learned colour map and "
         "position scale are kept. The seed is read off the run's own diagnostics.",
         "",

@@ -1,4 +1,4 @@
-"""Benchmark the guided walk (`difnet.guided_walk.GuidedWalk`) at 505x505 against the cascade it
+"""Benchmark the guided walk (`difnet.diffusion.guided.GuidedWalk`) at 505x505 against the cascade it
 follows: DifNet's 5 walks on the stride-8 grid (64 x 64 nodes, the local distance kernel of radius
 1 that CamVid's staged DifNet uses), and the guided walk's 15 steps on the image at stride 2
 (253 x 253 nodes, radius 3) and at stride 4. Batch 1, 21 classes, float32; forward (no grad) and
@@ -31,7 +31,7 @@ from benchmarks._measure import (
     write_results,
 )
 from difnet.diffusion import Cascade, TransitionKernel
-from difnet.guided_walk import GuidedWalk, walk_grid
+from difnet.diffusion.guided import GuidedWalk, walk_grid
 
 IMAGE, CLASSES, FEATURE_DIM, SEED_STRIDE = 505, 21, 64, 8
 CASES = ("cascade, stride 8", "guided walk, stride 2", "guided walk, stride 4")

@@ -177,9 +177,9 @@ def bilateral_walk(text: str):  # noqa: ANN201 (the import stays lazy)
 
 def refined(model: torch.nn.Module, args: argparse.Namespace) -> torch.nn.Module:
     """`model`, followed by the `--bilateral-walk` when one is asked for."""
-    from difnet.refinement import Refined
+    from difnet.refinement import RefinedModel
 
-    return model if args.bilateral_walk is None else Refined(model, args.bilateral_walk)
+    return model if args.bilateral_walk is None else RefinedModel(model, args.bilateral_walk)
 
 
 def inference_options(args: argparse.Namespace) -> dict:
@@ -574,7 +574,7 @@ def run_visualize(args: argparse.Namespace) -> None:
         device=args.device,
         preprocessing=preprocessing,
     )
-    print(format_walk_parameters(model.walk_parameters()))
+    print(format_walk_parameters(model.walk_scalars()))
     for path in paths.values():
         print(f"wrote {path}")
 

@@ -50,7 +50,7 @@ MODELS = (("simdeeplab", "Sim-DeepLab-18"), ("difnet", "DifNet-18"))
 # branch with every P_t = I and an auxiliary cross-entropy (weight 0.4) on the seed scores; the
 # similarity levels read the seed backbone. Second stage: only Psi_t and the walks train, on the
 # frozen seed, with the distance kernel between neighbouring cells, and the cascade ends with the
-# guided walk on the image at stride 2 (`difnet.guided_walk`).
+# guided walk on the image at stride 2 (`difnet.diffusion.guided`).
 SEED_STAGE = {"shared_backbone": True, "kernel": "identity", "aux_seed_weight": 0.4}
 WALK_STAGE = {"shared_backbone": True, "kernel": "distance", "kernel_radius": 1, "guided_walk_stride": 2}
 FIGURE_NAME = "demo.png"
@@ -195,7 +195,7 @@ class ModelResult:
     name: str
     evaluation: EvaluationResult
     train_seconds: float
-    walk_parameters: dict[str, list[float]] | None = None
+    walk_scalars: dict[str, list[float]] | None = None
     seed_miou: float | None = None  # DifNet: its own seed's mIoU, before the walks
 
 
@@ -230,7 +230,7 @@ class DemoResult:
                 lines.append(f"{m.name} walk gain (its output minus its own seed): "
                              f"{percent(m.seed_miou, digits=1)} -> {percent(m.evaluation.metrics.miou, digits=1)}, "
                              f"{100 * gain:+.1f} mIoU")  # fmt: skip
-        walks = [m.walk_parameters for m in self.models if m.walk_parameters]
+        walks = [m.walk_scalars for m in self.models if m.walk_scalars]
         if walks:
             lines += ["", "DifNet-18 learned walk weights (cf. Table 3):", format_walk_parameters(walks[0])]
         return "\n".join(lines)
@@ -243,7 +243,7 @@ class DemoResult:
                 m.name: {
                     **m.evaluation.to_dict(),
                     "train_seconds": m.train_seconds,
-                    "walk_parameters": m.walk_parameters,
+                    "walk_parameters": m.walk_scalars,
                     "seed_miou": m.seed_miou,
                 }
                 for m in self.models
@@ -279,7 +279,7 @@ def demo_figure(
         out = difnet.eval().forward_intermediates(batch)
         baseline_labels = label_map(baseline.eval()(batch), size)
     difnet_labels = label_map(out.logits, size)
-    guided = [] if out.guided is None else [out.logits]
+    guided = [] if out.guided_probabilities is None else [out.logits]
     walks = [label_map(y, size) for y in (out.seed, *out.walks, *guided)]
     figure, axes = new_figure(2, len(walks), legend=True)
     top = iter(axes[0])
@@ -320,7 +320,7 @@ def train_and_evaluate(config: DemoConfig, key: str, threads: int) -> ModelResul
     if not isinstance(model, DifNet):
         return ModelResult(dict(MODELS)[key], evaluation, seconds)
     seed_miou = diagnose(model, val_set).miou["seed"]
-    return ModelResult(dict(MODELS)[key], evaluation, seconds, model.walk_parameters(), seed_miou)
+    return ModelResult(dict(MODELS)[key], evaluation, seconds, model.walk_scalars(), seed_miou)
 
 
 def run_demo(config: DemoConfig) -> DemoResult:

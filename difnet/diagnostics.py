@@ -4,7 +4,7 @@
 the last walk's or the guided walk's after it, in mIoU minus the seed's), and asks three questions
 of the transition matrices:
 
-- *Do they carry what the seed lacks?* The in-class share of each level (`difnet.transitions`):
+- *Do they carry what the seed lacks?* The in-class share of each level (`difnet.diffusion.label_statistics`):
   of the mass a row sends to other nodes, the share that reaches the node's class. The
   self-weight `P[i, i]` is reported apart; the identity scores no share at all. The same share
   at the nodes the seed gets wrong: how much of their mass reaches nodes whose seed holds their true
@@ -25,7 +25,7 @@ and no `N x N` matrix is built.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import torch
@@ -33,19 +33,18 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from difnet.data.palettes import IGNORE_INDEX
-from difnet.diffusion import flatten_nodes, propagate, unflatten_nodes, walk_step
+from difnet.diffusion import Transition, cascade_walk, flatten_nodes, propagate, unflatten_nodes
+from difnet.diffusion.label_statistics import RowStatistics, label_propagate, node_labels, row_statistics
 from difnet.metrics import ConfusionMatrix
 from difnet.models import DifNet
 from difnet.models.difnet import DifNetOutput
 from difnet.models.heads import upsample
-from difnet.transitions import RowStatistics, label_propagate, node_labels, row_statistics
 
-Transition = Callable[[Tensor], Tensor]  # node values y [B, N, K] -> P y
 SCALAR_GRID_MU = (0.2, 0.5, 0.8, 0.95)
 SCALAR_GRID_BETA = (0.25, 0.5, 1.0)
 SWITCHED_OFF = ((1,), (1, 2), (1, 2, 3), (1, 2, 3, 4), (2, 3, 4, 5))  # walks (1-based) set to beta 0
-GUIDED = "guided walk"  # the stage of a model whose cascade ends with a guided walk (`GuidedWalk`)
-GUIDED_SEED = "seed, guided walk"  # its guided walk on the seed itself, the cascade skipped
+GUIDED_STAGE = "guided walk"  # the stage of a model whose cascade ends with a guided walk (`GuidedWalk`)
+GUIDED_SEED_STAGE = "seed, guided walk"  # its guided walk on the seed itself, the cascade skipped
 
 
 @dataclass(frozen=True)
@@ -66,7 +65,7 @@ class WalkOverride:
         return mus, betas
 
 
-def walk_overrides() -> list[WalkOverride]:
+def _scalar_overrides() -> list[WalkOverride]:
     """The fixed grid: mu x beta for every walk, each with walk 1 on and off (24), then the learned
     scalars with walks 1, 1-2, 1-3, 1-4 or 2-5 switched off (5)."""
     grid = [
@@ -80,18 +79,20 @@ def walk_overrides() -> list[WalkOverride]:
     return grid + switched
 
 
-WALK_OVERRIDES = walk_overrides()
+WALK_OVERRIDES = _scalar_overrides()
 
 
-def run_cascade(
+def cascade_output(
     transitions: Sequence[Transition], seed: Tensor, mu: Sequence[float], beta: Sequence[float]
 ) -> Tensor:
-    """The last output of the cascade of Eqs. 4-5 from seed nodes `[B, N, K]`, walk t moving values
-    with `transitions[t]` (`y -> P_t y`) and the scalars `mu[t]`, `beta[t]`."""
-    y = seed
-    for transition, m, b in zip(transitions, mu, beta, strict=True):
-        y = y if b == 0 else walk_step(transition(y), y, seed, float(m), float(b))
-    return y
+    """The last output of the cascade of Eqs. 4-5 (`cascade_walk`) from seed nodes `[B, N, K]`, walk
+    t moving values with `transitions[t]` (`y -> P_t y`) and the scalars `mu[t]`, `beta[t]`."""
+    if len(transitions) != len(mu) or len(mu) != len(beta):
+        raise ValueError(
+            f"one mu and one beta per transition (got {len(transitions)}, {len(mu)}, {len(beta)})"
+        )
+    outputs = list(cascade_walk(transitions, seed, map(float, mu), map(float, beta)))
+    return outputs[-1] if outputs else seed
 
 
 def model_transitions(out: DifNetOutput) -> list[Transition]:
@@ -306,8 +307,10 @@ def diagnose(
     model.eval().to(device)
     walk_names = [f"walk {t}" for t in range(1, len(model.cascade.walks) + 1)]
     guided = model.head.guided_walk is not None
-    outputs = [*walk_names, GUIDED] if guided else walk_names
-    scores = _StageScores(["seed", *outputs, "oracle", *([GUIDED_SEED] if guided else [])], model.num_classes)
+    outputs = [*walk_names, GUIDED_STAGE] if guided else walk_names
+    scores = _StageScores(
+        ["seed", *outputs, "oracle", *([GUIDED_SEED_STAGE] if guided else [])], model.num_classes
+    )
     overridden = _StageScores([o.name for o in WALK_OVERRIDES], model.num_classes)
     means = _LevelMeans(len(model.projections), small)
     mu, beta = model.cascade.mu.tolist(), model.cascade.beta.tolist()
@@ -320,17 +323,19 @@ def diagnose(
         for stage, maps in zip(["seed", *walk_names], [out.seed, *out.walks], strict=True):
             scores.update(stage, maps, labels)
         if guided:
-            scores.update(GUIDED, out.logits, labels)
+            scores.update(GUIDED_STAGE, out.logits, labels)
             scores.update(
-                GUIDED_SEED, model.head.guided_walk(out.seed.float().softmax(1), images, out.guide), labels
+                GUIDED_SEED_STAGE,
+                model.head.guided_walk(out.seed.float().softmax(1), images, out.guide),
+                labels,
             )
         grid = tuple(out.walks[-1].shape[-2:])
         seed = flatten_nodes(upsample(out.seed, grid)).float()
         oracle = [lambda y, nodes=nodes: label_propagate(nodes, y)] * len(mu)
-        scores.update("oracle", unflatten_nodes(run_cascade(oracle, seed, mu, beta), grid), labels)
+        scores.update("oracle", unflatten_nodes(cascade_output(oracle, seed, mu, beta), grid), labels)
         transitions = model_transitions(out)
         for override in WALK_OVERRIDES:
-            final = run_cascade(transitions, seed, *override.scalars(mu, beta))
+            final = cascade_output(transitions, seed, *override.scalars(mu, beta))
             overridden.update(override.name, unflatten_nodes(final, grid), labels)
         importance.append(out.importance.flatten())
     metrics = scores.metrics()

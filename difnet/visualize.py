@@ -134,7 +134,7 @@ def inspect(
     pixels = check_pixels(pixels, size)
     grid = tuple(output.walks[-1].shape[-2:])
     nodes = [grid_node(p, size, grid) for p in pixels]
-    rows = model.transition_rows(batch, nodes, levels=levels)[0].cpu()
+    rows = model.transition_maps(batch, nodes, levels=levels)[0].cpu()
     return Mechanism(image=image, output=output, pixels=pixels, rows=rows)
 
 
@@ -324,7 +324,7 @@ def write_mechanism_figures(
         "fig2_maps": maps_figure(mechanism, palette, label=label, class_names=class_names),
         "fig3_transitions": transitions_figure(mechanism),
         "fig4_walks": walks_figure(mechanism, palette, class_names=class_names),
-        "table3_walk_parameters": walk_parameters_figure(model.walk_parameters()),
+        "table3_walk_parameters": walk_parameters_figure(model.walk_scalars()),
     }
     output_dir.mkdir(parents=True, exist_ok=True)
     for name, figure in figures.items():

@@ -338,9 +338,8 @@ def test_refine_fits_on_training_images_and_scores_with_and_without_the_walk(tmp
     import torch
 
     from difnet.evaluation import evaluate
-    from difnet.guided_fit import GuidedSetting
     from difnet.models import SimDeepLab
-    from difnet.refinement import BilateralWalk, Refined
+    from difnet.refinement import BilateralWalk, GuidedSetting, RefinedModel
 
     fitted, scored = fit_and_scored_scenes(monkeypatch)
     settings = [BilateralWalk(steps=1, mu=0.5), BilateralWalk(steps=2, colour_sigma=0.2)]
@@ -374,7 +373,7 @@ def test_refine_fits_on_training_images_and_scores_with_and_without_the_walk(tmp
         fitted, BilateralWalk(1, fitted.radius, 3, fitted.colour_sigma, fitted.position_sigma, 0.9)]  # fmt: skip
     chosen = BilateralWalk(**widened["widened"]["walk"])
     assert widened["refined"]["miou"] == pytest.approx(
-        evaluate(Refined(model, chosen), scored, progress=False).metrics.miou
+        evaluate(RefinedModel(model, chosen), scored, progress=False).metrics.miou
     )
 
 
@@ -418,8 +417,8 @@ def test_fit_guided_picks_on_training_images_and_scores_where_the_run_was_scored
     import torch
 
     from difnet.evaluation import evaluate
-    from difnet.guided_fit import GuidedSetting, fit_guided_walk
     from difnet.models import DifNet
+    from difnet.refinement import GuidedSetting, fit_guided_walk
 
     fitted, scored = fit_and_scored_scenes(monkeypatch)
     settings = [GuidedSetting(1, 2, 0.9), GuidedSetting(2, 4, 0.99)]
@@ -446,7 +445,7 @@ def test_fit_guided_picks_on_training_images_and_scores_where_the_run_was_scored
         (1, 2),
         (2, 4),
     ]  # its own first
-    picked, own = fit["fit"]["setting"], GuidedSetting.of(model)
+    picked, own = fit["fit"]["setting"], GuidedSetting.from_model(model)
     assert (own.stride, own.steps) == (picked["stride"], picked["steps"]) and own.mu == pytest.approx(
         picked["mu"]
     )

@@ -379,7 +379,7 @@ def test_bad_input_is_found_before_anything_is_written(capsys, tmp_path, bad):
 
 def test_evaluate_with_a_bilateral_walk_scores_the_walked_probabilities(capsys, tmp_path, checkpoint):
     from difnet.evaluation import evaluate
-    from difnet.refinement import BilateralWalk, Refined
+    from difnet.refinement import BilateralWalk, RefinedModel
 
     output = tmp_path / "metrics.json"
     status, out, err = run(capsys, "evaluate", "--checkpoint", str(checkpoint), "--split", "test", "--device",
@@ -388,7 +388,7 @@ def test_evaluate_with_a_bilateral_walk_scores_the_walked_probabilities(capsys, 
     model, metadata = load_model(checkpoint)
     config = TrainConfig.from_dict({**metadata["config"], "num_classes": model.num_classes})
     dataset = config.build_dataset("test", config.eval_transform())
-    walked = evaluate(Refined(model, BilateralWalk(steps=2, mu=0.5)), dataset, limit=3, progress=False)
+    walked = evaluate(RefinedModel(model, BilateralWalk(steps=2, mu=0.5)), dataset, limit=3, progress=False)
     assert json.loads(output.read_text())["metrics"]["miou"] == pytest.approx(walked.metrics.miou)
 
 

@@ -13,15 +13,15 @@ from difnet.data.palettes import IGNORE_INDEX
 from difnet.diagnostics import (
     WALK_OVERRIDES,
     WalkOverride,
+    cascade_output,
     diagnose,
-    run_cascade,
     transition_shares,
 )
 from difnet.diffusion import transition_matrix
+from difnet.diffusion.label_statistics import label_propagate, node_labels
 from difnet.evaluation import evaluate
 from difnet.models import DifNet, SimDeepLab
 from difnet.models.heads import upsample
-from difnet.transitions import label_propagate, node_labels
 
 V = IGNORE_INDEX
 
@@ -41,8 +41,8 @@ def test_the_cascade_follows_eqs_4_and_5_and_a_walk_at_beta_0_passes_through():
     walk = [lambda y: label_propagate(nodes, y)]
     walked = torch.tensor([[[0.5, 0.0], [0.5, 0.0], [0.0, 2.0]]])
     expected = 0.5 * (0.5 * walked + 0.5 * seed) + 0.5 * seed
-    torch.testing.assert_close(run_cascade(walk, seed, [0.5], [0.5]), expected)
-    torch.testing.assert_close(run_cascade(walk * 2, seed, [0.5, 0.9], [0.0, 0.0]), seed)
+    torch.testing.assert_close(cascade_output(walk, seed, [0.5], [0.5]), expected)
+    torch.testing.assert_close(cascade_output(walk * 2, seed, [0.5, 0.9], [0.0, 0.0]), seed)
 
 
 def test_with_label_built_transitions_the_best_override_beats_the_seed():
@@ -56,7 +56,7 @@ def test_with_label_built_transitions_the_best_override_beats_the_seed():
     def accuracy(y: torch.Tensor) -> float:
         return float((y.argmax(-1) == nodes).float().mean())
 
-    scores = {o.name: accuracy(run_cascade(walks, seed, *o.scalars(*learned))) for o in WALK_OVERRIDES}
+    scores = {o.name: accuracy(cascade_output(walks, seed, *o.scalars(*learned))) for o in WALK_OVERRIDES}
     assert accuracy(seed) < 0.8
     assert max(scores.values()) == 1.0 > accuracy(seed)
     assert scores["learned, walk 1 off"] > accuracy(seed)

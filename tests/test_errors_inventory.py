@@ -313,7 +313,7 @@ CASES = [
     Case("model-num-classes", lambda e: DifNet(depth=18, num_classes=0), ValueError,
          r"num_classes must be a positive integer \(got 0\)"),
     Case("model-name", lambda e: build_model("unet", 18, 3), ValueError,
-         r"model name must be one of \('difnet', 'simdeeplab'\) \(got 'unet'\)"),
+         r"model name must be one of \('difnet', 'simdeeplab'[^)]*\) \(got 'unet'\)"),  # and any registered since
     Case("model-aspp-not-bool", lambda e: DifNet(depth=18, num_classes=3, aspp="no"), TypeError,
          r"aspp must be True or False \(got 'no'\)"),
     Case("model-diffusion-stride", lambda e: DifNet(depth=18, num_classes=3, diffusion_stride=16),
@@ -371,7 +371,7 @@ CASES = [
     Case("forward-numpy", lambda e: e.simdeeplab(np.zeros((1, 3, 32, 32), np.float32)),
          TypeError, r"images must be a torch\.Tensor \(got ndarray\)"),
     Case("forward-nodes-off-grid",
-         lambda e: e.difnet.transition_rows(images(1, 3, 32, 32), [[9, 0]]), ValueError,
+         lambda e: e.difnet.transition_maps(images(1, 3, 32, 32), [[9, 0]]), ValueError,
          r"nodes must lie on the 5x5 diffusion grid \(got \[\[9, 0\]\]\)"),
     Case("predict-float-image",
          lambda e: predict_labels(e.simdeeplab, IMAGE.astype(np.float32) / 255), TypeError,

@@ -8,11 +8,12 @@ import pytest
 import torch
 
 from difnet.data import EvalTransform, SyntheticShapes
+from difnet.diffusion.label_statistics import row_statistics
 from difnet.models import DifNet, SimDeepLab, dilated_resnet
-from difnet.models.heads import ASPP, UNSATURATED_PSI_SCALE
+from difnet.models.diffusion_head import UNSATURATED_PSI_SCALE
+from difnet.models.heads import ASPP
 from difnet.training import TrainConfig
 from difnet.training.optim import build_optimizer
-from difnet.transitions import row_statistics
 
 
 @pytest.mark.parametrize(("side", "grid"), [(64, 9), (65, 9), (320, 41), (321, 41), (504, 64), (505, 64)])

@@ -1,4 +1,4 @@
-"""`difnet.guided_fit`: the guided walk's stride, steps and restart weight picked by mIoU, and
+"""`difnet.refinement.guided`: the guided walk's stride, steps and restart weight picked by mIoU, and
 `DifNet.set_guided_walk`, which keeps the choice through saving and loading."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from difnet.evaluation import evaluate
-from difnet.guided_fit import GuidedSetting, fit_guided_walk, guided_grid, walk_at
 from difnet.models import DifNet
+from difnet.refinement import GuidedSetting, fit_guided_walk, guided_grid
 from tests.test_refinement import TwoRegions
 
 
@@ -23,8 +23,8 @@ def test_each_setting_scores_what_the_model_set_to_it_scores() -> None:
     settings = [GuidedSetting(1, 2, 0.9), GuidedSetting(2, 8, 0.99), GuidedSetting(1, 8, 0.9)]
     fit = fit_guided_walk(model, dataset, settings)
     scores = dict(fit.scores)
-    assert list(scores) == [GuidedSetting.of(model), *settings]  # its own setting first
-    assert scores[GuidedSetting.of(model)] == pytest.approx(fit.model_miou)
+    assert list(scores) == [GuidedSetting.from_model(model), *settings]  # its own setting first
+    assert scores[GuidedSetting.from_model(model)] == pytest.approx(fit.model_miou)
     assert fit.setting == max(fit.scores, key=lambda pair: pair[1])[0] and fit.best_miou == max(
         scores.values()
     )
@@ -77,7 +77,7 @@ def test_set_guided_walk_survives_saving_and_loading(tmp_path) -> None:
     assert model.head.guided_walk.mu.item() == pytest.approx(0.9)
     model.save_pretrained(tmp_path / "fitted")
     loaded = DifNet.from_pretrained(tmp_path / "fitted").eval()
-    own = GuidedSetting.of(loaded)
+    own = GuidedSetting.from_model(loaded)
     assert (own.stride, own.steps) == (1, 7) and own.mu == pytest.approx(0.9)
     with torch.no_grad():
         torch.testing.assert_close(loaded(images), after)
@@ -96,7 +96,7 @@ def test_refuses_what_it_cannot_fit_or_set() -> None:
     with pytest.raises(ValueError, match="GuidedSetting stride must be a positive integer"):
         GuidedSetting(0, 3, 0.9)
     walk = guided_difnet().head.guided_walk
-    with pytest.raises(ValueError, match="walk_at stride must be a positive integer"):
-        walk_at(walk, 0, 0.9)
+    with pytest.raises(ValueError, match="GuidedWalk.copy_with stride must be a positive integer"):
+        walk.copy_with(0, 0.9)
     with pytest.raises(ValueError, match="GuidedWalk mu must lie strictly between 0 and 1"):
-        walk_at(walk, 1, 1.0)
+        walk.copy_with(1, 1.0)

@@ -8,9 +8,8 @@ import pytest
 import torch
 
 import reference
-from difnet.diagnostics import GUIDED, GUIDED_SEED, diagnose
-from difnet.diffusion import TransitionKernel, local_transition
-from difnet.guided_walk import GuidedWalk, restart_walk
+from difnet.diagnostics import GUIDED_SEED_STAGE, GUIDED_STAGE, diagnose
+from difnet.diffusion import GuidedWalk, TransitionKernel, local_transition, restart_walk
 from difnet.models import DifNet, load_model
 from difnet.training import TrainConfig
 from difnet.training.optim import build_optimizer
@@ -200,8 +199,8 @@ def test_difnet_ends_its_cascade_with_the_guided_walk() -> None:
     with torch.no_grad():
         out = model(images, intermediates=True)
         expected = model.head.guided_walk(out.walks[-1].softmax(1), images)
-    assert out.guided.shape == (2, 2, 16, 20) and out.logits.shape == (2, 2, 32, 40)
-    torch.testing.assert_close(out.guided, expected)
+    assert out.guided_probabilities.shape == (2, 2, 16, 20) and out.logits.shape == (2, 2, 32, 40)
+    torch.testing.assert_close(out.guided_probabilities, expected)
     torch.testing.assert_close(out.logits.exp().sum(1), torch.ones(2, 32, 40))
     assert DifNet(depth=18, num_classes=2).head.guided_walk is None  # the paper's cascade by default
 
@@ -230,7 +229,7 @@ def test_difnet_guides_its_walk_with_a_similarity_level(tmp_path) -> None:
         levels = model.similarity_branch(images)
         expected = model.head.guided_walk(out.walks[-1].softmax(1), images, levels[1])
     torch.testing.assert_close(out.guide, levels[1])
-    torch.testing.assert_close(out.guided, expected)
+    torch.testing.assert_close(out.guided_probabilities, expected)
     assert {id(p) for p in model.head.guided_walk.guide.parameters()} <= {
         id(p) for p in model.param_groups()["walk"]
     }
@@ -258,5 +257,5 @@ def test_diagnose_scores_the_guided_walk_as_the_output(tmp_path) -> None:
     model = load_model(tmp_path / "m")
     dataset = TwoRegions(count=2, size=(16, 16))
     result = diagnose(model, dataset)
-    assert list(result.miou)[-3:] == [GUIDED, "oracle", GUIDED_SEED]
-    assert result.walk_gain == pytest.approx(result.miou[GUIDED] - result.miou["seed"])
+    assert list(result.miou)[-3:] == [GUIDED_STAGE, "oracle", GUIDED_SEED_STAGE]
+    assert result.walk_gain == pytest.approx(result.miou[GUIDED_STAGE] - result.miou["seed"])

@@ -145,7 +145,7 @@ def test_transition_rows_are_rows_of_each_p_t():
     x = images(2, 40, 48)
     nodes = [[0, 0], [2, 3], [4, 5]]
     with torch.no_grad():
-        rows = model.transition_rows(x, nodes)
+        rows = model.transition_maps(x, nodes)
     assert rows.shape == (2, 5, 3, 6, 7)
     for level, f in enumerate(projections):
         P = transition_matrix(flatten_nodes(f))
@@ -163,15 +163,15 @@ def test_transition_rows_are_rows_of_each_p_t():
 )
 def test_transition_rows_refuses_bad_nodes(nodes, problem):
     with pytest.raises(ValueError, match=problem):
-        tiny_difnet().transition_rows(images(1, 40, 48), nodes)
+        tiny_difnet().transition_maps(images(1, 40, 48), nodes)
 
 
 def test_walk_parameters_start_at_one_half_and_follow_the_raw_parameters():
     model = tiny_difnet()
-    assert model.walk_parameters() == {"mu": [0.5] * 5, "beta": [0.5] * 5}
+    assert model.walk_scalars() == {"mu": [0.5] * 5, "beta": [0.5] * 5}
     with torch.no_grad():
         model.cascade.walks[2].raw_mu.fill_(1.0)
-    assert model.walk_parameters()["mu"][2] == pytest.approx(1 / (1 + math.exp(-1.0)))
+    assert model.walk_scalars()["mu"][2] == pytest.approx(1 / (1 + math.exp(-1.0)))
 
 
 def test_param_groups_split_backbones_heads_and_walks():

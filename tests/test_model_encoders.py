@@ -85,7 +85,7 @@ def test_the_branches_take_different_encoders():
     x = images(37, 45)
     with torch.no_grad():
         out = model.forward_intermediates(x)
-        rows = model.transition_rows(x, [[0, 0], [4, 5]])
+        rows = model.transition_maps(x, [[0, 0], [4, 5]])
     assert out.logits.shape == (1, 3, 37, 45) and out.scores.shape[-2:] == (5, 6)  # small_cnn's stride 8
     assert len(out.walks) == 5 and all(y.shape == out.scores.shape for y in out.walks)
     assert rows.shape == (1, 5, 2, 5, 6)

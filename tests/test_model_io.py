@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 import difnet
 from difnet.models import DifNet, Preprocessing, SimDeepLab
-from difnet.models.heads import adaptive_max_pool_by_gather
+from difnet.models.diffusion_head import adaptive_max_pool_by_gather
 from difnet.models.pretrained import adapt_first_conv
 from difnet.models.serialization import CONFIG_NAME, WEIGHTS_NAME
 

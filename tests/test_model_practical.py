@@ -58,9 +58,9 @@ def test_bfloat16_autocast_leaves_the_transition_matrices_as_in_float32(training
     x, nodes = images(), [(0, 0), (2, 3), (5, 5)]
     with torch.no_grad():
         levels = model.similarity_branch(x)  # the same float32 levels for both
-        expected = model.transition_rows(x, nodes, levels=levels)
+        expected = model.transition_maps(x, nodes, levels=levels)
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            rows = model.transition_rows(x, nodes, levels=levels)
+            rows = model.transition_maps(x, nodes, levels=levels)
     worst_l1_per_level = (rows.float() - expected).abs().flatten(3).sum(-1).amax(dim=(0, 2))
     assert worst_l1_per_level.max() < 1e-5, worst_l1_per_level
     assert rows.dtype == torch.float32

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from difnet.models import RESNET_DEPTHS, DifNet, SimDeepLab, dilated_resnet
-from difnet.models.heads import ASPP, ImportanceHead, Projection
+from difnet.models.diffusion_head import ImportanceHead, Projection
+from difnet.models.heads import ASPP
 
 STAGE_CHANNELS = {18: (64, 128, 256, 512), 50: (256, 512, 1024, 2048)}
 

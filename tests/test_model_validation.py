@@ -55,7 +55,7 @@ def test_bad_images_are_refused_by_every_entry_point(models):
     with pytest.raises(ValueError, match="3-D"):
         difnet.forward_intermediates(torch.zeros(3, 32, 32))
     with pytest.raises(ValueError, match="3-D"):
-        difnet.transition_rows(torch.zeros(3, 32, 32), [[0, 0]])
+        difnet.transition_maps(torch.zeros(3, 32, 32), [[0, 0]])
 
 
 def test_non_tensors_are_a_type_error(models):

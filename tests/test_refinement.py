@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 import reference
 from difnet.evaluation import evaluate
-from difnet.refinement import BilateralWalk, Refined, bilateral_grid, fit_bilateral_walk
+from difnet.refinement import BilateralWalk, RefinedModel, bilateral_grid, fit_bilateral_walk
 
 FLIP = 1e-3  # channel 2's mark of a flipped seed pixel: too faint for the colour kernel to see
 
@@ -112,7 +112,7 @@ def test_fit_scores_each_setting_as_evaluate_scores_it() -> None:
     fit = fit_bilateral_walk(model, dataset, settings)
     assert fit.model_miou == pytest.approx(evaluate(model, dataset, progress=False).metrics.miou)
     for walk, score in fit.scores[::5]:
-        refined = evaluate(Refined(model, walk), dataset, progress=False).metrics.miou
+        refined = evaluate(RefinedModel(model, walk), dataset, progress=False).metrics.miou
         assert score == pytest.approx(refined)
     assert fit.walk.colour_sigma == 0.05
     assert fit.best_miou == 1.0 > fit.model_miou

@@ -1,5 +1,5 @@
 """The opt-in loss on DifNet's transition matrices: -log of the in-class share the diagnostics
-report (`difnet.transitions`), which self-weight cannot lower, and its place in the training loss."""
+report (`difnet.diffusion.label_statistics`), which self-weight cannot lower, and its place in the training loss."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 
 from difnet.diffusion import TransitionKernel
+from difnet.diffusion.label_statistics import node_labels, row_statistics
 from difnet.models import DifNet
 from difnet.training.losses import SHARE_FLOOR, training_loss, transition_loss
-from difnet.transitions import node_labels, row_statistics
 
 
 def labels_with_void(batch: int = 2, size: int = 16, classes: int = 3) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""`difnet.transitions`: the in-class share and the self-weight against answers known in advance,
+"""`difnet.diffusion.label_statistics`: the in-class share and the self-weight against answers known in advance,
 for every kernel, with no N x N tensor; and the label-built walk of the oracle."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from difnet.data.palettes import IGNORE_INDEX
 from difnet.diffusion import SIMILARITIES, TransitionKernel, transition_matrix
-from difnet.transitions import label_propagate, node_labels, row_statistics
+from difnet.diffusion.label_statistics import label_propagate, node_labels, row_statistics
 
 V = IGNORE_INDEX
 NODES = torch.tensor([[0, 0, 0, 1, 1, 2, V, 0]])
@@ -103,7 +103,7 @@ def test_statistics_match_the_explicit_matrix_of_every_kernel(similarity, radius
 
 
 def test_blocks_of_rows_give_the_same_answer_and_gradient(monkeypatch):
-    import difnet.transitions as transitions
+    import difnet.diffusion.label_statistics as transitions
 
     features = torch.randn(1, 30, 5, requires_grad=True)
     nodes = torch.randint(0, 2, (1, 30), generator=torch.Generator().manual_seed(2))
@@ -124,7 +124,7 @@ def test_nodes_without_a_peer_pass_no_nan_gradient():
 
 
 def test_the_statistics_hold_no_n_by_n_tensor(monkeypatch):
-    import difnet.transitions as transitions
+    import difnet.diffusion.label_statistics as transitions
 
     count = 4096
     monkeypatch.setattr(transitions, "BLOCK_ELEMENTS", count * 64)

@@ -13,8 +13,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import reference
-from difnet.diffusion import TransitionKernel, local_transition
-from difnet.guided_walk import GuidedWalk, chebyshev_degree, chebyshev_walk, restart_walk
+from difnet.diffusion import (
+    GuidedWalk,
+    TransitionKernel,
+    chebyshev_degree,
+    chebyshev_walk,
+    local_transition,
+    restart_walk,
+)
 from difnet.refinement import BilateralWalk
 
 FITTED = {"stride": 1, "radius": 3, "steps": 100, "mu": 0.99}

@@ -88,7 +88,7 @@ class SegmentationModel(nn.Module):
         """The registered name of each of `backbones()`, by the same roles."""
         raise NotImplementedError
 
-    def walk_parameters_module(self) -> nn.Module | None:
+    def walk_module(self) -> nn.Module | None:
         """The module whose parameters form the "walk" learning-rate group, if any."""
         return None
 
@@ -123,7 +123,7 @@ class SegmentationModel(nn.Module):
         """`"backbone"`: the ResNets; `"head"`: everything else but the walks; `"walk"` (DifNet):
         mu_t, beta_t (and temperatures) and all the guided walk's weights. The recipe gives each group
         its learning-rate factor."""
-        return split_backbone_head(self, self.backbones().values(), walk=self.walk_parameters_module())
+        return split_backbone_head(self, self.backbones().values(), walk=self.walk_module())
 
     # --- saving and sharing (difnet.models.serialization) -----------------------------------
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from difnet.diffusion import (
@@ -23,11 +24,106 @@ from difnet.diffusion import (
     transition_rows,
     unflatten_nodes,
 )
-from difnet.guided_walk import DEFAULT_STEPS, GuidedWalk, log_probabilities
+from difnet.diffusion.guided import DEFAULT_STEPS, GuidedWalk, log_probabilities
 from difnet.models.checkpointing import recomputed
-from difnet.models.heads import UNSATURATED_PSI_SCALE, ImportanceHead, Projection, upsample
+from difnet.models.heads import upsample
 from difnet.models.serialization import load_state, read_saved, save_pretrained
 from difnet.models.validation import check_num_classes, check_positive_int
+
+PROJECTION_CHANNELS = 64
+# Psi's BN scale at init such that f f^T starts as (BN-normalised inner product) / sqrt(64),
+# the softmax's scale in attention: unsaturated transitions from the first step (docs/fidelity.md)
+UNSATURATED_PSI_SCALE = PROJECTION_CHANNELS**-0.25
+
+
+def _importance_conv(in_channels: int, out_channels: int) -> nn.Conv2d:
+    return nn.Conv2d(in_channels, out_channels, 5, padding=2, bias=False)
+
+
+class ImportanceHead(nn.Sequential):
+    """`M = H(x)`: BN-ReLU-conv5x5 three times (K -> 8 -> 4 -> 1), then sigmoid; `[B, 1, h, w]`."""
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__(
+            nn.BatchNorm2d(num_classes),
+            nn.ReLU(inplace=True),
+            _importance_conv(num_classes, 8),
+            nn.BatchNorm2d(8),
+            nn.ReLU(inplace=True),
+            _importance_conv(8, 4),
+            nn.BatchNorm2d(4),
+            nn.ReLU(inplace=True),
+            _importance_conv(4, 1),
+            nn.Sigmoid(),
+        )
+
+
+class Projection(nn.Module):
+    """`Psi_t`: 1x1 convolution to 64 channels (with bias), BN, adaptive max pool to the grid.
+
+    `scale_init` is the BN scale gamma at init (1 in the authors' code). Since
+    `f f^T = sum_c gamma_c^2 z_c z_c^T` for BN-normalised `z`, gamma is a learned per-channel
+    temperature of the transition softmax, and `scale_init` its starting value.
+    """
+
+    def __init__(
+        self, in_channels: int, out_channels: int = PROJECTION_CHANNELS, scale_init: float = 1.0
+    ) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, 1)
+        self.bn = nn.BatchNorm2d(out_channels)
+        nn.init.constant_(self.bn.weight, scale_init)
+
+    def forward(self, x: Tensor, size: tuple[int, int]) -> Tensor:
+        """Features `[B, C_t, H_t, W_t]` -> `[B, 64, h, w]` (channels_last) on the grid `size`.
+
+        Runs in the parameters' dtype with autocast off: the features enter `f f^T` unscaled, so
+        bfloat16 rounding here would move the transition matrices as much as rounding the logits.
+        """
+        # channels_last halves the time of Psi_0 (64 channels at full resolution) on CPU,
+        # and the pooled maps then flatten to nodes without a copy
+        x = x.to(self.conv.weight.dtype).contiguous(memory_format=torch.channels_last)
+        with torch.autocast(x.device.type, enabled=False):
+            if self.training:
+                x = self.bn(self.conv(x))
+            else:  # eval BN is a per-channel affine map: fold it into the conv, one pass less
+                x = F.conv2d(x, *self._folded_conv())
+            if torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export():
+                return adaptive_max_pool_by_gather(x, size)  # exporters lack adaptive max pooling
+            return F.adaptive_max_pool2d(x, size)
+
+    def _folded_conv(self) -> tuple[Tensor, Tensor]:
+        """Weight and bias of the 1x1 convolution equal to `bn(conv(x))` with running statistics."""
+        scale = self.bn.weight * torch.rsqrt(self.bn.running_var + self.bn.eps)
+        weight = self.conv.weight * scale[:, None, None, None]
+        return weight, (self.conv.bias - self.bn.running_mean) * scale + self.bn.bias
+
+
+def adaptive_max_pool_by_gather(x: Tensor, size: tuple[int, int]) -> Tensor:
+    """`F.adaptive_max_pool2d(x, size)` from gathers and max-reductions, which ONNX has.
+
+    Adaptive pooling's window `i` along a side of length `n` pooled to `m` is
+    `[floor(i n / m), ceil((i + 1) n / m))`; the windows' lengths differ by at most one, so each
+    is gathered at the longest length, a shorter one repeating its last index (a max ignores
+    repeats). Max over a rectangle is the max over rows of the max over columns. The sizes must
+    be static: the exported graph holds the windows as constants.
+    """
+    for dim, out in zip((-2, -1), size, strict=True):
+        x = _pool_side(x, dim, int(x.shape[dim]), int(out))
+    return x
+
+
+def _pool_side(x: Tensor, dim: int, length: int, out: int) -> Tensor:
+    starts = [i * length // out for i in range(out)]
+    ends = [-(-(i + 1) * length // out) for i in range(out)]
+    width = max(e - s for s, e in zip(starts, ends, strict=True))
+    index = torch.tensor(
+        [[min(s + k, e - 1) for k in range(width)] for s, e in zip(starts, ends, strict=True)],
+        device=x.device,
+    )
+    gathered = x.index_select(dim, index.flatten())
+    shape = (*x.shape[:dim], out, width) if dim == -1 else (*x.shape[:dim], out, width, x.shape[-1])
+    return gathered.reshape(shape).amax(dim=-1 if dim == -1 else -2)
 
 
 @dataclass
@@ -38,7 +134,7 @@ class DifNetOutput:
     (y_1..y_T) on the diffusion grid; `logits` is y_T upsampled to the output size; `mu`, `beta`
     are `[T]` tensors; `features` are the T levels' node features Psi_t `[B, N, 64]` that every
     P_t comes from, through `kernel` and each walk's learned logit factor in `temperatures`
-    (None where it has none). `guided` holds the guided walk's probabilities on its grid (None
+    (None where it has none). `guided_probabilities` holds the guided walk's probabilities on its grid (None
     without one), of which `logits` is then the log, upsampled; `guide` the level that joined the
     image in its kernel (None without one).
     """
@@ -53,7 +149,7 @@ class DifNetOutput:
     features: list[Tensor] = field(default_factory=list)
     kernel: TransitionKernel = PAPER_KERNEL
     temperatures: list[Tensor | None] = field(default_factory=list)
-    guided: Tensor | None = None
+    guided_probabilities: Tensor | None = None
     guide: Tensor | None = None
 
 
@@ -79,7 +175,7 @@ class DiffusionHead(nn.Module):
     The walk and kernel options are `difnet.diffusion`'s (`Cascade`, `TransitionKernel`);
     `normalize_importance` divides M by its per-image mean; `psi_scale_init` is every Psi_t's BN
     scale at init; `gradient_checkpointing` recomputes the Psi_t during backward.
-    `guided_walk_stride` ends the cascade with a `difnet.guided_walk.GuidedWalk` of
+    `guided_walk_stride` ends the cascade with a `difnet.diffusion.guided.GuidedWalk` of
     `guided_walk_steps` steps on `levels[0]` (the image, in DifNet) pooled by that stride: y_T's
     probabilities diffused between nearby pixels of similar colour, on a grid finer than the
     seed's; `logits` are then their log. None (the default) is the paper's cascade.
@@ -194,7 +290,7 @@ class DiffusionHead(nn.Module):
             features=features,
             kernel=self.kernel,
             temperatures=[walk.temperature for walk in self.cascade.walks],
-            guided=guided,
+            guided_probabilities=guided,
             guide=guide,
         )
 
@@ -213,7 +309,7 @@ class DiffusionHead(nn.Module):
             for psi, level in zip(self.projections, levels, strict=True)
         ]
 
-    def transition_rows(self, flat_nodes: Tensor, levels: Sequence[Tensor], grid: tuple[int, int]) -> Tensor:
+    def transition_maps(self, flat_nodes: Tensor, levels: Sequence[Tensor], grid: tuple[int, int]) -> Tensor:
         """Rows `[B, T, n, h, w]` of every `P_t` for the flat node indices `[n]` of `grid`."""
         features = self.features(levels, grid)
         rows = torch.stack(

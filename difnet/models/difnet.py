@@ -9,17 +9,11 @@ import torch
 from torch import Tensor, nn
 
 from difnet.diffusion import WALK_METHODS, Cascade, TransitionKernel, WalkMethod
-from difnet.guided_walk import DEFAULT_STEPS, check_walk_settings
+from difnet.diffusion.guided import DEFAULT_STEPS, check_walk_settings
 from difnet.models.base import SegmentationModel
-from difnet.models.diffusion_head import DiffusionHead, DifNetOutput
+from difnet.models.diffusion_head import UNSATURATED_PSI_SCALE, DiffusionHead, DifNetOutput, ImportanceHead
 from difnet.models.encoders import check_encoder, model_encoder
-from difnet.models.heads import (
-    DEFAULT_HEAD_INIT,
-    HEAD_INITS,
-    UNSATURATED_PSI_SCALE,
-    ImportanceHead,
-    score_head,
-)
+from difnet.models.heads import DEFAULT_HEAD_INIT, HEAD_INITS, score_head
 from difnet.models.pretrained import PretrainedSource
 
 DEFAULT_DEPTH = 50
@@ -69,7 +63,7 @@ class DifNet(SegmentationModel):
     cells; `learn_temperature=True` gives every walk a learned factor on its logits;
     `beta_init` below 0.5 starts the walks nearer switched off (the paper: 0.5).
     `guided_walk_stride` (e.g. 2) ends the cascade with `guided_walk_steps` steps of a learned
-    bilateral walk on the image at that stride (`difnet.guided_walk.GuidedWalk`): what the stride-8
+    bilateral walk on the image at that stride (`difnet.diffusion.guided.GuidedWalk`): what the stride-8
     seed lacks is where the image's edges lie; None (the default) is the paper's cascade.
     `guided_walk_level` (e.g. 1, the first ResNet stage) adds that similarity level to its kernel.
     """
@@ -175,7 +169,7 @@ class DifNet(SegmentationModel):
             return {"seed": self.encoder}
         return {"seed": self.encoder, "similarity": self.similarity_encoder}
 
-    def walk_parameters_module(self) -> nn.Module:
+    def walk_module(self) -> nn.Module:
         """The cascade's walks and, if any, the guided walk: the "walk" learning-rate group."""
         if self.head.guided_walk is None:
             return self.head.cascade
@@ -195,7 +189,7 @@ class DifNet(SegmentationModel):
     ) -> DifNet:
         """Give the guided walk another grid `stride`, step count or restart weight `mu` (those
         given), kept in `config` and the weights so that saving and loading keep them (as
-        `difnet.guided_fit.fit_guided_walk` picks them). Its position scale and radius count grid
+        `difnet.refinement.fit_guided_walk` picks them). Its position scale and radius count grid
         cells, so a finer grid also narrows its reach. Returns the model."""
         walk = self.head.guided_walk
         if walk is None:
@@ -259,7 +253,7 @@ class DifNet(SegmentationModel):
         apart so the branches can be timed or overlapped)."""
         return self.head(scores, levels)
 
-    def transition_rows(
+    def transition_maps(
         self,
         images: Tensor,
         nodes: Tensor | Sequence[Sequence[int]],
@@ -279,9 +273,9 @@ class DifNet(SegmentationModel):
         else:  # another encoder may round the grid otherwise: the seed branch's own
             scores_grid = tuple(self.seed_branch(images).shape[-2:])
         grid = self.head.diffusion_grid(scores_grid, levels)
-        return self.head.transition_rows(_flat_node_indices(nodes, grid, images.device), levels, grid)
+        return self.head.transition_maps(_flat_node_indices(nodes, grid, images.device), levels, grid)
 
-    def walk_parameters(self) -> dict[str, list[float]]:
+    def walk_scalars(self) -> dict[str, list[float]]:
         """The learned walk weights, `{"mu": [mu_1..mu_T], "beta": [beta_1..beta_T]}` (Table 3)."""
         with torch.no_grad():
             return {"mu": self.cascade.mu.tolist(), "beta": self.cascade.beta.tolist()}

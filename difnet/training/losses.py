@@ -4,7 +4,7 @@ opt-in auxiliary terms (a cross-entropy on the seed scores, a loss on the transi
 The transition loss: the paper leaves every P_t unsupervised; Bertasius et al. (CVPR 2017) and
 PSA (Ahn and Kwak 2018) learn affinities from the labels instead. Here each row of P_t should
 send the mass it gives *other* nodes to nodes of its own class: the loss is `-log` of the
-in-class share of `difnet.transitions`, which leaves the self-weight `P[i, i]` out, so a P that
+in-class share of `difnet.diffusion.label_statistics`, which leaves the self-weight `P[i, i]` out, so a P that
 collapses to the identity (no diffusion) cannot lower it. P is never built whole.
 """
 
@@ -18,8 +18,8 @@ from torch import Tensor, nn
 
 from difnet.data.palettes import IGNORE_INDEX
 from difnet.diffusion import PAPER_KERNEL, TransitionKernel
+from difnet.diffusion.label_statistics import mean_share_loss, node_labels, row_statistics
 from difnet.models.heads import upsample
-from difnet.transitions import mean_share_loss, node_labels, row_statistics
 
 SHARE_FLOOR = 1e-6  # keeps -log finite for a row that sends nothing to its class
 

@@ -1,5 +1,5 @@
 """The guided walk's stride, step count and restart weight picked by mIoU on images the scores are
-not taken on, as `difnet.refinement.fit_bilateral_walk` picks a bilateral walk's.
+not taken on, by the same search (`difnet.refinement.fitting`) as a bilateral walk's.
 
 Training with cross-entropy hardly moves these settings in a second stage of a few epochs (and, at
 a higher rate, moves them towards less smoothing than mIoU prefers); the step count and the stride
@@ -8,22 +8,18 @@ are not trained at all. The learned colour map, position scale and guide project
 
 from __future__ import annotations
 
-import copy
 import itertools
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
-from functools import partial
 
 import torch
 from torch import Tensor
 
-from difnet.data.palettes import IGNORE_INDEX
-from difnet.guided_walk import GuidedWalk, check_walk_settings
-from difnet.metrics import ConfusionMatrix
+from difnet.diffusion.guided import GuidedWalk, check_walk_settings
 from difnet.models.difnet import DifNet
 from difnet.models.heads import upsample
-from difnet.refinement import SettingFit
+from difnet.refinement.fitting import SettingFit, fit_setting
 
 
 @dataclass(frozen=True)
@@ -38,7 +34,7 @@ class GuidedSetting:
         check_walk_settings("GuidedSetting", **asdict(self))
 
     @classmethod
-    def of(cls, model: DifNet) -> GuidedSetting:
+    def from_model(cls, model: DifNet) -> GuidedSetting:
         """`model`'s own setting, with its learned `mu` (in float64, kept inside (0, 1) where a
         rounded sigmoid would reach an end)."""
         walk = guided_walk_of(model)
@@ -73,16 +69,6 @@ class GuidedFit(SettingFit[GuidedSetting]):
         return self.chosen
 
 
-def walk_at(walk: GuidedWalk, stride: int, mu: float) -> GuidedWalk:
-    """A copy of `walk` on the grid of `stride` with restart weight `mu`, its other weights equal
-    (its position scale and radius count grid cells, so a finer grid also narrows its reach)."""
-    check_walk_settings("walk_at", stride=stride)
-    moved = copy.deepcopy(walk)
-    moved.stride = stride
-    moved.set_mu(mu)
-    return moved
-
-
 @torch.no_grad()
 def fit_guided_walk(
     model: DifNet,
@@ -97,27 +83,19 @@ def fit_guided_walk(
     eval mode on `device`): apply the choice with `model.set_guided_walk(**asdict(fit.setting))`.
     The position scale and radius count grid cells, so stride 1 also halves stride 2's reach."""
     walk = guided_walk_of(model)
-    num_classes = getattr(dataset, "num_classes", None)
-    if num_classes is None:
-        raise TypeError(f"dataset {type(dataset).__name__} has no num_classes attribute")
-    own = GuidedSetting.of(model)
+    own = GuidedSetting.from_model(model)
     settings = list(dict.fromkeys([own, *(guided_grid() if settings is None else settings)]))
     model.eval().to(device)
-    confusion = partial(ConfusionMatrix, num_classes, getattr(dataset, "ignore_index", IGNORE_INDEX))
-    alone, matrices = confusion(), {setting: confusion() for setting in settings}
     groups: dict[tuple[int, float], list[int]] = {}  # settings that differ in steps share one walk
     for setting in settings:
         groups.setdefault((setting.stride, setting.mu), []).append(setting.steps)
-    walks = {key: walk_at(walk, *key) for key in groups}
-    for image, label in dataset:
-        image, label = image[None].to(device), label[None]
-        out = model(image, intermediates=True)
-        alone.update(out.logits.argmax(1).cpu(), label)
+    walks = {key: walk.copy_with(*key) for key in groups}
+
+    def refine(image: Tensor, size: tuple[int, int]) -> tuple[Tensor, Iterator[tuple[GuidedSetting, Tensor]]]:
+        out = model(image.to(device), intermediates=True)
         start = out.walks[-1].float().softmax(1)
-        for (stride, mu), steps in groups.items():
-            for n, walked in walks[stride, mu].states(start, image, steps, out.guide):
-                matrices[GuidedSetting(stride, n, mu)].update(
-                    upsample(walked, label.shape[-2:]).argmax(1).cpu(), label
-                )
-    scores = [(setting, matrices[setting].compute().miou) for setting in settings]
-    return GuidedFit(max(scores, key=lambda pair: pair[1])[0], alone.compute().miou, scores)
+        walked = ((GuidedSetting(stride, n, mu), upsample(p, size)) for (stride, mu), steps in groups.items()
+                  for n, p in walks[stride, mu].states(start, image.to(device), steps, out.guide))  # fmt: skip
+        return out.logits, walked
+
+    return GuidedFit(*fit_setting(dataset, settings, refine))

@@ -1,9 +1,9 @@
 """A random walk on the image itself, after any model: its class probabilities diffused between
 nearby pixels of similar colour, on a grid finer than the model's output stride.
 
-`BilateralWalk` is `difnet.guided_walk.GuidedWalk` at a fixed setting, with no weights to train:
-`fit_bilateral_walk` picks the setting on images the scores are not taken on, and `Refined` puts
-it after a model.
+`BilateralWalk` is `difnet.diffusion.guided.GuidedWalk` at a fixed setting, with no weights to train:
+`fit_bilateral_walk` picks the setting on images the scores are not taken on, and `RefinedModel`
+puts it after a model.
 """
 
 from __future__ import annotations
@@ -11,19 +11,16 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
-from functools import partial
-from typing import ClassVar, Generic, TypeVar
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
 
-from difnet.data.palettes import IGNORE_INDEX
-from difnet.guided_walk import (
+from difnet.diffusion.guided import (
     DEFAULT_COLOUR_SIGMA,
     DEFAULT_MU,
     DEFAULT_POSITION_SIGMA,
     DEFAULT_RADIUS,
-    DEFAULT_SOLVER,
     DEFAULT_STEPS,
     DEFAULT_STRIDE,
     GuidedWalk,
@@ -31,10 +28,9 @@ from difnet.guided_walk import (
     log_probabilities,
     walk_grid,
 )
-from difnet.metrics import ConfusionMatrix
+from difnet.diffusion.walks import DEFAULT_SOLVER
 from difnet.models.heads import upsample
-
-Setting = TypeVar("Setting")
+from difnet.refinement.fitting import SettingFit, fit_setting
 
 
 @dataclass(frozen=True)
@@ -43,7 +39,7 @@ class BilateralWalk:
     within `radius` cells; `colour_sigma` is in the input's normalised units, `position_sigma`
     in grid cells. The defaults are what the fits on CamVid's training frames chose most often.
     `solver` "chebyshev" computes long walks as their Chebyshev series (the same probabilities to
-    ~1e-5, fewer products), "steps" step by step (`difnet.guided_walk`)."""
+    ~1e-5, fewer products), "steps" step by step (`difnet.diffusion.guided`)."""
 
     stride: int = DEFAULT_STRIDE
     radius: int = DEFAULT_RADIUS
@@ -92,8 +88,8 @@ class BilateralWalk:
             yield n, upsample(walked, probabilities.shape[-2:])
 
 
-class Refined(nn.Module):
-    """`model` followed by `walk`: `Refined(model, walk)(images)` returns the log of the walked
+class RefinedModel(nn.Module):
+    """`model` followed by `walk`: `RefinedModel(model, walk)(images)` returns the log of the walked
     probabilities, so that its softmax and argmax are the refined ones (`difnet.evaluate` takes it
     like any model)."""
 
@@ -125,30 +121,6 @@ def bilateral_grid(
     ]
 
 
-@dataclass
-class SettingFit(Generic[Setting]):
-    """The setting chosen among those tried (`scores`, each with its mIoU as a fraction) and the
-    mIoU of the model as it was; `to_dict` names the choice `label`."""
-
-    chosen: Setting
-    model_miou: float
-    scores: list[tuple[Setting, float]]
-    label: ClassVar[str] = "setting"
-
-    @property
-    def best_miou(self) -> float:
-        return max(score for _, score in self.scores)
-
-    def to_dict(self) -> dict:
-        """Plain-typed values, for JSON."""
-        return {
-            self.label: asdict(self.chosen),
-            "model_miou": self.model_miou,
-            "best_miou": self.best_miou,
-            "tried": [{**asdict(setting), "miou": score} for setting, score in self.scores],
-        }
-
-
 class BilateralFit(SettingFit[BilateralWalk]):
     """`fit_bilateral_walk`'s result: the chosen `walk`."""
 
@@ -159,7 +131,6 @@ class BilateralFit(SettingFit[BilateralWalk]):
         return self.chosen
 
 
-@torch.no_grad()
 def fit_bilateral_walk(
     model: nn.Module,
     dataset: Sequence[tuple[Tensor, Tensor]],
@@ -170,26 +141,15 @@ def fit_bilateral_walk(
     """The setting in `settings` with the best mIoU on `dataset` (`(image, label)` pairs at the
     model's input size, with `num_classes` as `difnet.evaluate` takes), from one pass of the model
     over it; the walks run on the CPU."""
-    if not settings:
-        raise ValueError("fit_bilateral_walk needs at least one setting to try")
-    num_classes = getattr(dataset, "num_classes", None)
-    if num_classes is None:
-        raise TypeError(f"dataset {type(dataset).__name__} has no num_classes attribute")
     model.eval()
-    confusion = partial(ConfusionMatrix, num_classes, getattr(dataset, "ignore_index", IGNORE_INDEX))
-    alone = confusion()
-    # settings that differ only in their step count share one walk per image
-    groups: dict[BilateralWalk, list[int]] = {}
+    groups: dict[BilateralWalk, list[int]] = {}  # settings that differ only in steps share one walk
     for walk in settings:
         groups.setdefault(replace(walk, steps=1), []).append(walk.steps)
-    matrices = {walk: confusion() for walk in settings}
-    for image, label in dataset:
-        image, label = image[None], label[None]
+
+    def refine(image: Tensor, size: tuple[int, int]) -> tuple[Tensor, Iterator[tuple[BilateralWalk, Tensor]]]:
         probabilities = model(image.to(device)).float().softmax(1).cpu()
-        alone.update(probabilities.argmax(1), label)
-        for base, steps in groups.items():
-            for n, walked in base.states(probabilities, image, steps):
-                matrices[replace(base, steps=n)].update(walked.argmax(1), label)
-    scores = [(walk, matrices[walk].compute().miou) for walk in settings]
-    best = max(scores, key=lambda pair: pair[1])[0]
-    return BilateralFit(best, alone.compute().miou, scores)
+        walked = ((replace(base, steps=n), p) for base, steps in groups.items()
+                  for n, p in base.states(probabilities, image, steps))  # fmt: skip
+        return probabilities, walked
+
+    return BilateralFit(*fit_setting(dataset, settings, refine))

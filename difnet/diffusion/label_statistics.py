@@ -30,7 +30,7 @@ from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
 from difnet.data.palettes import IGNORE_INDEX
-from difnet.diffusion import PAPER_KERNEL, TransitionKernel, full_precision, transition_logits
+from difnet.diffusion.kernels import PAPER_KERNEL, TransitionKernel, full_precision, transition_logits
 
 VOID_FRACTION = 0.5  # a node whose cell is more void than this is void
 BLOCK_ELEMENTS = 2**22  # rows per block times N: 16 MiB of float32 logits per image

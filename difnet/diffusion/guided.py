@@ -14,42 +14,32 @@ walk with fixed settings and no weights. With `guide_channels`, a feature map th
 anyway (in DifNet, a similarity level such as the first ResNet stage) joins the colours through a
 learned projection: edges the seed's features know of that the colours do not show.
 
-Long walks (the fits' 100 steps at mu 0.99) are computed by default as the Chebyshev series of the
-walk's polynomial in `P` (`chebyshev_walk`): the same probabilities, to ~1e-5, from 42 products
-`P y` instead of 100. `n` steps give `p_n = q_n(P) p_0` with
-`q_n(x) = (mu x)^n + (1 - mu) sum_(k<n) (mu x)^k`; `P = D^-1 W` with `W` symmetric has a real spectrum
-in [-1, 1], where the series truncated at degree `d` errs by at most its dropped coefficients' sum
-in the D-norm (`D^1/2 P D^-1/2` is symmetric, so each `T_j` of it has norm at most 1). The basis
-`T_j(P) p_0` comes from `T_(j+1) = 2 P T_j - T_(j-1)`, one product a degree, for every count at once.
+Long walks are computed by default as the Chebyshev series of the walk's polynomial in `P`
+(`difnet.diffusion.walks.chebyshev_walk`).
 """
 
 from __future__ import annotations
 
+import copy
 import math
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from functools import lru_cache
+from collections.abc import Iterable, Iterator, Sequence
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from difnet.diffusion import (
+from difnet.diffusion.kernels import (
     TransitionKernel,
     flatten_nodes,
     full_precision,
     local_transition,
     unflatten_nodes,
-    walk_step,
 )
+from difnet.diffusion.walks import DEFAULT_SOLVER, SOLVERS, walk_states
 
 # the settings the bilateral-walk fits on CamVid's training frames chose most often
 DEFAULT_STRIDE, DEFAULT_RADIUS, DEFAULT_STEPS = 2, 3, 15
 DEFAULT_COLOUR_SIGMA, DEFAULT_POSITION_SIGMA, DEFAULT_MU = 0.1, 2.0, 0.97
-# "chebyshev": the walk's Chebyshev series where it takes fewer products than the steps; "steps": step by step
-SOLVERS, DEFAULT_SOLVER = ("chebyshev", "steps"), "chebyshev"
-# the largest sum of the series' dropped coefficients: probabilities within ~1e-5 of the steps'
-TAIL_TOLERANCE = 1e-5
 # the guide projection's output channels, and the spread of each at init on RMS-normalised maps
 DEFAULT_GUIDE_DIMS, DEFAULT_GUIDE_SCALE = 8, 1.0
 
@@ -102,90 +92,6 @@ def check_finite(**tensors: Tensor) -> None:
     for name, tensor in tensors.items():
         if not bool(torch.isfinite(tensor).all()):
             raise ValueError(f"{name} must be finite: {name} of shape {tuple(tensor.shape)} holds NaN or inf")
-
-
-def restart_walk(
-    transition: Callable[[Tensor], Tensor], start: Tensor, mu: Tensor | float, steps: Iterable[int]
-) -> Iterator[tuple[int, Tensor]]:
-    """`(n, p_n)` for each `n` in `steps` of the walk `p_n = mu P p_(n-1) + (1 - mu) p_0` from
-    `p_0 = start` `[B, N, K]`, with `transition` computing `P p`: one walk serves every count."""
-    walked, taken = start, 0
-    for wanted in sorted(set(steps)):
-        for _ in range(wanted - taken):
-            walked = walk_step(transition(walked), walked, start, mu, 1.0)
-        taken = wanted
-        yield wanted, walked
-
-
-def scalar(value: Tensor | float) -> float:
-    """`value` as a Python float, detached from any graph."""
-    return float(value.detach()) if isinstance(value, Tensor) else float(value)
-
-
-@lru_cache(maxsize=64)
-def power_to_chebyshev(degree: int) -> np.ndarray:
-    """`[degree + 1, degree + 1]`: column k holds the Chebyshev coefficients of `x^k` (by
-    `x T_0 = T_1`, `x T_j = (T_(j+1) + T_(j-1)) / 2`; every entry in [0, 1])."""
-    columns = np.zeros((degree + 1, degree + 1))
-    columns[0, 0] = 1.0
-    for k in range(1, degree + 1):
-        previous = columns[:, k - 1]
-        columns[1:, k] += previous[:-1] / 2
-        columns[:-1, k] += previous[1:] / 2
-        columns[1, k] += previous[0] / 2  # x T_0 is T_1 whole
-    return columns
-
-
-def walk_chebyshev(mu: Tensor | float, steps: int) -> Tensor:
-    """The Chebyshev coefficients `[steps + 1]` of the walk's polynomial `q_n` (float64, on `mu`'s
-    device, differentiable in `mu`)."""
-    mu = torch.as_tensor(mu, dtype=torch.float64)
-    powers = mu ** torch.arange(steps + 1, dtype=torch.float64, device=mu.device)
-    polynomial = torch.cat([(1 - mu) * powers[:-1], powers[-1:]])  # (1 - mu) mu^k for k < n, then mu^n
-    return torch.from_numpy(power_to_chebyshev(steps)).to(mu.device) @ polynomial
-
-
-def chebyshev_degree(mu: float, steps: int, tolerance: float = TAIL_TOLERANCE) -> int:
-    """The lowest degree `d` whose dropped coefficients `|c_(d+1)| + ... + |c_n|` of `q_n` sum to
-    at most `tolerance` (`steps`, the whole series, where no lower degree does)."""
-    dropped = np.cumsum(np.abs(walk_chebyshev(float(mu), steps).numpy())[::-1])[::-1][1:]  # [d]: beyond d
-    return int(np.argmax(dropped <= tolerance)) if dropped.size and dropped[-1] <= tolerance else steps
-
-
-def chebyshev_walk(
-    transition: Callable[[Tensor], Tensor], start: Tensor, mu: Tensor | float, steps: Iterable[int]
-) -> Iterator[tuple[int, Tensor]]:
-    """`(n, p_n)` for each `n` in `steps`, as `restart_walk` yields them, from the Chebyshev series
-    of `q_n` truncated at `chebyshev_degree`: the highest degree's products serve every count."""
-    counts, degrees, highest = sorted(set(steps)), {}, 0
-    for n in counts:  # a longer walk never stops at a lower degree than a shorter one
-        highest = degrees[n] = max(highest, chebyshev_degree(scalar(mu), n))
-    coefficients = {n: walk_chebyshev(mu, n)[: degrees[n] + 1].to(start.device, start.dtype) for n in counts}
-    sums = {n: coefficients[n][0] * start for n in counts}
-    previous, current = None, start
-    for degree in range(1, highest + 1):
-        walked = transition(current)
-        previous, current = current, walked if previous is None else 2 * walked - previous
-        for n in counts:
-            if degree <= degrees[n]:
-                sums[n] = torch.addcmul(sums[n], coefficients[n][degree], current)
-    for n in counts:
-        yield n, sums[n]
-
-
-def walk_states(
-    transition: Callable[[Tensor], Tensor],
-    start: Tensor,
-    mu: Tensor | float,
-    steps: Iterable[int],
-    solver: str,
-) -> Iterator[tuple[int, Tensor]]:
-    """`restart_walk`'s `(n, p_n)`, by `chebyshev_walk` when `solver` is "chebyshev" and its series
-    takes fewer products than the longest walk's steps (else step by step, exactly as before)."""
-    steps = sorted(set(steps))
-    if solver == "chebyshev" and steps and chebyshev_degree(scalar(mu), steps[-1]) < steps[-1]:
-        return chebyshev_walk(transition, start, mu, steps)
-    return restart_walk(transition, start, mu, steps)
 
 
 def rms_normalised(maps: Tensor) -> Tensor:
@@ -256,6 +162,15 @@ class GuidedWalk(nn.Module):
         check_walk_settings("GuidedWalk", mu=mu)
         with torch.no_grad():
             self.raw_mu.fill_(math.log(mu / (1 - mu)))
+
+    def copy_with(self, stride: int, mu: float) -> GuidedWalk:
+        """A copy on the grid of `stride` with restart weight `mu`, its other weights equal (its
+        position scale and radius count grid cells, so a finer grid also narrows its reach)."""
+        check_walk_settings("GuidedWalk.copy_with", stride=stride)
+        moved = copy.deepcopy(self)
+        moved.stride = stride
+        moved.set_mu(mu)
+        return moved
 
     @property
     def position_scale(self) -> Tensor:

@@ -1,4 +1,4 @@
-"""Random walks on learned transition matrices: the cascade of DifNet, usable on any features.
+"""Transition matrices of node features and their products `P y`, the step of every walk here.
 
 A transition matrix is `P = softmax(logits)` (row-wise) of node features `f` of shape
 `[B, N, d]`; a walk carries node values `y` of shape `[B, N, K]`. The `TransitionKernel` says how
@@ -13,7 +13,6 @@ holds an `N x N` tensor, in forward or backward. Maps `[B, C, h, w]` become node
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 WalkMethod = Literal["fused", "materialized"]
 WALK_METHODS: tuple[str, ...] = ("fused", "materialized")
@@ -336,118 +335,3 @@ class _LocalApply(torch.autograd.Function):
             grad_padded[:, :, radius : radius + height, radius : radius + width].contiguous(),
             None,
         )
-
-
-def walk_step(walked: Tensor, y: Tensor, seed: Tensor, mu: Tensor | float, beta: Tensor | float) -> Tensor:
-    """Eqs. 4-5 given `walked = P y`: `beta (mu P y + (1 - mu) s) + (1 - beta) y`, in `walked`'s
-    dtype; a step apart so walks on other transition matrices (e.g. label-built) share it."""
-    restarted = torch.lerp(seed.to(walked.dtype), walked, mu)  # Eq. 4
-    return torch.lerp(y.to(walked.dtype), restarted, beta)  # Eq. 5
-
-
-def _logit(probability: float, name: str) -> float:
-    if isinstance(probability, bool) or not isinstance(probability, int | float) or not 0 < probability < 1:
-        raise ValueError(f"{name} must lie strictly between 0 and 1 (got {probability!r})")
-    return math.log(probability / (1 - probability))
-
-
-class RandomWalk(nn.Module):
-    """One walk of the cascade: `y' = beta R + (1 - beta) y`, `R = mu P y + (1 - mu) s`.
-
-    `mu` and `beta` live in (0, 1) as sigmoids of raw parameters; the paper starts both at 0.5,
-    `beta_init` near 0 starts the walk nearly switched off (y' = y). `P` comes from `kernel`;
-    `learn_temperature=True` scales its logits by a learned `exp(raw_temperature)`, starting at 1.
-    """
-
-    def __init__(
-        self,
-        walk: WalkMethod = "fused",
-        kernel: TransitionKernel = PAPER_KERNEL,
-        *,
-        learn_temperature: bool = False,
-        beta_init: float = 0.5,
-    ) -> None:
-        super().__init__()
-        if walk not in WALK_METHODS:
-            raise ValueError(f"walk must be one of {WALK_METHODS} (got {walk!r})")
-        self.walk, self.kernel = walk, kernel
-        self.raw_mu = nn.Parameter(torch.zeros(()))
-        self.raw_beta = nn.Parameter(torch.full((), _logit(beta_init, "beta_init")))
-        self.raw_temperature = nn.Parameter(torch.zeros(())) if learn_temperature else None
-
-    @property
-    def mu(self) -> Tensor:
-        """The restart weight `mu_t` in (0, 1)."""
-        return torch.sigmoid(self.raw_mu)
-
-    @property
-    def beta(self) -> Tensor:
-        """The step weight `beta_t` in (0, 1)."""
-        return torch.sigmoid(self.raw_beta)
-
-    @property
-    def temperature(self) -> Tensor | None:
-        """The learned factor of the logits (None: the kernel's own, 1)."""
-        return None if self.raw_temperature is None else self.raw_temperature.exp()
-
-    def transition(self, features: Tensor, values: Tensor, grid: Sequence[int] | None = None) -> Tensor:
-        """`P y` of this walk's kernel and temperature."""
-        return propagate(features, values, walk=self.walk, kernel=self.kernel, grid=grid,
-                         temperature=self.temperature)  # fmt: skip
-
-    def forward(self, features: Tensor, y: Tensor, seed: Tensor, grid: Sequence[int] | None = None) -> Tensor:
-        """Features `[B, N, d]`, current values `y` and seed `s` `[B, N, K]` -> next `y`."""
-        return walk_step(self.transition(features, y, grid), y, seed, self.mu, self.beta)
-
-    def extra_repr(self) -> str:
-        return f"walk={self.walk!r}, kernel={self.kernel}"
-
-
-class Cascade(nn.Module):
-    """A cascade of random walks, one per transition matrix, all restarting from the seed.
-
-    `forward(features, seed, grid)` takes one `[B, N, d]` feature tensor per walk, the seed
-    `[B, N, K]` and (for a local kernel) the nodes' `(h, w)` grid, and returns `[y_1, ..., y_T]`.
-    """
-
-    def __init__(
-        self,
-        num_walks: int,
-        walk: WalkMethod = "fused",
-        kernel: TransitionKernel = PAPER_KERNEL,
-        *,
-        learn_temperature: bool = False,
-        beta_init: float = 0.5,
-    ) -> None:
-        super().__init__()
-        if num_walks < 1:
-            raise ValueError(f"num_walks must be at least 1 (got {num_walks})")
-        self.walks = nn.ModuleList(
-            RandomWalk(walk, kernel, learn_temperature=learn_temperature, beta_init=beta_init)
-            for _ in range(num_walks)
-        )
-
-    @property
-    def mu(self) -> Tensor:
-        """`[T]` tensor of the walks' `mu_t`."""
-        return torch.stack([walk.mu for walk in self.walks])
-
-    @property
-    def beta(self) -> Tensor:
-        """`[T]` tensor of the walks' `beta_t`."""
-        return torch.stack([walk.beta for walk in self.walks])
-
-    def forward(
-        self, features: Sequence[Tensor], seed: Tensor, grid: Sequence[int] | None = None
-    ) -> list[Tensor]:
-        """Run every walk in turn from `y_0 = s`; returns `[y_1, ..., y_T]`."""
-        if len(features) != len(self.walks):
-            raise ValueError(
-                f"expected {len(self.walks)} feature tensors, one per walk (got {len(features)})"
-            )
-        outputs = []
-        y = seed
-        for walk, f in zip(self.walks, features, strict=True):
-            y = walk(f, y, seed, grid)
-            outputs.append(y)
-        return outputs
