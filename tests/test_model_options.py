@@ -112,9 +112,9 @@ def test_the_trainer_passes_the_recipes_loss_weights(tmp_path, monkeypatch):
 
     seen = []
 
-    def recording(model, images, labels, aux_seed_weight, transition_weight):
+    def recording(model, images, labels, aux_seed_weight, transition_weight, **options):
         seen.append((aux_seed_weight, transition_weight))
-        return training_loss(model, images, labels, aux_seed_weight, transition_weight)
+        return training_loss(model, images, labels, aux_seed_weight, transition_weight, **options)
 
     monkeypatch.setattr(loop, "training_loss", recording)
     result = train(small_config(tmp_path, aux_seed_weight=0.4, transition_loss_weight=0.3))

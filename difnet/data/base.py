@@ -87,15 +87,31 @@ class SegmentationDataset(Dataset[tuple[Tensor, Tensor]]):
         """Item `index` before the transform: `(uint8 [H, W, C] image, uint8 [H, W] label)`."""
         raise NotImplementedError
 
+    def load_label(self, index: int) -> np.ndarray:
+        """Item `index`'s `uint8 [H, W]` label before the transform (file datasets skip the image)."""
+        return self.load(index)[1]
+
     def untransformed(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """Item `index` as read (and resized to `resize`), before the transform."""
-        size = len(self)
-        if not -size <= index < size:
-            raise IndexError(f"index {index} is out of range for a dataset of {size} items")
-        image, label = self.load(index % size)
+        image, label = self.load(self._checked_index(index))
         if self.resize is not None and image.shape[:2] != self.resize:
             image, label = resize_bilinear(image, self.resize), resize_nearest(label, self.resize)
         return image, label
+
+    def untransformed_label(self, index: int) -> np.ndarray:
+        """Item `index`'s label as `untransformed` gives it, read without the image where the
+        dataset can (label statistics such as class weights read every label once)."""
+        label = self.load_label(self._checked_index(index))
+        if self.resize is not None and label.shape != self.resize:
+            label = resize_nearest(label, self.resize)
+        return label
+
+    def _checked_index(self, index: int) -> int:
+        """`index` in `[0, len)` (a negative one counts from the end); out of range an `IndexError`."""
+        size = len(self)
+        if not -size <= index < size:
+            raise IndexError(f"index {index} is out of range for a dataset of {size} items")
+        return index % size
 
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
         return self.transform(*self.untransformed(index))
@@ -156,6 +172,11 @@ class FilePairDataset(SegmentationDataset):
                 f"{sample.mask} is {label.shape[0]}x{label.shape[1]}"
             )
         return image, self.class_ids(label, sample.mask)
+
+    def load_label(self, index: int) -> np.ndarray:
+        """Item `index`'s mask as class ids, its image left unread."""
+        mask = self.samples[index].mask
+        return self.class_ids(read_mask(mask), mask)
 
     def class_ids(self, raw: np.ndarray, path: Path) -> np.ndarray:
         """Mask values read from `path` as `uint8` class ids, after `label_remap` and checks."""

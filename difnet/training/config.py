@@ -29,6 +29,7 @@ from difnet.models.options import model_arguments as declared_model_arguments
 from difnet.models.preprocessing import Preprocessing
 from difnet.models.serialization import read_checkpoint
 from difnet.models.validation import MIN_IMAGE_SIZE
+from difnet.training.class_weights import CLASS_WEIGHTINGS
 from difnet.training.recipe_file import read_recipe_file
 from difnet.training.settings import add_options, check_file_value, declared, given_options, setting
 
@@ -129,6 +130,11 @@ class TrainConfig:
         "of P_t keeps on the node's own class (0: the paper's, which leaves P_t unsupervised)",
         OPTIMISATION,
     )
+    class_weighting: str | None = setting(
+        None, "class-balanced cross-entropy, its weights counted from the training labels at start: "
+        "'median-frequency' (median f / f_c, SegNet's), 'enet' (1 / ln(1.02 + p_c)); default: every "
+        "class weighs 1", OPTIMISATION, choices=CLASS_WEIGHTINGS,
+    )  # fmt: skip
     pretrained_backbone: str | None = setting(
         None, "torchvision ResNet checkpoint for the backbones, or 'imagenet'", MODEL,
         metavar="PATH_OR_imagenet",
@@ -310,6 +316,7 @@ class TrainConfig:
             "precision": (self.precision, PRECISIONS),
             "head_init": (self.head_init, HEAD_INITS),
             "kernel": (self.kernel, SIMILARITIES),
+            "class_weighting": (self.class_weighting, (*CLASS_WEIGHTINGS, None)),
         }
         for name, (value, allowed) in choices.items():
             if value not in allowed:

@@ -42,6 +42,7 @@ from difnet.models.serialization import (
 from difnet.progress import progress_bar
 from difnet.training import distributed
 from difnet.training.checkpoint import remove_partial_saves, save_model
+from difnet.training.class_weights import class_weights
 from difnet.training.config import TrainConfig, check_resume_recipe
 from difnet.training.losses import training_loss
 from difnet.training.optim import build_optimizer, set_learning_rate
@@ -65,12 +66,14 @@ class NonFiniteLossError(RuntimeError):
 @dataclass
 class TrainResult:
     """The trained model (unwrapped, on its device), the best validation mIoU (None without
-    validation), the checkpoints written and the per-epoch history."""
+    validation), the checkpoints written, the per-epoch history and the class weights of the loss
+    (None: unweighted)."""
 
     model: nn.Module
     best_miou: float | None
     checkpoint_paths: dict[str, Path]
     history: list[dict] = field(default_factory=list)
+    class_weights: list[float] | None = None
 
 
 class EpochSampler(Sampler[int]):
@@ -138,6 +141,7 @@ class Trainer:
                 )
         self.num_classes = self._num_classes()
         check_first_samples(self.train_set, self.val_set, config.crop_size, config.scale_range)
+        self.class_weights = self._class_weights()
         self.output_dir = Path(config.output_dir)
 
         seed_everything(config.seed)
@@ -211,6 +215,18 @@ class Trainer:
             )
         return classes
 
+    def _class_weights(self) -> Tensor | None:
+        """The loss's class weights, counted from the training labels (None: unweighted)."""
+        if self.config.class_weighting is None:
+            return None
+        return class_weights(self.train_set, self.num_classes, self.config.class_weighting).to(self.device)
+
+    def _weights_record(self) -> dict[str, float] | None:
+        """The class weights by class name, as the log and checkpoints record them."""
+        if self.class_weights is None:
+            return None
+        return dict(zip(unwrap(self.model).class_names, self.class_weights.tolist(), strict=True))
+
     # --- checkpoints -------------------------------------------------------------------------
 
     def _resume(self, path: Path) -> None:
@@ -241,6 +257,8 @@ class Trainer:
 
     def _save(self, name: str, *, with_optimizer: bool, steps_into_epoch: int = 0) -> Path:
         extra = {"optimizer": self.optimizer.state_dict()} if with_optimizer else {}
+        if self.class_weights is not None:
+            extra["class_weights"] = self._weights_record()
         if with_optimizer and self.scaler.is_enabled():
             extra["grad_scaler"] = self.scaler.state_dict()
         return save_model(
@@ -272,6 +290,10 @@ class Trainer:
                 (self.output_dir / name).unlink(missing_ok=True)
         (self.output_dir / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
         self.log = RunLog(self.output_dir)
+        if self.class_weights is not None:
+            self.log.write(
+                "class_weights", self.step, method=self.config.class_weighting, weights=self._weights_record()
+            )
 
     # --- the run -----------------------------------------------------------------------------
 
@@ -282,6 +304,9 @@ class Trainer:
                 tqdm.write(
                     f"training {self.config.model} ({unwrap(self.model).encoder}) with\n{self.config.format()}"
                 )
+                if self.class_weights is not None:
+                    weights = ", ".join(f"{name} {w:.4g}" for name, w in self._weights_record().items())
+                    tqdm.write(f"class weights ({self.config.class_weighting}): {weights}")
         try:
             while self.epoch < self.config.epochs:
                 self._train_epoch()
@@ -303,7 +328,8 @@ class Trainer:
             if self.log is not None:
                 self.log.close()
         paths = {"last": self.output_dir / LAST, "best": self.output_dir / BEST}
-        return TrainResult(unwrap(self.model), self.best_miou, paths, self.history)
+        weights = None if self.class_weights is None else self.class_weights.tolist()
+        return TrainResult(unwrap(self.model), self.best_miou, paths, self.history, weights)
 
     def _validate(self) -> dict:
         result = evaluate(
@@ -391,8 +417,9 @@ class Trainer:
             sync = contextlib.nullcontext() if last or not self.context.distributed else self.model.no_sync()
             with sync, torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
                 loss = training_loss(
-                    self.model, images, labels, config.aux_seed_weight, config.transition_loss_weight
-                )
+                    self.model, images, labels, config.aux_seed_weight, config.transition_loss_weight,
+                    class_weights=self.class_weights,
+                )  # fmt: skip
                 self.scaler.scale(loss / config.accumulate).backward()
             total += loss.detach()
         loss = distributed.mean_over_processes(total / config.accumulate, self.context)

@@ -24,10 +24,21 @@ from difnet.models.heads import upsample
 SHARE_FLOOR = 1e-6  # keeps -log finite for a row that sends nothing to its class
 
 
-def pixel_loss(logits: Tensor, labels: Tensor) -> Tensor:
-    """Cross-entropy averaged over labelled pixels (0, not NaN, for a batch with none)."""
-    total = F.cross_entropy(logits.float(), labels, ignore_index=IGNORE_INDEX, reduction="sum")
-    return total / (labels != IGNORE_INDEX).sum().clamp(min=1)
+def pixel_loss(logits: Tensor, labels: Tensor, weights: Tensor | None = None) -> Tensor:
+    """Cross-entropy averaged over labelled pixels (0, not NaN, for a batch with none); with class
+    `weights` `[C]`, the weighted mean `sum w_y * loss / sum w_y` of torch's weighted
+    `cross_entropy(reduction="mean")` (class-balanced training, `difnet.training.class_weights`)."""
+    labelled = labels != IGNORE_INDEX
+    if weights is None:
+        total = F.cross_entropy(logits.float(), labels, ignore_index=IGNORE_INDEX, reduction="sum")
+        return total / labelled.sum().clamp(min=1)
+    weights = weights.to(logits.device, torch.float32)
+    total = F.cross_entropy(
+        logits.float(), labels, weight=weights, ignore_index=IGNORE_INDEX, reduction="sum"
+    )
+    weight_sum = (weights[labels.masked_fill(~labelled, 0)] * labelled).sum()
+    # 0 when no pixel is labelled, or every labelled pixel's class weighs 0: the sum is 0 then too
+    return total / weight_sum.clamp(min=torch.finfo(torch.float32).tiny)
 
 
 def transition_loss(
@@ -57,16 +68,20 @@ def training_loss(
     labels: Tensor,
     aux_seed_weight: float = 0.0,
     transition_weight: float = 0.0,
+    *,
+    class_weights: Tensor | None = None,
 ) -> Tensor:
     """Cross-entropy of the prediction, plus DifNet's opt-in auxiliary terms: `aux_seed_weight`
     times the cross-entropy of its seed scores upsampled to the labels (deep supervision of the
-    seed branch), and `transition_weight` times `transition_loss` (label-supervised P_t)."""
+    seed branch), and `transition_weight` times `transition_loss` (label-supervised P_t). Both
+    cross-entropies weigh each pixel by its class's entry of `class_weights` (None: all 1)."""
     if not aux_seed_weight and not transition_weight:
-        return pixel_loss(model(images), labels)
+        return pixel_loss(model(images), labels, class_weights)
     out = model(images, intermediates=True)
-    loss = pixel_loss(out.logits, labels)
+    loss = pixel_loss(out.logits, labels, class_weights)
     if aux_seed_weight:
-        loss = loss + aux_seed_weight * pixel_loss(upsample(out.scores, labels.shape[-2:]), labels)
+        seed_scores = upsample(out.scores, labels.shape[-2:])
+        loss = loss + aux_seed_weight * pixel_loss(seed_scores, labels, class_weights)
     if transition_weight:
         grid = tuple(out.walks[-1].shape[-2:])
         loss = loss + transition_weight * transition_loss(
