@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 
 from torch import Tensor, nn
 
-from difnet.models.encoders import IMAGENET_DEPTHS, build_encoder, check_encoder, shorthand_depth
+from difnet.encoders.registry import IMAGENET_DEPTHS, build_encoder, check_encoder, shorthand_depth
 from difnet.models.finetune import FineTuneReport, load_for_fine_tuning
 from difnet.models.parameters import split_backbone_head
 from difnet.models.preprocessing import Preprocessing

@@ -9,10 +9,10 @@ import torch
 from torch import Tensor, nn
 
 from difnet.diffusion import WALK_METHODS, Cascade, TransitionKernel, WalkMethod
+from difnet.encoders.registry import check_encoder, model_encoder
 from difnet.guided_walk import DEFAULT_STEPS, check_walk_settings
 from difnet.models.base import SegmentationModel
 from difnet.models.diffusion_head import DiffusionHead, DifNetOutput
-from difnet.models.encoders import check_encoder, model_encoder
 from difnet.models.heads import (
     DEFAULT_HEAD_INIT,
     HEAD_INITS,

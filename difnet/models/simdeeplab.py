@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from difnet.encoders.registry import model_encoder
 from difnet.models.base import SegmentationModel
-from difnet.models.encoders import model_encoder
 from difnet.models.heads import ASPP, DEFAULT_HEAD_INIT, HEAD_INITS, upsample
 from difnet.models.pretrained import PretrainedSource
 

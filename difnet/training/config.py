@@ -19,9 +19,9 @@ from difnet.data import recipe as data_recipe
 from difnet.data.base import SegmentationDataset, Transform
 from difnet.devices import default_device, parse_device
 from difnet.diffusion import SIMILARITIES, WALK_METHODS
+from difnet.encoders.registry import check_encoder, resnet_encoder, shorthand_depth
 from difnet.models import MODELS, RESNET_DEPTHS
 from difnet.models.difnet import DIFFUSION_STRIDES
-from difnet.models.encoders import check_encoder, resnet_encoder, shorthand_depth
 from difnet.models.heads import DEFAULT_HEAD_INIT, HEAD_INITS, UNSATURATED_PSI_SCALE
 from difnet.models.options import foreign_options, refuse_foreign_options
 from difnet.models.options import model_arguments as declared_model_arguments
