@@ -129,7 +129,7 @@ class TrainConfig:
         OPTIMISATION,
     )
     pretrained_backbone: str | None = setting(
-        None, "torchvision ResNet checkpoint for the backbones, or 'imagenet'", MODEL,
+        None, "torchvision ResNet checkpoint for the backbones, or 'imagenet' (timm's own for tu- encoders)", MODEL,
         metavar="PATH_OR_imagenet",
     )  # fmt: skip
     init_from: str | None = setting(
