@@ -63,7 +63,7 @@ def check_encoder(name: object, argument: str = "encoder") -> str:
     if not isinstance(name, str) or name not in ENCODERS:
         raise ValueError(
             f"{argument} must be one of {sorted(ENCODERS)} (got {name!r}); an encoder of your own must "
-            "be registered (difnet.encoders.register_encoder) before a model is built or loaded with it, "
+            "be registered (difnet.encoders.register_encoder) before a model is built or loaded with it; "
             f"a timm model is named '{TIMM_PREFIX}<timm model name>'"
         )
     return name

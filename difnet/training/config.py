@@ -60,12 +60,12 @@ class TrainConfig:
     depth: int | None = setting(50, "ResNet depth: shorthand for --encoder resnetD (output stride 8)", MODEL,
                                 choices=RESNET_DEPTHS)  # fmt: skip
     encoder: str | None = setting(
-        None, "the seed encoder by its registered name (difnet.encoders), e.g. resnet50_os16; given, "
-        "it replaces --depth", MODEL,
+        None, "the seed encoder by its registered name (difnet.encoders), e.g. resnet50_os16, or a timm "
+        "model as tu-<timm name> (with timm installed); given, it replaces --depth", MODEL, metavar="NAME",
     )  # fmt: skip
     similarity_encoder: str | None = setting(
-        None, "DifNet: the similarity branch's encoder by its registered name (default: the seed encoder)",
-        MODEL,
+        None, "DifNet: the similarity branch's encoder by its registered name or tu-<timm name> (default: "
+        "the seed encoder)", MODEL, metavar="NAME",
     )  # fmt: skip
     aspp: bool = setting(
         True, "DifNet: an ASPP seed head (off: the paper's noASPP variant, one 3x3 conv)", MODEL
@@ -254,7 +254,9 @@ class TrainConfig:
     def _resolve_encoder(self) -> None:
         """With `encoder` given, `depth` becomes the depth it is shorthand for (None for an encoder
         that is no such shorthand); a `depth` other than the default that names another encoder
-        is refused."""
+        is refused, and so is an unknown `encoder` or `similarity_encoder`, with the registered names."""
+        if self.similarity_encoder is not None:
+            check_encoder(self.similarity_encoder, "similarity_encoder")
         if self.encoder is None:
             return
         encoder = check_encoder(self.encoder)
