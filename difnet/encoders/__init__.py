@@ -1,5 +1,6 @@
 """The encoders the models are built from, by name (`ENCODERS`, `register_encoder`, `build_encoder`):
-the dilated ResNets, `SmallCNN`, and any of your own (see `difnet.encoders.registry`)."""
+the dilated ResNets, `SmallCNN`, any of your own (`difnet.encoders.registry`), and timm's models as
+`"tu-<timm model name>"` without registering them (`difnet.encoders.timm`)."""
 
 from difnet.encoders.registry import (
     ENCODERS,

@@ -114,4 +114,4 @@ class TimmEncoder(nn.Module):
 def timm_builder(name: str) -> Callable[..., TimmEncoder]:
     """The builder of the `tu-` encoder `name`, taking every builder's `in_channels` and
     `gradient_checkpointing`."""
-    return partial(TimmEncoder, check_timm_encoder(name))
+    return partial(TimmEncoder, name)
