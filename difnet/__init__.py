@@ -1,6 +1,5 @@
 """DifNet: semantic segmentation by diffusion networks (Jiang et al., NeurIPS 2018)."""
 
-from difnet import diffusion, encoders
 from difnet.models import (
     DiffusionHead,
     DifNet,
@@ -11,6 +10,10 @@ from difnet.models import (
     count_parameters,
     load_model,
 )
+
+# isort: split
+# after difnet.models: the encoder registry builds its ResNets, and the models' base imports the registry
+from difnet import diffusion, encoders
 from difnet.version import __version__
 
 __all__ = [

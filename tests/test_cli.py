@@ -401,6 +401,27 @@ def test_bilateral_walk_option_names_a_bad_field(capsys, checkpoint, value, mess
     assert status == 2 and message in err
 
 
+@pytest.mark.parametrize("flag", ["--encoder", "--similarity-encoder"])
+def test_train_refuses_an_unknown_encoder_naming_the_registered_ones(capsys, tmp_path, flag):
+    status, _, err = run(capsys, *train_args(tmp_path, "--model", "difnet", flag, "vgg16"))
+    option = flag.removeprefix("--").replace("-", "_")
+    assert status == 2 and f"difnet: error: {option} must be one of ['resnet101', " in err
+    assert "'small_cnn'" in err and "(got 'vgg16')" in err and "'tu-<timm model name>'" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_train_takes_a_timm_encoder_by_name(capsys, tmp_path):
+    pytest.importorskip("timm", reason='timm is not installed (pip install "difnet[timm]")')
+    from difnet.models import load_model
+
+    no_depth = [arg for arg in train_args(tmp_path) if arg not in ("--depth", "18")]
+    status, _, err = run(capsys, *no_depth, "--crop-size", "32", "--encoder", "tu-mobilenetv3_small_100")
+    assert status == 0, err
+    assert load_model(tmp_path / "run" / "last.pt").backbone_encoders() == {
+        "backbone": "tu-mobilenetv3_small_100"
+    }
+
+
 def test_train_takes_encoders_by_name_and_refuses_a_depth_that_contradicts_them(capsys, tmp_path):
     from difnet.models import load_model
 

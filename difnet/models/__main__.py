@@ -7,7 +7,7 @@ import argparse
 
 import torch
 
-from difnet.models.encoders import ENCODERS, IMAGENET_DEPTHS, build_encoder
+from difnet.encoders.registry import ENCODERS, IMAGENET_DEPTHS, build_encoder
 from difnet.models.factory import format_parameter_counts, parameter_counts
 from difnet.models.parameters import count_parameters
 

@@ -9,11 +9,12 @@ from typing import Any, ClassVar
 
 from torch import Tensor, nn
 
-from difnet.models.encoders import IMAGENET_DEPTHS, build_encoder, check_encoder, shorthand_depth
+from difnet.encoders.registry import IMAGENET_DEPTHS, build_encoder, check_encoder, shorthand_depth
+from difnet.encoders.timm import is_timm_encoder
 from difnet.models.finetune import FineTuneReport, load_for_fine_tuning
 from difnet.models.parameters import split_backbone_head
 from difnet.models.preprocessing import Preprocessing
-from difnet.models.pretrained import LoadReport, PretrainedSource, load_pretrained_backbones
+from difnet.models.pretrained import IMAGENET, LoadReport, PretrainedSource, load_pretrained_backbones
 from difnet.models.serialization import (
     SavedModel,
     load_state,
@@ -92,27 +93,37 @@ class SegmentationModel(nn.Module):
         """The module whose parameters form the "walk" learning-rate group, if any."""
         return None
 
-    def load_pretrained_backbone(self, source: PretrainedSource | None) -> None:
-        """Initialise every backbone from a torchvision ResNet checkpoint (path or "imagenet");
-        the first convolution is adapted to `in_channels`. Reports go to `backbone_load_reports`.
-        Refused for an encoder without ImageNet weights (not in `IMAGENET_DEPTHS`)."""
-        if source is None:
+    def load_pretrained_backbone(self, source: PretrainedSource | bool | None) -> None:
+        """Initialise every backbone from ImageNet weights: a ResNet from a torchvision checkpoint
+        (path, or "imagenet" / True: downloaded), its first convolution adapted to `in_channels`; a
+        timm (`tu-`) encoder from timm's own ("imagenet" / True: fetched by timm). Reports go to
+        `backbone_load_reports`. Refused for an encoder without such weights, or a file for timm's."""
+        if source is None or source is False:
             return
         encoders = self.backbone_encoders()
-        lacking = [
-            f"{role} encoder {name!r}" for role, name in encoders.items() if name not in IMAGENET_DEPTHS
-        ]
+        timm_roles = [role for role, name in encoders.items() if is_timm_encoder(name)]
+        lacking = [f"{role} encoder {name!r}" for role, name in encoders.items()
+                   if name not in IMAGENET_DEPTHS and role not in timm_roles]  # fmt: skip
         if lacking:
             raise ValueError(
                 f"pretrained_backbone={str(source)!r} loads torchvision's ImageNet ResNet weights, which "
                 f"the {' and the '.join(lacking)} cannot take (only the resnet* encoders do); build it "
                 "without pretrained_backbone, or load its weights in its registered builder"
             )
+        imagenet = source is True or (isinstance(source, str) and source.lower() == IMAGENET)
+        if timm_roles and not imagenet:
+            raise ValueError(
+                f"pretrained_backbone={str(source)!r}: the {' and the '.join(timm_roles)} encoder "
+                f"{encoders[timm_roles[0]]!r} takes timm's own weights, pretrained_backbone=True, not a file"
+            )
         backbones, reports = self.backbones(), {}
-        for depth in dict.fromkeys(IMAGENET_DEPTHS[name] for name in encoders.values()):
-            roles = [role for role, name in encoders.items() if IMAGENET_DEPTHS[name] == depth]
-            chosen = {role: backbones[role] for role in roles}
-            reports |= load_pretrained_backbones(chosen, source, depth, self.in_channels)
+        for role in timm_roles:
+            reports[role] = LoadReport(backbones[role].load_timm_weights(), (), ())
+        depths = {role: IMAGENET_DEPTHS[name] for role, name in encoders.items() if role not in timm_roles}
+        for depth in dict.fromkeys(depths.values()):
+            chosen = {role: backbones[role] for role, found in depths.items() if found == depth}
+            file = IMAGENET if source is True else source
+            reports |= load_pretrained_backbones(chosen, file, depth, self.in_channels)
         self.backbone_load_reports = reports
 
     def check_images(self, images: Tensor) -> None:

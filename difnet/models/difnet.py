@@ -10,9 +10,9 @@ from torch import Tensor, nn
 
 from difnet.diffusion import WALK_METHODS, Cascade, TransitionKernel, WalkMethod
 from difnet.diffusion.guided import DEFAULT_STEPS, check_walk_settings
+from difnet.encoders.registry import check_encoder, model_encoder
 from difnet.models.base import SegmentationModel
 from difnet.models.diffusion_head import UNSATURATED_PSI_SCALE, DiffusionHead, DifNetOutput, ImportanceHead
-from difnet.models.encoders import check_encoder, model_encoder
 from difnet.models.heads import DEFAULT_HEAD_INIT, HEAD_INITS, score_head
 from difnet.models.pretrained import PretrainedSource
 
@@ -26,7 +26,8 @@ class DifNet(SegmentationModel):
     """DifNet on registered encoders: `model(images [B, C, H, W])` -> logits `[B, num_classes, H, W]`.
 
     The seed branch is `encoder` and a score head, the similarity branch `similarity_encoder`
-    (by default the same encoder, a second copy): both names from `difnet.encoders.ENCODERS`.
+    (by default the same encoder, a second copy): both names from `difnet.encoders.ENCODERS`, or
+    timm models as `"tu-<timm name>"`.
     `depth=D` (default 50) is shorthand for `encoder="resnetD"`, the dilated ResNet-D at output
     stride 8 of the paper; giving both is refused unless they agree. They feed `head`, a
     `DiffusionHead`: the seed branch's class scores, and the image with the similarity encoder's
@@ -44,8 +45,9 @@ class DifNet(SegmentationModel):
     step; 1.0 is the authors' code exactly (docs/fidelity.md). `gradient_checkpointing=True`
     recomputes the encoders' stages (where they support it) and the Psi_t during backward: the
     same gradients for about half the training memory.
-    `pretrained_backbone` (a torchvision ResNet checkpoint path, or "imagenet") initialises
-    both encoders, which must be ResNets; the loads' missing/unexpected keys are kept in
+    `pretrained_backbone` (a torchvision ResNet checkpoint path, or "imagenet" / True) initialises
+    both encoders, which must be ResNets, or timm models (`"tu-<timm name>"`) for "imagenet" / True,
+    which load timm's own weights; the loads' missing/unexpected keys are kept in
     `backbone_load_reports`. `in_channels` other than 3 (grey, RGB-NIR, ...) also sets Psi_0's,
     which sees the image.
 
@@ -75,7 +77,7 @@ class DifNet(SegmentationModel):
         depth: int | None = None,
         num_classes: int = 21,
         aspp: bool = True,
-        pretrained_backbone: PretrainedSource | None = None,
+        pretrained_backbone: PretrainedSource | bool | None = None,
         walk: WalkMethod = "fused",
         diffusion_stride: int | None = None,
         psi_scale_init: float = UNSATURATED_PSI_SCALE,

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from difnet.models.encoders import resnet_encoder
+from difnet.encoders.registry import resnet_encoder
 from difnet.models.finetune import FineTuneReport, load_for_fine_tuning
 from difnet.models.preprocessing import Preprocessing
 from difnet.models.pretrained import shape_mismatches

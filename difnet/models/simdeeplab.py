@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from difnet.encoders.registry import model_encoder
 from difnet.models.base import SegmentationModel
-from difnet.models.encoders import model_encoder
 from difnet.models.heads import ASPP, DEFAULT_HEAD_INIT, HEAD_INITS, upsample
 from difnet.models.pretrained import PretrainedSource
 
@@ -16,10 +16,11 @@ DEFAULT_DEPTH = 101
 class SimDeepLab(SegmentationModel):
     """Sim-DeepLab on a registered encoder: `model(images [B, C, H, W]) -> logits [B, K, H, W]`.
 
-    `encoder` names one of `difnet.encoders.ENCODERS`; `depth=D` (default 101) is shorthand for
-    `encoder="resnetD"`, the dilated ResNet-D at output stride 8 (giving both is refused unless
-    they agree). `pretrained_backbone` (a torchvision ResNet checkpoint path, or "imagenet")
-    initialises a ResNet encoder; the load's missing/unexpected keys are kept in
+    `encoder` names one of `difnet.encoders.ENCODERS` or a timm model (`"tu-<timm name>"`);
+    `depth=D` (default 101) is shorthand for `encoder="resnetD"`, the dilated ResNet-D at output
+    stride 8 (giving both is refused unless they agree). `pretrained_backbone` (a torchvision
+    ResNet checkpoint path, or "imagenet" / True) initialises a ResNet encoder, True or "imagenet"
+    a timm one with timm's weights; the load's missing/unexpected keys are kept in
     `backbone_load_reports`. `gradient_checkpointing=True` recomputes the encoder's stages
     during backward. `head_init` starts the ASPP head at DeepLab's N(0, 0.01) with zero bias
     ("normal", the default: better from scratch) or as the authors' code trains it ("he");
@@ -33,7 +34,7 @@ class SimDeepLab(SegmentationModel):
         depth: int | None = None,
         num_classes: int = 21,
         in_channels: int = 3,
-        pretrained_backbone: PretrainedSource | None = None,
+        pretrained_backbone: PretrainedSource | bool | None = None,
         gradient_checkpointing: bool = False,
         head_init: str = DEFAULT_HEAD_INIT,
         encoder: str | None = None,

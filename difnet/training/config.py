@@ -19,10 +19,10 @@ from difnet.data import recipe as data_recipe
 from difnet.data.base import SegmentationDataset, Transform
 from difnet.devices import default_device, parse_device
 from difnet.diffusion import SIMILARITIES, WALK_METHODS
+from difnet.encoders.registry import check_encoder, resnet_encoder, shorthand_depth
 from difnet.models import MODELS, RESNET_DEPTHS
 from difnet.models.diffusion_head import UNSATURATED_PSI_SCALE
 from difnet.models.difnet import DIFFUSION_STRIDES
-from difnet.models.encoders import check_encoder, resnet_encoder, shorthand_depth
 from difnet.models.heads import DEFAULT_HEAD_INIT, HEAD_INITS
 from difnet.models.options import foreign_options, refuse_foreign_options
 from difnet.models.options import model_arguments as declared_model_arguments
@@ -62,12 +62,12 @@ class TrainConfig:
     depth: int | None = setting(50, "ResNet depth: shorthand for --encoder resnetD (output stride 8)", MODEL,
                                 choices=RESNET_DEPTHS)  # fmt: skip
     encoder: str | None = setting(
-        None, "the seed encoder by its registered name (difnet.encoders), e.g. resnet50_os16; given, "
-        "it replaces --depth", MODEL,
+        None, "the seed encoder by its registered name (difnet.encoders), e.g. resnet50_os16, or a timm "
+        "model as tu-<timm name> (with timm installed); given, it replaces --depth", MODEL, metavar="NAME",
     )  # fmt: skip
     similarity_encoder: str | None = setting(
-        None, "DifNet: the similarity branch's encoder by its registered name (default: the seed encoder)",
-        MODEL,
+        None, "DifNet: the similarity branch's encoder by its registered name or tu-<timm name> (default: "
+        "the seed encoder)", MODEL, metavar="NAME",
     )  # fmt: skip
     aspp: bool = setting(
         True, "DifNet: an ASPP seed head (off: the paper's noASPP variant, one 3x3 conv)", MODEL
@@ -136,7 +136,7 @@ class TrainConfig:
         "class weighs 1", OPTIMISATION, choices=CLASS_WEIGHTINGS,
     )  # fmt: skip
     pretrained_backbone: str | None = setting(
-        None, "torchvision ResNet checkpoint for the backbones, or 'imagenet'", MODEL,
+        None, "torchvision ResNet checkpoint for the backbones, or 'imagenet' (timm's own for tu- encoders)", MODEL,
         metavar="PATH_OR_imagenet",
     )  # fmt: skip
     init_from: str | None = setting(
@@ -261,7 +261,9 @@ class TrainConfig:
     def _resolve_encoder(self) -> None:
         """With `encoder` given, `depth` becomes the depth it is shorthand for (None for an encoder
         that is no such shorthand); a `depth` other than the default that names another encoder
-        is refused."""
+        is refused, and so is an unknown `encoder` or `similarity_encoder`, with the registered names."""
+        if self.similarity_encoder is not None:
+            check_encoder(self.similarity_encoder, "similarity_encoder")
         if self.encoder is None:
             return
         encoder = check_encoder(self.encoder)

@@ -1,11 +1,12 @@
-"""Named encoders, smp's convention: `ENCODERS[name](in_channels=..., gradient_checkpointing=...)`
+"""The encoder registry, smp's convention: `ENCODERS[name](in_channels=..., gradient_checkpointing=...)`
 builds a module whose forward returns its stages' feature maps, a list, and which declares each
 stage's `out_channels` and `strides` (against the input). `register_encoder` adds one.
 
 The models take an encoder by name (`DifNet(encoder="resnet50_os16")`); `depth=D` is shorthand
 for `"resnetD"`, the dilated ResNet-D at output stride 8 (the paper's). The ResNets take
 torchvision's ImageNet weights (`IMAGENET_DEPTHS`); other encoders load their own weights, if
-any, in their builder."""
+any, in their builder. A timm model is an encoder by name without registering it,
+`"tu-<timm model name>"` (`difnet.encoders.timm`)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,10 @@ from collections.abc import Callable
 from functools import partial
 from typing import Protocol
 
-from torch import Tensor, nn
+from torch import Tensor
 
+from difnet.encoders.small_cnn import SmallCNN
+from difnet.encoders.timm import TIMM_PREFIX, check_timm_encoder, is_timm_encoder, timm_builder
 from difnet.models.resnet import RESNET_DEPTHS, check_depth, dilated_resnet
 
 
@@ -45,25 +48,36 @@ def register_encoder(name: str, builder: EncoderBuilder) -> None:
         raise ValueError(f"an encoder name must be a non-empty string (got {name!r})")
     if name in ENCODERS:
         raise ValueError(f"encoder {name!r} is already registered")
+    if is_timm_encoder(name):
+        raise ValueError(f"encoder names starting with {TIMM_PREFIX!r} are timm's models (got {name!r})")
     if not callable(builder):
         raise TypeError(f"the builder of encoder {name!r} must be callable (got {builder!r})")
     ENCODERS[name] = builder
 
 
 def check_encoder(name: object, argument: str = "encoder") -> str:
-    """`name` if an encoder is registered under it, else a `ValueError` listing the registered
-    names (`argument` names the option in the message)."""
+    """`name` if an encoder is registered under it or it names a timm model (`"tu-..."`, timm
+    installed), else a `ValueError` listing the registered names (`argument` names the option)."""
+    if is_timm_encoder(name):
+        return check_timm_encoder(name, argument)
     if not isinstance(name, str) or name not in ENCODERS:
         raise ValueError(
             f"{argument} must be one of {sorted(ENCODERS)} (got {name!r}); an encoder of your own must "
-            "be registered (difnet.encoders.register_encoder) before a model is built or loaded with it"
+            "be registered (difnet.encoders.register_encoder) before a model is built or loaded with it; "
+            f"a timm model is named '{TIMM_PREFIX}<timm model name>'"
         )
     return name
 
 
+def encoder_builder(name: str) -> EncoderBuilder:
+    """The builder of encoder `name`: the registered one, or timm's model for a `tu-` name."""
+    return timm_builder(name) if is_timm_encoder(name) else ENCODERS[check_encoder(name)]
+
+
 def build_encoder(name: str, *, in_channels: int = 3, gradient_checkpointing: bool = False) -> Encoder:
-    """The encoder registered as `name`; an unregistered name is refused with the registered ones."""
-    builder = ENCODERS[check_encoder(name)]
+    """The encoder registered as `name`, or timm's model for a `tu-` name; an unknown name is
+    refused with the registered ones."""
+    builder = encoder_builder(name)
     return builder(in_channels=in_channels, gradient_checkpointing=gradient_checkpointing)
 
 
@@ -95,35 +109,6 @@ def _resnet(
     depth: int, output_stride: int, *, in_channels: int = 3, gradient_checkpointing: bool = False
 ) -> Encoder:
     return dilated_resnet(depth, OUTPUT_STRIDE_DILATIONS[output_stride], gradient_checkpointing, in_channels)
-
-
-class SmallCNN(nn.Module):
-    """Four conv-BN-ReLU stages at strides 2, 4, 8, 8 and 8 to 32 channels: an encoder for tests
-    (`gradient_checkpointing` is accepted as every builder's, and ignored: it is this small)."""
-
-    def __init__(self, in_channels: int = 3, gradient_checkpointing: bool = False) -> None:
-        super().__init__()
-        self.out_channels: tuple[int, ...] = (8, 16, 32, 32)
-        self.strides: tuple[int, ...] = (2, 4, 8, 8)
-        inputs = (in_channels, *self.out_channels[:-1])
-        steps = (2, 2, 2, 1)
-        self.stages = nn.ModuleList(
-            nn.Sequential(
-                nn.Conv2d(c_in, c_out, 3, stride=step, padding=1, bias=False),
-                nn.BatchNorm2d(c_out),
-                nn.ReLU(inplace=True),
-            )  # fmt: skip
-            for c_in, c_out, step in zip(inputs, self.out_channels, steps, strict=True)
-        )
-
-    def forward(self, images: Tensor) -> list[Tensor]:
-        """Images `[B, C, H, W]` -> the four stages' maps."""
-        features = []
-        x = images
-        for stage in self.stages:
-            x = stage(x)
-            features.append(x)
-        return features
 
 
 for _depth in RESNET_DEPTHS:
