@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from difnet.data.base import FilePairDataset, Sample, Transform, check_split, dataset_root, require_dir
+from difnet.data.base import PublishedDataset, Sample, require_dir
 from difnet.data.palettes import ADE20K_PALETTE, IGNORE_INDEX
 
 # objectInfo150's order: annotation value v is class v - 1
@@ -38,7 +38,7 @@ LAYOUT = (
 )
 
 
-class ADE20K(FilePairDataset):
+class ADE20K(PublishedDataset):
     """ADE20K SceneParsing: 150 classes; annotation values 1-150 become class ids 0-149 and 0
     ("other") becomes 255 (ignored), as the benchmark evaluates it.
 
@@ -47,24 +47,16 @@ class ADE20K(FilePairDataset):
     `validation` folders (2,000).
     """
 
-    SPLITS = {"train": "training", "val": "validation"}
+    NAME, SPLITS = "ADE20K", ("train", "val")
+    FOLDERS = {"train": "training", "val": "validation"}  # each split's folder
+    MARKERS, NESTED, LAYOUT = "images", ("ADEChallengeData2016",), LAYOUT
+    CLASSES, PALETTE = ADE20K_CLASSES, ADE20K_PALETTE
 
-    def __init__(
-        self,
-        root: str | Path,
-        split: str = "train",
-        transform: Transform | None = None,
-        *,
-        resize: tuple[int, int] | None = None,
-    ) -> None:
-        check_split(split, tuple(self.SPLITS), "ADE20K")
-        self.root = dataset_root(root, "images", nested=("ADEChallengeData2016",), expected=LAYOUT)
-        self.split = split
-        images = require_dir(self.root / "images" / self.SPLITS[split], LAYOUT)
-        labels = require_dir(self.root / "annotations" / self.SPLITS[split], LAYOUT)
-        samples = (Sample(path, labels / f"{path.stem}.png") for path in sorted(images.glob("*.jpg")))
-        super().__init__(
-            samples, ADE20K_CLASSES, ADE20K_PALETTE, transform, source=str(images), resize=resize
+    def list_split(self, split: str) -> tuple[list[Sample], str]:
+        images = require_dir(self.root / "images" / self.FOLDERS[split], LAYOUT)
+        labels = require_dir(self.root / "annotations" / self.FOLDERS[split], LAYOUT)
+        return [Sample(path, labels / f"{path.stem}.png") for path in sorted(images.glob("*.jpg"))], str(
+            images
         )
 
     def class_ids(self, raw: np.ndarray, path: Path) -> np.ndarray:

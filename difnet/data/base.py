@@ -183,6 +183,45 @@ class FilePairDataset(SegmentationDataset):
         return check_class_ids(remap_labels(raw, self.label_remap), self.num_classes, path)
 
 
+class PublishedDataset(FilePairDataset):
+    """A public dataset in its published layout, `Dataset(root, split, transform, *, resize=None)`:
+    the split checked against `SPLITS`, the root found by `MARKERS` (at `root` or one of the
+    `NESTED` folders below it, `LAYOUT` describing it in errors) and the split's pairs listed by
+    `list_split`."""
+
+    NAME: ClassVar[str]
+    SPLITS: ClassVar[Sequence[str]]
+    MARKERS: ClassVar[str | Sequence[str]]
+    NESTED: ClassVar[Sequence[str]] = ()
+    LAYOUT: ClassVar[str]
+    CLASSES: ClassVar[Sequence[str]]
+    PALETTE: ClassVar[Sequence[Colour]]
+
+    def __init__(
+        self,
+        root: str | Path,
+        split: str = "train",
+        transform: Transform | None = None,
+        *,
+        resize: tuple[int, int] | None = None,
+    ) -> None:
+        check_split(split, tuple(self.SPLITS), self.NAME)
+        self.root = dataset_root(root, self.MARKERS, nested=self.NESTED, expected=self.LAYOUT)
+        self.split = split
+        samples, source = self.list_split(split)
+        super().__init__(samples, self.CLASSES, self.PALETTE, transform, source=source, resize=resize)
+
+    def list_split(self, split: str) -> tuple[Iterable[Sample], str]:
+        """The split's image/label pairs under `self.root`, and where they were listed (for errors)."""
+        raise NotImplementedError
+
+
+def id_list_samples(root: Path, list_file: Path, masks: Path, expected: str) -> Iterable[Sample]:
+    """`JPEGImages/<id>.jpg` with `masks/<id>.png` for each id that `list_file` names (VOC's lists)."""
+    ids = [foreign_path(fields[0]).stem for fields in read_list(list_file, expected)]
+    return [Sample(root / "JPEGImages" / f"{i}.jpg", masks / f"{i}.png") for i in ids]
+
+
 def remap_labels(raw: np.ndarray, remap: Mapping[int, int]) -> np.ndarray:
     """A copy of mask values `raw` with each key of `remap` replaced by its class id (or 255)."""
     label = raw.copy()

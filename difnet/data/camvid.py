@@ -7,11 +7,8 @@ from pathlib import Path
 from typing import ClassVar
 
 from difnet.data.base import (
-    FilePairDataset,
+    PublishedDataset,
     Sample,
-    Transform,
-    check_split,
-    dataset_root,
     foreign_path,
     read_list,
 )
@@ -29,7 +26,7 @@ LAYOUT = (
 )
 
 
-class CamVid(FilePairDataset):
+class CamVid(PublishedDataset):
     """CamVid at 360x480: 11 classes, the "unlabelled" value 11 becomes 255 (ignored).
 
     `root` holds `train/`, `val/`, `test/` RGB PNGs, their label PNGs in `trainannot/`,
@@ -39,27 +36,17 @@ class CamVid(FilePairDataset):
     half-resolution experiment) resizes each item on load: bilinear image, nearest label.
     """
 
-    SPLITS = ("train", "val", "test", "trainval")
+    NAME, SPLITS = "CamVid", ("train", "val", "test", "trainval")
+    # found by any list file, so that a root holding only the split in use will do
+    MARKERS, NESTED, LAYOUT = ("train.txt", "val.txt", "test.txt"), ("CamVid",), LAYOUT
+    CLASSES, PALETTE = CAMVID_CLASSES, CAMVID_PALETTE
     label_remap: ClassVar[Mapping[int, int]] = {UNLABELLED: IGNORE_INDEX}
 
-    def __init__(
-        self,
-        root: str | Path,
-        split: str = "train",
-        transform: Transform | None = None,
-        *,
-        resize: tuple[int, int] | None = None,
-    ) -> None:
-        check_split(split, self.SPLITS, "CamVid")
-        # found by any list file, so that a root holding only the split in use will do
-        markers = [f"{name}.txt" for name in self.SPLITS[:3]]
-        self.root = dataset_root(root, markers, nested=("CamVid",), expected=LAYOUT)
-        self.split = split
+    def list_split(self, split: str) -> tuple[list[Sample], str]:
         parts = ("train", "val") if split == "trainval" else (split,)
         list_files = [self.root / f"{part}.txt" for part in parts]
         samples = [sample for path in list_files for sample in self.list_samples(path)]
-        source = " and ".join(str(path) for path in list_files)
-        super().__init__(samples, CAMVID_CLASSES, CAMVID_PALETTE, transform, source=source, resize=resize)
+        return samples, " and ".join(str(path) for path in list_files)
 
     def list_samples(self, list_file: Path) -> list[Sample]:
         """The pairs of a list file, its foreign paths resolved under `root`."""

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from difnet.data.base import FilePairDataset, Sample, Transform, check_split, dataset_root, require_dir
+from difnet.data.base import PublishedDataset, Sample, require_dir
 from difnet.data.palettes import CITYSCAPES_PALETTE, IGNORE_INDEX
 
 CITYSCAPES_CLASSES = (
@@ -30,7 +30,7 @@ LAYOUT = (
 )
 
 
-class Cityscapes(FilePairDataset):
+class Cityscapes(PublishedDataset):
     """Cityscapes fine annotations: 19 classes; the other label ids, void included, become 255.
 
     `root` holds `leftImg8bit/` and `gtFine/` (or is a folder holding `cityscapes/`). Each image
@@ -41,19 +41,11 @@ class Cityscapes(FilePairDataset):
     "train" (2,975), "val" (500), "test" (1,525, unlabelled). `resize=(H, W)` resizes on load.
     """
 
-    SPLITS = ("train", "val", "test")
+    NAME, SPLITS = "Cityscapes", ("train", "val", "test")
+    MARKERS, NESTED, LAYOUT = "leftImg8bit", ("cityscapes",), LAYOUT
+    CLASSES, PALETTE = CITYSCAPES_CLASSES, CITYSCAPES_PALETTE
 
-    def __init__(
-        self,
-        root: str | Path,
-        split: str = "train",
-        transform: Transform | None = None,
-        *,
-        resize: tuple[int, int] | None = None,
-    ) -> None:
-        check_split(split, self.SPLITS, "Cityscapes")
-        self.root = dataset_root(root, "leftImg8bit", nested=("cityscapes",), expected=LAYOUT)
-        self.split = split
+    def list_split(self, split: str) -> tuple[list[Sample], str]:
         images = require_dir(self.root / "leftImg8bit" / split, LAYOUT)
         labels = require_dir(self.root / "gtFine" / split, LAYOUT)
         samples = [
@@ -62,8 +54,7 @@ class Cityscapes(FilePairDataset):
             )
             for path in sorted(images.glob("*/*_leftImg8bit.png"))
         ]
-        super().__init__(samples, CITYSCAPES_CLASSES, CITYSCAPES_PALETTE, transform, source=str(images),
-                         resize=resize)  # fmt: skip
+        return samples, str(images)
 
     @staticmethod
     def label_file(folder: Path, name: str) -> Path:

@@ -2,16 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from difnet.data.base import (
-    FilePairDataset,
+    PublishedDataset,
     Sample,
-    Transform,
-    check_split,
-    dataset_root,
-    foreign_path,
-    read_list,
+    id_list_samples,
     require_dir,
 )
 from difnet.data.palettes import CONTEXT_PALETTE
@@ -32,7 +26,7 @@ LAYOUT = (
 )
 
 
-class PascalContext(FilePairDataset):
+class PascalContext(PublishedDataset):
     """Pascal Context: 60 classes, background (0) and the 59 most frequent categories (1-59).
 
     `root` is the `VOC2010` folder (or a folder holding `VOCdevkit/VOC2010` or `VOC2010`) with
@@ -47,23 +41,11 @@ class PascalContext(FilePairDataset):
     60-class conversion (e.g. MMSegmentation's `pascal_context.py` converter).
     """
 
-    SPLITS = ("train", "val")
+    NAME, SPLITS = "Pascal Context", ("train", "val")
+    MARKERS, NESTED, LAYOUT = "JPEGImages", ("VOC2010", "VOCdevkit/VOC2010"), LAYOUT
+    CLASSES, PALETTE = CONTEXT_CLASSES, CONTEXT_PALETTE
 
-    def __init__(
-        self,
-        root: str | Path,
-        split: str = "train",
-        transform: Transform | None = None,
-        *,
-        resize: tuple[int, int] | None = None,
-    ) -> None:
-        check_split(split, self.SPLITS, "Pascal Context")
-        self.root = dataset_root(root, "JPEGImages", nested=("VOC2010", "VOCdevkit/VOC2010"), expected=LAYOUT)
-        self.split = split
+    def list_split(self, split: str) -> tuple[list[Sample], str]:
         masks = require_dir(self.root / "SegmentationClassContext", f"the 60-class label PNGs; {LAYOUT}")
         list_file = self.root / "ImageSets" / "SegmentationContext" / f"{split}.txt"
-        ids = [foreign_path(fields[0]).stem for fields in read_list(list_file, LAYOUT)]
-        samples = (Sample(self.root / "JPEGImages" / f"{i}.jpg", masks / f"{i}.png") for i in ids)
-        super().__init__(
-            samples, CONTEXT_CLASSES, CONTEXT_PALETTE, transform, source=str(list_file), resize=resize
-        )
+        return id_list_samples(self.root, list_file, masks, LAYOUT), str(list_file)

@@ -2,16 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from difnet.data.base import (
-    FilePairDataset,
+    PublishedDataset,
     Sample,
-    Transform,
-    check_split,
-    dataset_root,
-    foreign_path,
-    read_list,
+    id_list_samples,
     require_dir,
 )
 from difnet.data.palettes import VOC_PALETTE
@@ -35,7 +29,7 @@ TRAIN_AUG = (
 )
 
 
-class VOCSegmentation(FilePairDataset):
+class VOCSegmentation(PublishedDataset):
     """Pascal VOC 2012: 21 classes (background + 20 objects), 255 marks object borders (ignored).
 
     `root` is the `VOC2012` folder (or a folder holding `VOCdevkit/VOC2012` or `VOC2012`).
@@ -45,28 +39,17 @@ class VOCSegmentation(FilePairDataset):
     `ImageSets/Segmentation/train_aug.txt`.
     """
 
-    SPLITS = ("train", "val", "trainval", "train_aug")
+    NAME, SPLITS = "VOC", ("train", "val", "trainval", "train_aug")
+    MARKERS, NESTED, LAYOUT = "JPEGImages", ("VOC2012", "VOCdevkit/VOC2012"), LAYOUT
+    CLASSES, PALETTE = VOC_CLASSES, VOC_PALETTE
 
-    def __init__(
-        self,
-        root: str | Path,
-        split: str = "train",
-        transform: Transform | None = None,
-        *,
-        resize: tuple[int, int] | None = None,
-    ) -> None:
-        check_split(split, self.SPLITS, "VOC")
-        self.root = dataset_root(root, "JPEGImages", nested=("VOC2012", "VOCdevkit/VOC2012"), expected=LAYOUT)
-        self.split = split
+    def list_split(self, split: str) -> tuple[list[Sample], str]:
         augmented = split == "train_aug"
         masks = require_dir(
             self.root / ("SegmentationClassAug" if augmented else "SegmentationClass"),
             TRAIN_AUG if augmented else f"VOC's palette PNG masks; {LAYOUT}",
         )
         list_file = self.root / "ImageSets" / "Segmentation" / f"{split}.txt"
-        ids = [
-            foreign_path(fields[0]).stem
-            for fields in read_list(list_file, TRAIN_AUG if augmented else LAYOUT)
-        ]
-        samples = (Sample(self.root / "JPEGImages" / f"{i}.jpg", masks / f"{i}.png") for i in ids)
-        super().__init__(samples, VOC_CLASSES, VOC_PALETTE, transform, source=str(list_file), resize=resize)
+        return id_list_samples(self.root, list_file, masks, TRAIN_AUG if augmented else LAYOUT), str(
+            list_file
+        )
