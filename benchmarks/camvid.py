@@ -25,8 +25,8 @@ Every run resumable and recorded with the commit that produced it, in stages (`p
     python -m benchmarks.camvid report                              # results/camvid_verdict.*
     python -m benchmarks.camvid rediagnose --variant walk-dist-r1 --seed 0 --phase remedy --epochs 3
                                                  # recompute a finished run's diagnostics
-    python -m benchmarks.camvid refine --variant sim-lr0.007 --seed 0 --phase remedy --epochs 8
-                                 # fit a bilateral walk on its training images, score with and without
+    python -m benchmarks.camvid refine --variant sim-lr0.007 --seed 0 --phase remedy --epochs 8 [--crf]
+                                 # fit a bilateral walk (or a dense CRF) on its training images, score with and without
     python -m benchmarks.camvid fit-scalars --variant walk-dist-r1 --seed 0 --phase verdict --epochs 3
                           # pick the walk scalars on its training images, score them where it was scored
     python -m benchmarks.camvid fit-guided --variant walk-dist-r1-guided --seed 0 --phase verdict --epochs 3
@@ -80,9 +80,11 @@ from difnet.evaluation import evaluate
 from difnet.metrics import mean_of_defined
 from difnet.models import DifNet, build_model, load_model
 from difnet.refinement import (
+    ImageRefiner,
     RefinedModel,
     bilateral_grid,
     fit_bilateral_walk,
+    fit_dense_crf,
     fit_guided_walk,
     guided_grid,
     guided_walk_of,
@@ -358,34 +360,56 @@ def scored_metrics(model: torch.nn.Module, scored_on: SegmentationDataset, devic
     }
 
 
+@torch.no_grad()
+def refine_milliseconds(
+    model: torch.nn.Module, refiner: ImageRefiner, images: SegmentationDataset, device: str
+) -> float:
+    """The median milliseconds `refiner` takes on one of `images` after `model`, the model's own time
+    left out."""
+    model.eval()
+    times = []
+    for image, _ in images:
+        probabilities = model(image[None].to(device)).float().softmax(1)
+        start = time.perf_counter()
+        refiner(probabilities, image[None].to(device))
+        times.append(time.perf_counter() - start)
+    return round(1000 * statistics.median(times), 1)
+
+
 def refine(args: argparse.Namespace) -> dict:
-    """Fit a `BilateralWalk` to a finished run's model on its training images
-    (`fit_images`), then score the model with and without it where the run was scored, and write
-    both into its record with the commit that computed them. With `args.widen`, the fitted walk's
-    stride, steps and mu are then searched again over `difnet.refinement.guided_grid()`, the
-    search `fit-guided` gives a guided DifNet's walk."""
+    """Fit a `BilateralWalk` (or, with `args.crf`, a `DenseCRF`) to a finished run's model on its
+    training images (`fit_images`), then score the model with and without it where the run was
+    scored, with the refinement's milliseconds per image there, and write both into its record
+    (`bilateral_walk` or `dense_crf`) with the commit that computed them. With `args.widen`, the
+    fitted walk's stride, steps and mu are then searched again over
+    `difnet.refinement.guided_grid()`, the search `fit-guided` gives a guided DifNet's walk."""
     path, record, model = finished_run(args)
     fitted_on = fit_images(args.data_root, args.phase)
     start = time.perf_counter()
-    fit = first = fit_bilateral_walk(model, fitted_on, bilateral_grid(), device=args.device)
     widened = None
-    if args.widen:
-        wider = list(
-            dict.fromkeys([fit.walk, *(replace(fit.walk, **asdict(setting)) for setting in guided_grid())])
-        )
-        widened = fit = fit_bilateral_walk(model, fitted_on, wider, device=args.device)
+    if args.crf:
+        fit = first = fit_dense_crf(model, fitted_on, device=args.device)
+    else:
+        fit = first = fit_bilateral_walk(model, fitted_on, bilateral_grid(), device=args.device)
+        if args.widen:
+            wider = [fit.walk, *(replace(fit.walk, **asdict(setting)) for setting in guided_grid())]
+            widened = fit = fit_bilateral_walk(
+                model, fitted_on, list(dict.fromkeys(wider)), device=args.device
+            )
     scored_on = phase_datasets(args.data_root, args.phase, (160, 160))["val"]
     scores = {
         name: scored_metrics(scored, scored_on, args.device)
-        for name, scored in (("model", model), ("refined", RefinedModel(model, fit.walk)))
+        for name, scored in (("model", model), ("refined", RefinedModel(model, fit.chosen)))
     }
-    record["bilateral_walk"] = {
+    record["dense_crf" if args.crf else "bilateral_walk"] = {
         "fit": first.to_dict(),
         **({} if widened is None else {"widened": widened.to_dict()}),
         "fit_images": len(fitted_on),
         "split": scored_split(args.phase),
         **scores,
         "gain": scores["refined"]["miou"] - scores["model"]["miou"],
+        "refine_ms_per_image": refine_milliseconds(model, fit.chosen, scored_on, args.device),
+        "threads": torch.get_num_threads(),
         "seconds": round(time.perf_counter() - start, 1),
         "provenance": provenance(),
     }
@@ -773,9 +797,11 @@ def main() -> None:
             sub.add_argument("--crop", type=int, nargs=2, default=[160, 160], metavar=("H", "W"))
             sub.add_argument("--max-steps", type=int, help="cut every epoch to this many steps (smoke runs)")
         if name == "refine":
-            sub.add_argument(
+            refiner = sub.add_mutually_exclusive_group()
+            refiner.add_argument(
                 "--widen", action="store_true", help="then search the fitted walk's stride, steps and mu"
             )
+            refiner.add_argument("--crf", action="store_true", help="fit a dense CRF instead of the walk")
         if name in ("run", "rediagnose", "refine", "fit-scalars", "fit-guided"):
             sub.add_argument("--variant", choices=tuple(VARIANTS), required=True)
             sub.add_argument("--seed", type=int, default=0)

@@ -27,7 +27,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -41,18 +40,15 @@ from benchmarks._measure import (
     time_calls,
 )
 from benchmarks._measure import write_results as write_result_files
-from difnet.data import CamVid, EvalTransform, denormalize
+from difnet.data import CamVid, EvalTransform
 from difnet.data.palettes import IGNORE_INDEX
-from difnet.refinement import BilateralWalk
+from difnet.refinement import BilateralWalk, DenseCRF
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "camvid"
 SIZES = {"240x180": ((180, 240), 11), "505x505": ((505, 505), 21)}
 FITTED = {"stride": 1, "radius": 3, "steps": 100, "mu": 0.99, "colour_sigma": 0.1, "position_sigma": 2.0}
 CASES = ("walk, step by step", "walk, Chebyshev", "DenseCRF, 5 iterations", "DenseCRF, 10 iterations")
 CELL, SHARPNESS = 8, 4.0
-# pydensecrf's usual settings (its README's and DeepLab's): Gaussian sxy 3, compat 3; bilateral
-# sxy 80, srgb 13, compat 10
-CRF_GAUSSIAN, CRF_BILATERAL = {"sxy": 3, "compat": 3}, {"sxy": 80, "srgb": 13, "compat": 10}
 COLUMNS = {
     "size": "size",
     "classes": "classes",
@@ -66,7 +62,7 @@ COLUMNS = {
 
 
 def frames(data_root: Path, size: str, count: int) -> list[dict[str, Any]]:
-    """The first `count` val frames at `size`: the normalised image, its 8-bit RGB and stand-in
+    """The first `count` val frames at `size`: the normalised image and stand-in
     probabilities (`[1, K, H, W]`, see the module's docstring)."""
     (height, width), classes = SIZES[size]
     dataset = CamVid(data_root, "val", EvalTransform())
@@ -79,32 +75,15 @@ def frames(data_root: Path, size: str, count: int) -> list[dict[str, Any]]:
         one_hot[:, :, label == IGNORE_INDEX] = 1 / classes
         shares = F.interpolate(F.avg_pool2d(one_hot, CELL, ceil_mode=True), size=(height, width),
                                mode="bilinear", align_corners=False)  # fmt: skip
-        rgb = np.ascontiguousarray(denormalize(image[0]))  # pydensecrf needs C-contiguous arrays
-        chosen.append({"image": image, "rgb": rgb, "probabilities": (SHARPNESS * shares).softmax(1)})
+        chosen.append({"image": image, "probabilities": (SHARPNESS * shares).softmax(1)})
     return chosen
-
-
-def dense_crf(probabilities: torch.Tensor, rgb: np.ndarray, iterations: int) -> np.ndarray:
-    """Mean-field marginals `[K, H, W]` of a dense CRF on `-log probabilities` and `rgb`."""
-    try:
-        import pydensecrf.densecrf as dcrf
-    except ImportError:
-        raise SystemExit("the dense CRF needs pydensecrf2: pip install 'difnet[crf]'") from None
-
-    _, classes, height, width = probabilities.shape
-    crf = dcrf.DenseCRF2D(width, height, classes)
-    unary = -probabilities[0].clamp_min(1e-8).log().reshape(classes, -1).numpy()
-    crf.setUnaryEnergy(np.ascontiguousarray(unary, dtype=np.float32))
-    crf.addPairwiseGaussian(**CRF_GAUSSIAN)
-    crf.addPairwiseBilateral(rgbim=rgb, **CRF_BILATERAL)
-    return np.asarray(crf.inference(iterations)).reshape(classes, height, width)
 
 
 def case_call(case: str, frame: dict[str, Any]) -> Callable[[], Any]:
     """One refinement of `frame` by `case`."""
     if case.startswith("DenseCRF"):
         iterations = int(case.split(", ")[1].split()[0])
-        return lambda: dense_crf(frame["probabilities"], frame["rgb"], iterations)
+        return lambda: DenseCRF(iterations)(frame["probabilities"], frame["image"])
     walk = BilateralWalk(**FITTED, solver="steps" if case.endswith("step by step") else "chebyshev")
 
     def call() -> torch.Tensor:
@@ -177,7 +156,7 @@ def main(argv: list[str] | None = None) -> None:
         f"{describe_machine(info)} Frames: the first {args.frames} of CamVid val. The walk: "
         f"`BilateralWalk({', '.join(f'{k}={v}' for k, v in FITTED.items())})`, the setting the fits chose; "
         "its default solver is the Chebyshev expansion of the same 100 steps. DenseCRF: pydensecrf2, "
-        f"Gaussian {CRF_GAUSSIAN}, bilateral {CRF_BILATERAL}, one thread whatever the torch setting. "
+        f"its default kernels ({DenseCRF()}), one thread whatever the torch setting. "
         "'/ DenseCRF 5' is the ratio to DenseCRF with 5 iterations in the same run, size and thread count.",
         markdown_table(rows, COLUMNS),
     ])  # fmt: skip

@@ -13,6 +13,7 @@ import sys
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -138,48 +139,68 @@ def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="PX",
         help="first shrink images whose longer side exceeds PX (masks keep the input size)",
     )
-    parser.add_argument(
+    refiners = parser.add_mutually_exclusive_group()
+    refiners.add_argument(
         "--bilateral-walk",
-        type=bilateral_walk,
+        type=refiner_setting("BilateralWalk"),
         nargs="?",
         const="",
         metavar="KEY=VALUE,...",
         help="diffuse the model's probabilities along the image's colours at stride 2 "
         "(difnet.refinement.BilateralWalk); optionally override its fields, e.g. steps=30,colour_sigma=0.05",
     )
+    refiners.add_argument(
+        "--dense-crf",
+        type=refiner_setting("DenseCRF"),
+        nargs="?",
+        const="",
+        metavar="KEY=VALUE,...",
+        help="refine the model's probabilities with a dense CRF (difnet.refinement.DenseCRF, needs "
+        'pip install "difnet[crf]"); optionally override its fields, e.g. iterations=10,colour_sigma=5',
+    )
     add_device_argument(parser)
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
 
 
-def bilateral_walk(text: str):  # noqa: ANN201 (the import stays lazy)
-    """`--bilateral-walk`'s value: a `BilateralWalk` with the given fields overridden."""
-    from dataclasses import fields
+def refiner_setting(name: str) -> Callable[[str], Any]:
+    """The parser of a refiner option's value: `difnet.refinement`'s class `name` with the given
+    KEY=VALUE fields (its numbers) overridden."""
 
-    from difnet.refinement import BilateralWalk
+    def parse(text: str) -> Any:
+        from dataclasses import fields
 
-    types = {field.name: type(field.default) for field in fields(BilateralWalk)}  # int or float
-    overrides: dict = {}
-    for item in filter(None, text.split(",")):
-        key, _, value = item.partition("=")
-        if key not in types or not value:
-            raise argparse.ArgumentTypeError(
-                f"expected KEY=VALUE with KEY one of {sorted(types)}, got {item!r}"
-            )
+        import difnet.refinement
+
+        refiner = getattr(difnet.refinement, name)
+        types = {f.name: type(f.default) for f in fields(refiner) if type(f.default) in (int, float)}
+        overrides: dict = {}
+        for item in filter(None, text.split(",")):
+            key, _, value = item.partition("=")
+            if key not in types or not value:
+                raise argparse.ArgumentTypeError(
+                    f"expected KEY=VALUE with KEY one of {sorted(types)}, got {item!r}"
+                )
+            try:
+                overrides[key] = types[key](value)
+            except ValueError:
+                raise argparse.ArgumentTypeError(
+                    f"{key} takes a {types[key].__name__}, got {value!r}"
+                ) from None
         try:
-            overrides[key] = types[key](value)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{key} takes a {types[key].__name__}, got {value!r}") from None
-    try:
-        return BilateralWalk(**overrides)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
+            return refiner(**overrides)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+
+    parse.__name__ = name  # argparse names the type in its errors
+    return parse
 
 
 def refined(model: torch.nn.Module, args: argparse.Namespace) -> torch.nn.Module:
-    """`model`, followed by the `--bilateral-walk` when one is asked for."""
+    """`model`, followed by the `--bilateral-walk` or the `--dense-crf` when one is asked for."""
     from difnet.refinement import RefinedModel
 
-    return model if args.bilateral_walk is None else RefinedModel(model, args.bilateral_walk)
+    refiner = args.bilateral_walk or args.dense_crf
+    return model if refiner is None else RefinedModel(model, refiner)
 
 
 def inference_options(args: argparse.Namespace) -> dict:
@@ -359,7 +380,8 @@ def check_diagnose_protocol(args: argparse.Namespace) -> None:
                                          ("--scales", tuple(args.scales) != (1.0,)),
                                          ("--mode slide", args.mode == "slide"),
                                          ("--max-size", args.max_size is not None),
-                                         ("--bilateral-walk", args.bilateral_walk is not None)) if used]  # fmt: skip
+                                         ("--bilateral-walk", args.bilateral_walk is not None),
+                                         ("--dense-crf", args.dense_crf is not None)) if used]  # fmt: skip
     if given:
         raise ValueError(
             f"--diagnose does not go with {', '.join(given)}: the diagnostics score each whole image "

@@ -348,7 +348,7 @@ def test_refine_fits_on_training_images_and_scores_with_and_without_the_walk(tmp
     model = SimDeepLab(depth=18, num_classes=len(NAMES))
     monkeypatch.setattr(camvid, "load_model", lambda source: model)
     args = argparse.Namespace(variant="sim-lr0.007", seed=0, phase="remedy", epochs=8, output=tmp_path,
-                              data_root=tmp_path, device="cpu", widen=False)  # fmt: skip
+                              data_root=tmp_path, device="cpu", widen=False, crf=False)  # fmt: skip
     path = record_path(tmp_path, "sim-lr0.007", 0, "remedy", 8)
     with pytest.raises(SystemExit, match="no record .*sim-lr0.007-e8-seed0.json: run it first"):
         camvid.refine(args)
@@ -375,6 +375,22 @@ def test_refine_fits_on_training_images_and_scores_with_and_without_the_walk(tmp
     assert widened["refined"]["miou"] == pytest.approx(
         evaluate(RefinedModel(model, chosen), scored, progress=False).metrics.miou
     )
+    assert walk["refine_ms_per_image"] > 0 and walk["threads"] >= 1
+    pytest.importorskip("pydensecrf", reason='the dense CRF needs pydensecrf2 (pip install "difnet[crf]")')
+    from functools import partial
+
+    from difnet.refinement import DenseCRF, fit_dense_crf
+
+    crfs = [DenseCRF(iterations=1), DenseCRF(iterations=2, colour_sigma=5.0)]
+    monkeypatch.setattr(camvid, "fit_dense_crf", partial(fit_dense_crf, settings=crfs))
+    crf = camvid.refine(argparse.Namespace(**{**vars(args), "crf": True}))["dense_crf"]
+    assert [DenseCRF(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in t.items() if k != "miou"})
+            for t in crf["fit"]["tried"]] == crfs  # fmt: skip
+    assert crf["refined"]["miou"] == pytest.approx(
+        evaluate(RefinedModel(model, DenseCRF(**{k: (tuple(v) if isinstance(v, list) else v)
+                                                for k, v in crf["fit"]["crf"].items()})), scored, progress=False).metrics.miou
+    )  # fmt: skip
+    assert "bilateral_walk" in json.loads(path.read_text()) and crf["refine_ms_per_image"] > 0
 
 
 def test_fit_scalars_picks_on_training_images_and_scores_from_the_runs_own_diagnostics(tmp_path, monkeypatch):

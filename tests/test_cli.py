@@ -401,6 +401,37 @@ def test_bilateral_walk_option_names_a_bad_field(capsys, checkpoint, value, mess
     assert status == 2 and message in err
 
 
+def test_evaluate_with_a_dense_crf_scores_its_marginals(capsys, tmp_path, checkpoint):
+    pytest.importorskip("pydensecrf", reason='the dense CRF needs pydensecrf2 (pip install "difnet[crf]")')
+    from difnet.evaluation import evaluate
+    from difnet.refinement import DenseCRF, RefinedModel
+
+    output = tmp_path / "metrics.json"
+    status, out, err = run(capsys, "evaluate", "--checkpoint", str(checkpoint), "--split", "test", "--device",
+                           "cpu", "--limit", "2", "--dense-crf", "iterations=2,colour_sigma=5", "--output", str(output))  # fmt: skip
+    assert status == 0, err
+    model, metadata = load_model(checkpoint)
+    config = TrainConfig.from_dict({**metadata["config"], "num_classes": model.num_classes})
+    dataset = config.build_dataset("test", config.eval_transform())
+    refined = evaluate(
+        RefinedModel(model, DenseCRF(iterations=2, colour_sigma=5.0)), dataset, limit=2, progress=False
+    )
+    assert json.loads(output.read_text())["metrics"]["miou"] == pytest.approx(refined.metrics.miou)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--dense-crf", "iterations=0"], "iterations must be a positive integer"),
+        (["--dense-crf", "mean=0.5"], "KEY one of"),
+        (["--dense-crf", "--bilateral-walk"], "not allowed with argument"),
+    ],
+)
+def test_the_dense_crf_option_names_a_bad_field_and_excludes_the_walk(capsys, checkpoint, argv, message):
+    status, _out, err = run(capsys, "evaluate", "--checkpoint", str(checkpoint), *argv)
+    assert status == 2 and message in err
+
+
 @pytest.mark.parametrize("flag", ["--encoder", "--similarity-encoder"])
 def test_train_refuses_an_unknown_encoder_naming_the_registered_ones(capsys, tmp_path, flag):
     status, _, err = run(capsys, *train_args(tmp_path, "--model", "difnet", flag, "vgg16"))

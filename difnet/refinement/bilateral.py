@@ -2,8 +2,8 @@
 nearby pixels of similar colour, on a grid finer than the model's output stride.
 
 `BilateralWalk` is `difnet.diffusion.guided.GuidedWalk` at a fixed setting, with no weights to train:
-`fit_bilateral_walk` picks the setting on images the scores are not taken on, and `RefinedModel`
-puts it after a model.
+`fit_bilateral_walk` picks the setting on images the scores are not taken on, and
+`difnet.refinement.RefinedModel` puts it after a model.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ from difnet.diffusion.guided import (
     DEFAULT_STRIDE,
     GuidedWalk,
     check_walk_settings,
-    log_probabilities,
     walk_grid,
 )
 from difnet.diffusion.walks import DEFAULT_SOLVER
@@ -86,23 +85,6 @@ class BilateralWalk:
         walker = self.walker(images.shape[1])
         for n, walked in walker.states(probabilities.float(), images.float(), steps):
             yield n, upsample(walked, probabilities.shape[-2:])
-
-
-class RefinedModel(nn.Module):
-    """`model` followed by `walk`: `RefinedModel(model, walk)(images)` returns the log of the walked
-    probabilities, so that its softmax and argmax are the refined ones (`difnet.evaluate` takes it
-    like any model)."""
-
-    def __init__(self, model: nn.Module, walk: BilateralWalk) -> None:
-        super().__init__()
-        self.model, self.walk = model, walk
-        for name in ("num_classes", "in_channels"):  # what evaluation and prediction read off a model
-            if hasattr(model, name):
-                setattr(self, name, getattr(model, name))
-
-    def forward(self, images: Tensor) -> Tensor:
-        probabilities = self.model(images).float().softmax(1)
-        return log_probabilities(self.walk(probabilities, images))
 
 
 def bilateral_grid(

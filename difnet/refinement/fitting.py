@@ -17,7 +17,7 @@ from difnet.metrics import ConfusionMatrix
 FitSetting = TypeVar("FitSetting")
 # one image `[1, C, H, W]` and its labels' `(H, W)` -> the model's scores and each setting's refined
 # scores `[1, K, H, W]`, all at the labels' size
-Refiner = Callable[[Tensor, tuple[int, int]], tuple[Tensor, Iterable[tuple[FitSetting, Tensor]]]]
+ImageScorer = Callable[[Tensor, tuple[int, int]], tuple[Tensor, Iterable[tuple[FitSetting, Tensor]]]]
 
 
 @dataclass
@@ -46,7 +46,7 @@ class SettingFit(Generic[FitSetting]):
 
 @torch.no_grad()
 def fit_setting(
-    dataset: Sequence[tuple[Tensor, Tensor]], settings: Sequence[FitSetting], refine: Refiner
+    dataset: Sequence[tuple[Tensor, Tensor]], settings: Sequence[FitSetting], refine: ImageScorer
 ) -> tuple[FitSetting, float, list[tuple[FitSetting, float]]]:
     """The setting of `settings` with the best mIoU on `dataset` (`(image, label)` pairs with
     `num_classes`), the model's own mIoU and every setting's, with `refine` scoring each image
