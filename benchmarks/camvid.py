@@ -64,6 +64,7 @@ from PIL import Image
 import benchmarks.smp_models  # noqa: F401  (registers the smp-* models the variants name)
 from benchmarks._measure import machine_info, synchronize
 from benchmarks.camvid_variants import (
+    FIRST_STAGES,
     INIT_VARIANTS,
     RATES,
     REMEDIES,
@@ -213,14 +214,21 @@ def recipe(
         workers=0, device=device, output_dir=str(output / run_name(variant, seed, phase, epochs)),
         overwrite=True, eval_every=EVAL_EVERY, progress=False, max_steps_per_epoch=max_steps,
     )  # fmt: skip
-    if variant.startswith("walk-"):
-        overrides = {**overrides, "seed_from": str(stage_one_checkpoint(output, seed, phase))}
+    if first := first_stage(variant):
+        overrides = {**overrides, "seed_from": str(stage_one_checkpoint(output, seed, phase, first))}
     return TrainConfig(**{**shared, **overrides})
 
 
-def stage_one_checkpoint(output: Path, seed: int, phase: str) -> Path:
-    """The final weights of the first-stage run a second-stage run of `seed` in `phase` starts from."""
-    return output / run_name(STAGE_ONE, seed, phase, STAGE_ONE_EPOCHS[phase]) / "last.pt"
+def first_stage(variant: str) -> str | None:
+    """The first-stage variant a second stage `variant` starts from: `STAGE_ONE` for the walks,
+    `FIRST_STAGES`' for DifNet's head on an smp model, None for a model trained whole."""
+    return STAGE_ONE if variant.startswith("walk-") else FIRST_STAGES.get(variant)
+
+
+def stage_one_checkpoint(output: Path, seed: int, phase: str, first: str = STAGE_ONE) -> Path:
+    """The final weights of the first-stage run `first` that a second-stage run of `seed` in `phase`
+    starts from."""
+    return output / run_name(first, seed, phase, STAGE_ONE_EPOCHS[phase]) / "last.pt"
 
 
 def run_name(variant: str, seed: int, phase: str, epochs: int) -> str:

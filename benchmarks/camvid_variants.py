@@ -78,7 +78,22 @@ VARIANTS: dict[str, tuple[str, dict]] = {
         for model in ("smp-deeplabv3plus", "smp-unet")
         for lr in (0.007, 0.01, 0.02, 0.04)
     },  # fmt: skip
+    # DifNet's head on the smp model, trained the staged way on its frozen run (FIRST_STAGES): the
+    # distance kernel within 1 cell and the guided walk at stride 2, DifNet's best walks
+    "smp-deeplabv3plus-lr0.02-difhead": (
+        "smp-deeplabv3plus-difhead",
+        {
+            "head_init": "normal",
+            "depth": 18,
+            "kernel": "distance",
+            "kernel_radius": 1,
+            "guided_walk_stride": 2,
+        },
+    ),
 }
+# the run a second stage starts from, besides the walks' STAGE_ONE: the smp model it puts DifNet's head
+# on (at lr 0.02, its best on seed 0 of the rate search so far)
+FIRST_STAGES = {"smp-deeplabv3plus-lr0.02-difhead": "smp-deeplabv3plus-lr0.02"}
 INIT_VARIANTS = ("sim-he", "sim-normal", "dif-he", "dif-normal")
 # what each selection step of `benchmarks.camvid.select` chooses among, besides a model's init
 REMEDIES = tuple(v for v in VARIANTS if v.startswith("dif-") and v not in INIT_VARIANTS)

@@ -48,3 +48,39 @@ def test_an_smp_model_refuses_what_it_cannot_do():
         build_model("smp-unet", depth=18, gradient_checkpointing=True)
     with pytest.raises(ValueError, match="only the resnet\\* encoders"):
         build_model("smp-unet", depth=18, pretrained_backbone="imagenet")
+
+
+def test_difnets_head_on_an_smp_model_takes_its_frozen_network_and_trains_the_head_alone(tmp_path):
+    pytest.importorskip("segmentation_models_pytorch", reason="the smp baselines need difnet[smp]")
+    from difnet.models.serialization import load_seed_branch
+
+    torch.manual_seed(0)
+    first = build_model("smp-deeplabv3plus", depth=18, num_classes=4).eval()
+    first.save_pretrained(tmp_path / "first")
+    model = build_model("smp-deeplabv3plus-difhead", depth=18, num_classes=4)
+    load_seed_branch(model, tmp_path / "first")
+    model.freeze_seed_branch().train()
+    images = torch.randn(2, 3, 41, 53)
+    out = model(images, intermediates=True)
+    assert out.logits.shape == (2, 4, 41, 53) and len(out.walks) == 6 and not model.net.training
+    out.logits.sum().backward()
+    assert all(p.grad is None for p in model.net.parameters()) and any(
+        p.grad is not None for p in model.head.parameters()
+    )
+    torch.testing.assert_close(
+        model.net.state_dict()["segmentation_head.0.weight"],
+        first.state_dict()["net.segmentation_head.0.weight"],
+    )
+    model.eval().save_pretrained(tmp_path / "second")
+    assert torch.equal(load_model(tmp_path / "second")(images), model(images))
+    with pytest.raises(ValueError, match="name 'smp-deeplabv3plus' there, 'smp-fpn' here"):
+        load_seed_branch(build_model("smp-fpn-difhead", depth=18, num_classes=4), tmp_path / "first")
+
+
+def test_the_difhead_variant_starts_from_its_smp_run(tmp_path):
+    from benchmarks.camvid import recipe
+
+    config = recipe("smp-deeplabv3plus-lr0.02-difhead", 1, "remedy", 3, tmp_path, "cpu", tmp_path)
+    assert config.seed_from == str(tmp_path / "remedy" / "smp-deeplabv3plus-lr0.02-e8-seed1" / "last.pt")
+    assert (config.model, config.kernel, config.kernel_radius, config.guided_walk_stride) == (
+        "smp-deeplabv3plus-difhead", "distance", 1, 2)  # fmt: skip

@@ -4,6 +4,7 @@ of random walks whose transition matrices come from a second, similarity encoder
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -176,6 +177,14 @@ class DifNet(SegmentationModel):
         if self.head.guided_walk is None:
             return self.head.cascade
         return nn.ModuleList([self.head.cascade, self.head.guided_walk])
+
+    def seed_source_config(self) -> dict[str, Any]:
+        """What the config of a model whose seed branch this one takes (`load_seed_branch`) must
+        hold: the seed backbone, score head and importance map's architecture (the kernel, the
+        walks and the similarity branch may differ)."""
+        return {
+            key: self.config.get(key) for key in ("name", "encoder", "num_classes", "in_channels", "aspp")
+        }
 
     def seed_branch_modules(self) -> dict[str, nn.Module]:
         """The modules that make the seed `s = M x`, by state-dict prefix: the seed backbone, the

@@ -154,21 +154,18 @@ def initialize_from(model: nn.Module, source: str | Path) -> FineTuneReport:
     return report
 
 
-# what must agree for a seed branch to fit another DifNet: what the seed backbone, score head and
-# importance map are (the kernel, the walks and the similarity branch may differ)
-SEED_ARCHITECTURE = ("name", "encoder", "num_classes", "in_channels", "aspp")
-
-
 def load_seed_branch(model: nn.Module, source: str | Path) -> None:
-    """Copy the seed branch (`model.seed_branch_modules()`: seed backbone, score head, importance
-    map) of the trained DifNet `source` (checkpoint, folder or Hub repo id) into DifNet `model`:
-    staged training's second stage starts from the first stage's seed. A separate similarity
-    backbone starts from the source's similarity backbone, or from its seed backbone when the
-    source shares one; the rest of `model` keeps its fresh initialisation."""
+    """Copy the seed branch (`model.seed_branch_modules()`, by state-dict prefix; in DifNet the seed
+    backbone, score head and importance map) of the trained model `source` (checkpoint, folder or
+    Hub repo id) into `model`, refused unless the source's config agrees with
+    `model.seed_source_config()`: staged training's second stage starts from the first stage's
+    seed. A separate similarity backbone starts from the source's similarity backbone, or from its
+    seed backbone when the source shares one; the rest of `model` keeps its fresh initialisation."""
     saved, own = read_saved(source), unwrap(model)
-    differing = [key for key in SEED_ARCHITECTURE if saved.config.get(key) != own.config.get(key)]
+    expected = own.seed_source_config()
+    differing = [key for key, value in expected.items() if saved.config.get(key) != value]
     if differing:
-        changes = "; ".join(f"{key} {saved.config.get(key)!r} there, {own.config.get(key)!r} here"
+        changes = "; ".join(f"{key} {saved.config.get(key)!r} there, {expected[key]!r} here"
                             for key in differing)  # fmt: skip
         raise ValueError(f"cannot take the seed branch of {source}: it holds another seed branch ({changes})")
 
@@ -181,7 +178,7 @@ def load_seed_branch(model: nn.Module, source: str | Path) -> None:
 
     for prefix, module in own.seed_branch_modules().items():
         load_state(module, part(prefix), saved.weights)
-    if own.similarity_backbone is not None:
+    if getattr(own, "similarity_backbone", None) is not None:
         load_state(
             own.similarity_backbone, part("similarity_backbone") or part("seed_backbone"), saved.weights
         )
