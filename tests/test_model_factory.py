@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from difnet.encoders import ENCODERS
+from difnet.encoders import BUILT_IN_ENCODERS
 from difnet.models import DifNet, SimDeepLab, build_model, count_parameters, parameter_counts
 
 
@@ -21,7 +21,9 @@ def test_build_model_picks_the_class_and_passes_options():
 
 
 def test_build_model_refuses_unknown_names():
-    with pytest.raises(ValueError, match=r"model name must be one of \('difnet', 'simdeeplab'\)"):
+    with pytest.raises(
+        ValueError, match=r"model name must be one of \('difnet', 'simdeeplab'[^)]*\) \(got 'unet'\)"
+    ):
         build_model("unet", 18, 3)
 
 
@@ -55,7 +57,7 @@ def test_module_entry_point_prints_the_table():
     assert [line.split("|")[1].strip() for line in models[2:]] == ["18", "34", "50", "101", "152"]
     assert encoders[0] == "| encoder | params (M) | out_channels | strides | ImageNet weights |"
     rows = {line.split("|")[1].strip(): line for line in encoders[2:]}
-    assert set(rows) == set(ENCODERS)
+    assert set(rows) == set(BUILT_IN_ENCODERS)
     assert rows["resnet18_os32"] == (
         "| resnet18_os32 | 11.18 | [64, 128, 256, 512] | [4, 8, 16, 32] | ResNet-18 |"
     )

@@ -13,7 +13,10 @@ from difnet.encoders.registry import (
 )
 from difnet.encoders.small_cnn import SmallCNN
 
+BUILT_IN_ENCODERS = tuple(ENCODERS)  # the library's own, before any that a user or a benchmark registers
+
 __all__ = [
+    "BUILT_IN_ENCODERS",
     "ENCODERS",
     "IMAGENET_DEPTHS",
     "OUTPUT_STRIDE_DILATIONS",
