@@ -78,6 +78,17 @@ def pad_to_stride(images: Tensor, stride: int) -> Tensor:
     return F.pad(images, (0, -width % stride, 0, -height % stride), mode="replicate")
 
 
+def smp_model_encoder(depth: int | None, encoder: str | None, gradient_checkpointing: bool) -> str:
+    """The `smp-<name>` encoder an smp model builds from its `depth` and `encoder` options (both
+    given must agree); gradient checkpointing, which smp's encoders lack, is refused."""
+    if gradient_checkpointing:
+        raise ValueError("the smp models here do not recompute their stages: gradient_checkpointing=False")
+    chosen = encoder or f"smp-resnet{depth or DEFAULT_SMP_DEPTH}"
+    if depth is not None and chosen != f"smp-resnet{depth}":
+        raise ValueError(f"depth={depth} contradicts encoder={chosen!r}; give only one of them")
+    return chosen
+
+
 def smp_encoder_name(encoder: str) -> str:
     """smp's name of a registered `smp-<name>` encoder."""
     if not encoder.startswith("smp-"):
@@ -103,13 +114,7 @@ class SmpModel(SegmentationModel):
         head_init: str = DEFAULT_HEAD_INIT,
         encoder: str | None = None,
     ) -> None:
-        if gradient_checkpointing:
-            raise ValueError(
-                "the smp models here do not recompute their stages: gradient_checkpointing=False"
-            )
-        encoder = encoder or f"smp-resnet{depth or DEFAULT_SMP_DEPTH}"
-        if depth is not None and encoder != f"smp-resnet{depth}":
-            raise ValueError(f"depth={depth} contradicts encoder={encoder!r}; give only one of them")
+        encoder = smp_model_encoder(depth, encoder, gradient_checkpointing)
         super().__init__(encoder=encoder, num_classes=num_classes, in_channels=in_channels,
                          gradient_checkpointing=gradient_checkpointing, head_init=head_init)  # fmt: skip
         self.net = smp_network(self.architecture, encoder, in_channels, num_classes, head_init)
@@ -166,13 +171,7 @@ class SmpDifHead(SegmentationModel):
         kernel_radius: int | None = 1,
         guided_walk_stride: int | None = 2,
     ) -> None:
-        if gradient_checkpointing:
-            raise ValueError(
-                "the smp models here do not recompute their stages: gradient_checkpointing=False"
-            )
-        encoder = encoder or f"smp-resnet{depth or DEFAULT_SMP_DEPTH}"
-        if depth is not None and encoder != f"smp-resnet{depth}":
-            raise ValueError(f"depth={depth} contradicts encoder={encoder!r}; give only one of them")
+        encoder = smp_model_encoder(depth, encoder, gradient_checkpointing)
         super().__init__(encoder=encoder, num_classes=num_classes, in_channels=in_channels,
                          gradient_checkpointing=False, head_init=head_init, kernel=kernel,
                          kernel_radius=kernel_radius, guided_walk_stride=guided_walk_stride)  # fmt: skip

@@ -140,24 +140,29 @@ def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
         help="first shrink images whose longer side exceeds PX (masks keep the input size)",
     )
     refiners = parser.add_mutually_exclusive_group()
-    refiners.add_argument(
-        "--bilateral-walk",
-        type=refiner_setting("BilateralWalk"),
-        nargs="?",
-        const="",
-        metavar="KEY=VALUE,...",
-        help="diffuse the model's probabilities along the image's colours at stride 2 "
-        "(difnet.refinement.BilateralWalk); optionally override its fields, e.g. steps=30,colour_sigma=0.05",
-    )
-    refiners.add_argument(
-        "--dense-crf",
-        type=refiner_setting("DenseCRF"),
-        nargs="?",
-        const="",
-        metavar="KEY=VALUE,...",
-        help="refine the model's probabilities with a dense CRF (difnet.refinement.DenseCRF, needs "
-        'pip install "difnet[crf]"); optionally override its fields, e.g. iterations=10,colour_sigma=5',
-    )
+    for option, refiner, what in (
+        (
+            "--bilateral-walk",
+            "BilateralWalk",
+            "diffuse the model's probabilities along the image's colours at stride 2",
+        ),
+        (
+            "--dense-crf",
+            "DenseCRF",
+            'refine the model\'s probabilities with a dense CRF (needs pip install "difnet[crf]")',
+        ),
+    ):
+        refiners.add_argument(
+            option,
+            type=refiner_setting(refiner),
+            nargs="?",
+            const="",
+            metavar="KEY=VALUE,...",
+            help=f"{what} (difnet.refinement.{refiner}); optionally override its number fields, e.g. "
+            + (
+                "steps=30,colour_sigma=0.05" if refiner == "BilateralWalk" else "iterations=10,colour_sigma=5"
+            ),
+        )
     add_device_argument(parser)
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
 
