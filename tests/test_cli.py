@@ -475,4 +475,4 @@ def test_train_takes_encoders_by_name_and_refuses_a_depth_that_contradicts_them(
     status, _, err = run(
         capsys, *train_args(tmp_path, "--crop-size", "32", "--similarity-encoder", "resnet18", "--overwrite")
     )
-    assert status == 2 and "similarity_encoder='resnet18': DifNet options" in err
+    assert status == 2 and "similarity_encoder='resnet18': options of DifNet" in err

@@ -14,7 +14,7 @@ import torch
 from difnet.data import DATASETS, FILE_DATASETS, FolderDataset, SyntheticShapes
 from difnet.data.recipe import DATASET_OPTIONS, dataset_options
 from difnet.models import MODELS, build_model
-from difnet.models.options import MODEL_OPTIONS, SHARED_ARGUMENTS, foreign_options
+from difnet.models.options import MODEL_OPTIONS, SHARED_ARGUMENTS, ModelOptions, foreign_options
 from difnet.training import TrainConfig
 from difnet.training.config import DIFNET_ONLY
 from difnet.training.settings import declared, option_help
@@ -47,16 +47,22 @@ def test_the_model_arguments_are_the_declared_ones():
 
 def test_refusing_an_option_follows_the_models_declaration(monkeypatch):
     assert DIFNET_ONLY == foreign_options("simdeeplab") and "depth" not in DIFNET_ONLY
-    with pytest.raises(ValueError, match="aux_seed_weight=0.4: DifNet options"):
+    with pytest.raises(ValueError, match="aux_seed_weight=0.4: options of DifNet"):
         TrainConfig(model="simdeeplab", aux_seed_weight=0.4, device="cpu")
     # a model that declares an option takes it: no list elsewhere to keep in step
     taking = replace(MODEL_OPTIONS["simdeeplab"], training=("aux_seed_weight",))
     monkeypatch.setitem(MODEL_OPTIONS, "simdeeplab", taking)
     assert TrainConfig(model="simdeeplab", aux_seed_weight=0.4, device="cpu").aux_seed_weight == 0.4
     with pytest.raises(
-        ValueError, match="^shared_backbone=True: DifNet options, but the model is 'simdeeplab'"
+        ValueError, match="^shared_backbone=True: options of DifNet, but the model is 'simdeeplab'"
     ):
         TrainConfig(model="simdeeplab", shared_backbone=True, device="cpu")
+
+
+def test_an_option_two_models_take_is_refused_naming_both(monkeypatch):
+    monkeypatch.setitem(MODEL_OPTIONS, "other", ModelOptions("Other", arguments=("kernel",)))
+    with pytest.raises(ValueError, match="^kernel='distance': options of DifNet and Other, but the model"):
+        TrainConfig(model="simdeeplab", kernel="distance", device="cpu")
 
 
 @pytest.mark.parametrize("dataset", DATASETS)

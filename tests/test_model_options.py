@@ -125,7 +125,7 @@ def test_the_trainer_passes_the_recipes_loss_weights(tmp_path, monkeypatch):
 def test_difnet_options_are_refused_for_the_baseline(tmp_path):
     config = small_config(tmp_path)
     for option in ({"aux_seed_weight": 0.4}, {"shared_backbone": True}, {"normalize_importance": True}):
-        with pytest.raises(ValueError, match="DifNet options"):
+        with pytest.raises(ValueError, match="options of DifNet"):
             replace(config, model="simdeeplab", **option)
     with pytest.raises(ValueError, match="aux_seed_weight must be non-negative"):
         replace(config, aux_seed_weight=-1.0)
@@ -145,7 +145,7 @@ def test_the_options_train_and_resume(tmp_path):
 def test_the_transition_loss_weight_trains_and_is_refused_for_the_baseline_or_below_zero(tmp_path):
     config = small_config(tmp_path, transition_loss_weight=0.4)
     assert train(config).history[-1]["step"] == 1
-    with pytest.raises(ValueError, match="DifNet options"):
+    with pytest.raises(ValueError, match="options of DifNet"):
         replace(config, model="simdeeplab")
     with pytest.raises(ValueError, match="transition_loss_weight must be non-negative"):
         replace(config, transition_loss_weight=-0.1)

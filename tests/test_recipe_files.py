@@ -127,7 +127,7 @@ def test_one_declaration_per_setting_drives_every_reader():
 
 def test_difnet_options_are_refused_for_another_model_naming_each():
     with pytest.raises(ValueError, match=re.escape(
-        "aspp=False, walk='materialized', diffusion_stride=4, psi_scale_init=1.0: DifNet options, but the "
+        "aspp=False, walk='materialized', diffusion_stride=4, psi_scale_init=1.0: options of DifNet, but the "
         "model is 'simdeeplab', which has no diffusion"
     )):  # fmt: skip
         TrainConfig(
@@ -146,5 +146,5 @@ NOT_DEFAULT = {"aspp": False, "walk": "materialized", "diffusion_stride": 4, "ps
 @pytest.mark.parametrize("name", DIFNET_ONLY)
 def test_every_difnet_only_option_is_refused_for_simdeeplab(name):
     assert TrainConfig(**{name: NOT_DEFAULT[name]}).model == "difnet"
-    with pytest.raises(ValueError, match=f"^{name}=.*: DifNet options"):
+    with pytest.raises(ValueError, match=f"^{name}=.*: options of DifNet"):
         TrainConfig(model="simdeeplab", **{name: NOT_DEFAULT[name]})

@@ -81,8 +81,9 @@ def refuse_foreign_options(model: str, recipe: object, defaults: Mapping[str, An
     if not used:
         return
     owners = [other.label for other in MODEL_OPTIONS.values() if set(used) & set(other.options)]
+    owned_by = owners[0] if len(owners) == 1 else f"{', '.join(owners[:-1])} and {owners[-1]}"
     lacks = model_options(model).lacks
     raise ValueError(
-        f"{', '.join(f'{name}={value!r}' for name, value in used.items())}: {' and '.join(owners)} options, "
+        f"{', '.join(f'{name}={value!r}' for name, value in used.items())}: options of {owned_by}, "
         f"but the model is {model!r}, which has {lacks or 'none of them'}; leave them at their defaults"
     )
