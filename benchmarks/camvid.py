@@ -21,6 +21,7 @@ Every run resumable and recorded with the commit that produced it, in stages (`p
 
     python -m benchmarks.camvid all --dry-run                       # what the records choose, what is missing
     python -m benchmarks.camvid all --device cuda --parallel 24     # every run still missing
+    python -m benchmarks.camvid cross-drive --dry-run               # the cross-drive verdict's stages
     python -m benchmarks.camvid run --variant dif-aux --seed 0 --phase remedy --epochs 8   # one run
     python -m benchmarks.camvid report                              # results/camvid_verdict.*
     python -m benchmarks.camvid rediagnose --variant walk-dist-r1 --seed 0 --phase remedy --epochs 3
@@ -526,7 +527,8 @@ def step_seconds(variant: str, device: str, crop: tuple[int, int], steps: int = 
 
 
 class Runs:
-    """Child processes, `parallel` at a time, each one `run` of this script, logging to a file."""
+    """Child processes, `parallel` at a time, each one step of this script (`run` by default, or
+    `refine`, `refine --crf`, `fit-guided` on a finished run), logging to a file."""
 
     poll_s = 5.0  # how often `wait` looks at the runs
     stop_grace_s = 30.0  # how long a run stopped at the deadline may take to exit before SIGKILL
@@ -534,27 +536,31 @@ class Runs:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args, self.pending, self.running, self.failed = args, [], [], []
 
-    def add(self, variant: str, seed: int, phase: str, epochs: int) -> None:
-        if not record_path(self.args.output, variant, seed, phase, epochs).is_file():
-            self.pending.append((variant, seed, phase, epochs))
+    def add(self, variant: str, seed: int, phase: str, epochs: int, step: str = "run") -> None:
+        if not step_done(self.args.output, (variant, seed, phase, epochs), step):
+            self.pending.append((variant, seed, phase, epochs, step))
 
-    def command(self, variant: str, seed: int, phase: str, epochs: int) -> list[str]:
-        """The command line of one `run` of this script."""
+    def command(self, variant: str, seed: int, phase: str, epochs: int, step: str = "run") -> list[str]:
+        """The command line of one step of this script."""
         a = self.args
-        command = [sys.executable, "-m", "benchmarks.camvid", "run", "--variant", variant, "--seed", str(seed),
-                   "--phase", phase, "--epochs", str(epochs), "--device", a.device, "--data-root",
+        command = [sys.executable, "-m", "benchmarks.camvid", *step.split(), "--variant", variant, "--seed",
+                   str(seed), "--phase", phase, "--epochs", str(epochs), "--device", a.device, "--data-root",
                    str(a.data_root), "--output", str(a.output), "--crop", *map(str, a.crop)]  # fmt: skip
         if a.max_steps:
             command += ["--max-steps", str(a.max_steps)]
         return command
 
-    def spawn(self, variant: str, seed: int, phase: str, epochs: int) -> tuple[subprocess.Popen, IO[str]]:
-        """Start one run writing to its log file; the process and the open log, closed once it ends."""
-        log = record_path(self.args.output, variant, seed, phase, epochs).with_suffix(".log").open("w")
+    def spawn(
+        self, variant: str, seed: int, phase: str, epochs: int, step: str = "run"
+    ) -> tuple[subprocess.Popen, IO[str]]:
+        """Start one step writing to its log file; the process and the open log, closed once it ends."""
+        record = record_path(self.args.output, variant, seed, phase, epochs)
+        name = "" if step == "run" else "." + "-".join(word.lstrip("-") for word in step.split())
+        log = (record.parent / f"{record.stem}{name}.log").open("w")
         threads = str(self.args.threads)
         env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
         try:
-            command = self.command(variant, seed, phase, epochs)
+            command = self.command(variant, seed, phase, epochs, step)
             return subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT), log
         except BaseException:
             log.close()
@@ -719,6 +725,17 @@ def has_record(output: Path, run: Run) -> bool:
     return (output / (run_name(variant, seed, phase, epochs) + ".json")).is_file()
 
 
+# the key each post-processing step writes into the record of the run it refines
+STEP_KEYS = {"refine": "bilateral_walk", "refine --crf": "dense_crf", "fit-guided": "guided_walk_fit"}
+
+
+def step_done(output: Path, run: Run, step: str = "run") -> bool:
+    """Whether `step` (`run`, or one of `STEP_KEYS`) of `run` has left its record."""
+    if not has_record(output, run) or step == "run":
+        return has_record(output, run)
+    return STEP_KEYS[step] in json.loads((output / (run_name(*run) + ".json")).read_text())
+
+
 def queue(args: argparse.Namespace) -> list[tuple[str, Run]]:
     """The runs `all` would start now, by stage: those of `plan` that have no record yet."""
     return [(stage, run) for stage, runs in plan(args) for run in runs if not has_record(args.output, run)]
@@ -796,11 +813,21 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    for name in ("run", "rediagnose", "refine", "fit-scalars", "fit-guided", "all", "report", "shrink"):
+    for name in (
+        "run",
+        "rediagnose",
+        "refine",
+        "fit-scalars",
+        "fit-guided",
+        "all",
+        "cross-drive",
+        "report",
+        "shrink",
+    ):
         sub = commands.add_parser(name)
         sub.add_argument("--data-root", type=Path, default=DEFAULT_DATA)
         sub.add_argument("--output", type=Path, default=RUNS, help="run folders and their records")
-        if name in ("run", "rediagnose", "refine", "fit-scalars", "fit-guided", "all"):
+        if name in ("run", "rediagnose", "refine", "fit-scalars", "fit-guided", "all", "cross-drive"):
             sub.add_argument("--device", default="cpu")
             sub.add_argument("--crop", type=int, nargs=2, default=[160, 160], metavar=("H", "W"))
             sub.add_argument("--max-steps", type=int, help="cut every epoch to this many steps (smoke runs)")
@@ -815,18 +842,21 @@ def main() -> None:
             sub.add_argument("--seed", type=int, default=0)
             sub.add_argument("--phase", choices=PHASES, required=True)
             sub.add_argument("--epochs", type=int, required=True)
-        if name == "all":
+        if name in ("all", "cross-drive"):
             sub.add_argument("--parallel", type=int, default=2, help="runs at a time")
             sub.add_argument("--threads", type=int, default=1, help="torch threads per run")
             sub.add_argument("--minutes", type=float, default=600.0, help="stop unfinished runs after this")
             sub.add_argument("--archive", type=Path, help="pack records and logs into this .tar.gz")
-            sub.add_argument("--variants", nargs="+", choices=tuple(VARIANTS), default=list(VARIANTS))
-            sub.add_argument(
-                "--phases", nargs="+", choices=(*HELD_ASIDE, "verdict"), default=[*HELD_ASIDE, "verdict"]
-            )
             sub.add_argument("--timing-steps", type=int, default=10, help="timed steps per variant")
             sub.add_argument(
                 "--dry-run", action="store_true", help="print the selection and the runs it would queue"
+            )
+        if name == "cross-drive":
+            sub.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS["verdict"]))
+        if name == "all":
+            sub.add_argument("--variants", nargs="+", choices=tuple(VARIANTS), default=list(VARIANTS))
+            sub.add_argument(
+                "--phases", nargs="+", choices=(*HELD_ASIDE, "verdict"), default=[*HELD_ASIDE, "verdict"]
             )
             sub.add_argument("--screen-epochs", type=int, default=SCREEN_EPOCHS)
             sub.add_argument("--verdict-epochs", type=int, default=VERDICT_EPOCHS)
@@ -851,6 +881,10 @@ def main() -> None:
         fit_guided(args)
     elif args.command == "all":
         run_all(args)
+    elif args.command == "cross-drive":
+        from benchmarks.camvid_cross_drive import run_cross_drive
+
+        run_cross_drive(args)
     else:
         from benchmarks.camvid_report import report
 

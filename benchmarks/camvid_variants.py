@@ -43,6 +43,7 @@ STAGE_TWO: dict[str, dict] = {
     },
 }
 STAGE_ONE = "seed-aux-shared"
+SMP_RATES = (0.007, 0.01, 0.02, 0.04)  # the smp models' rate search, the cross-drive one
 STAGE_ONE_EPOCHS = {"remedy": 8, "verdict": 16, "drive-screen": 8, "drive-verdict": 16}
 # name: (model, recipe overrides); the DifNet remedies start from DeepLab's head init
 VARIANTS: dict[str, tuple[str, dict]] = {
@@ -76,24 +77,27 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     **{
         f"{model}-lr{lr}": (model, {"head_init": "normal", "depth": 18, "lr": lr})
         for model in ("smp-deeplabv3plus", "smp-unet")
-        for lr in (0.007, 0.01, 0.02, 0.04)
+        for lr in SMP_RATES
     },  # fmt: skip
-    # DifNet's head on the smp model, trained the staged way on its frozen run (FIRST_STAGES): the
-    # distance kernel within 1 cell and the guided walk at stride 2, DifNet's best walks
-    "smp-deeplabv3plus-lr0.02-difhead": (
-        "smp-deeplabv3plus-difhead",
-        {
-            "head_init": "normal",
-            "depth": 18,
-            "kernel": "distance",
-            "kernel_radius": 1,
-            "guided_walk_stride": 2,
-        },
-    ),
+    # DifNet's head on the smp model at each of its rates, trained the staged way on that rate's frozen
+    # run (FIRST_STAGES): the distance kernel within 1 cell and the guided walk at stride 2, DifNet's
+    # best walks
+    **{
+        f"smp-deeplabv3plus-lr{lr}-difhead": (
+            "smp-deeplabv3plus-difhead",
+            {
+                "head_init": "normal",
+                "depth": 18,
+                "kernel": "distance",
+                "kernel_radius": 1,
+                "guided_walk_stride": 2,
+            },
+        )
+        for lr in SMP_RATES
+    },  # fmt: skip
 }
-# the run a second stage starts from, besides the walks' STAGE_ONE: the smp model it puts DifNet's head
-# on (at lr 0.02, its best on seed 0 of the rate search so far)
-FIRST_STAGES = {"smp-deeplabv3plus-lr0.02-difhead": "smp-deeplabv3plus-lr0.02"}
+# the run a second stage starts from, besides the walks' STAGE_ONE: the smp model it puts DifNet's head on
+FIRST_STAGES = {f"smp-deeplabv3plus-lr{lr}-difhead": f"smp-deeplabv3plus-lr{lr}" for lr in SMP_RATES}
 INIT_VARIANTS = ("sim-he", "sim-normal", "dif-he", "dif-normal")
 # what each selection step of `benchmarks.camvid.select` chooses among, besides a model's init
 REMEDIES = tuple(v for v in VARIANTS if v.startswith("dif-") and v not in INIT_VARIANTS)

@@ -144,7 +144,7 @@ def test_all_starts_only_the_missing_run_and_keeps_the_committed_selection(tmp_p
     args = argparse.Namespace(**vars(all_args(tmp_path)), dry_run=False, minutes=1.0, archive=None, parallel=2,
                               threads=1, device="cpu", crop=[160, 160], timing_steps=1, max_steps=None)  # fmt: skip
     camvid.run_all(args)
-    assert started == [("sim-lr0.007", 2, "verdict", 20)]
+    assert started == [("sim-lr0.007", 2, "verdict", 20, "run")]
     for name in ("selection.json", "step_seconds.json"):
         assert (tmp_path / name).read_text() == (RUNS / name).read_text()
 

@@ -1,0 +1,164 @@
+"""The cross-drive verdict as one resumable command: DifNet against the models a user would pick
+instead, judged on the drive 0006R0 that no model trains on (`benchmarks.camvid.DRIVES`).
+
+Stages, each planned from the records the ones before it left (`plan`):
+
+- **rates**: every model family's rate search (`DRIVE_RATES`: Sim-DeepLab-18, smp's DeepLabV3+ and
+  U-Net at the same rates) on the remedy split's held-aside frames, seed 0; a family's rate is
+  chosen once all its rates have a record.
+- **verdict**: each family at its rate and the staged DifNet's first stage train `VERDICT_EPOCHS` on
+  the drives 0001TP and 0016E5, seed by seed.
+- **second stage**: on each seed's frozen first stage, the staged verdict's chosen walks
+  (`selection.json`) and DifNet's head on the chosen DeepLabV3+ run, `STAGE_TWO_EPOCHS` each.
+- **equal time**: each family again for the epochs the staged DifNet's two stages take, from the
+  step times measured alone (`step_seconds.json`).
+- **refinement**: every model of the verdict alone, with the image walk fitted on its training
+  frames (`refine`; a guided DifNet's own walk is fitted instead, `fit-guided`) and with a fitted
+  dense CRF (`refine --crf`).
+
+    python -m benchmarks.camvid cross-drive --dry-run     # what the records choose, what is missing
+    python -m benchmarks.camvid cross-drive --parallel 2  # every step still missing, stage by stage
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from benchmarks.camvid import (
+    RUNS,
+    SCREEN_EPOCHS,
+    STAGE_TWO_EPOCHS,
+    VERDICT_EPOCHS,
+    Runs,
+    best_of,
+    measured_step_seconds,
+    pack,
+    run_name,
+    step_done,
+)
+from benchmarks.camvid_variants import DRIVE_RATES, FIRST_STAGES, STAGE_ONE, VARIANTS
+
+PHASE = "drive-verdict"
+FAMILIES = ("sim", "smp-deeplabv3plus", "smp-unet")  # the variant-name prefixes of the rate search
+Step = tuple[str, int, str, int, str]  # variant, seed, phase, epochs, step of benchmarks.camvid
+STAGES = ("rates", "verdict", "second stage", "equal time", "refinement")
+
+
+def family_rates(family: str) -> list[str]:
+    """The rate-search variants of `family` (`sim-lr0.007`, ...), in declaration order."""
+    return [v for v in DRIVE_RATES if v.startswith(f"{family}-lr")]
+
+
+def chosen_rates(output: Path) -> dict[str, str]:
+    """Each family's variant with the best held-aside mIoU, for the families whose every rate has a
+    record under `output`."""
+    chosen = {}
+    for family in FAMILIES:
+        rates = family_rates(family)
+        if all(step_done(output, (v, 0, "remedy", SCREEN_EPOCHS)) for v in rates):
+            chosen[family] = best_of(output, "remedy", rates, SCREEN_EPOCHS, lambda r: r["holdout"]["miou"])
+    return chosen
+
+
+def chosen_walks() -> str:
+    """The staged verdict's chosen second stage, from its committed `selection.json`."""
+    return json.loads((RUNS / "selection.json").read_text())["best"]["difnet"]
+
+
+def equal_time_epochs(seconds: dict[str, float], staged: Sequence[str], variant: str) -> int:
+    """The epochs of `variant` that take as long as the staged DifNet (`staged`: its first stage,
+    then its second) at `VERDICT_EPOCHS` and `STAGE_TWO_EPOCHS`, from each one's step seconds: every
+    model makes the same steps per epoch."""
+    first, second = staged
+    staged_seconds = VERDICT_EPOCHS * seconds[first] + STAGE_TWO_EPOCHS * seconds[second]
+    return max(VERDICT_EPOCHS, round(staged_seconds / seconds[variant]))
+
+
+def refinements(variant: str, seed: int, epochs: int) -> list[Step]:
+    """A finished run's post-processing steps: its image walk fitted (a guided DifNet's own walk, a
+    model without one the bilateral walk), then a dense CRF fitted."""
+    model, options = VARIANTS[variant]
+    walk = "fit-guided" if model == "difnet" and options.get("guided_walk_stride") else "refine"
+    return [(variant, seed, PHASE, epochs, walk), (variant, seed, PHASE, epochs, "refine --crf")]
+
+
+def plan(output: Path, seeds: Sequence[int]) -> list[tuple[str, list[Step]]]:
+    """Each stage of `STAGES` whose choices the records under `output` make so far, with its steps; a
+    stage waiting on a choice is left out, with every later one."""
+    stages = [("rates", [(v, 0, "remedy", SCREEN_EPOCHS, "run") for v in DRIVE_RATES])]
+    rates = chosen_rates(output)
+    if len(rates) < len(FAMILIES):
+        return stages
+    walks, deeplab = chosen_walks(), rates["smp-deeplabv3plus"]
+    head = next(v for v, first in FIRST_STAGES.items() if first == deeplab)
+    verdict = [*rates.values(), STAGE_ONE]
+    stages.append(("verdict", [(v, s, PHASE, VERDICT_EPOCHS, "run") for s in seeds for v in verdict]))
+    second = [(v, s, PHASE, STAGE_TWO_EPOCHS, "run") for s in seeds for v in (walks, head)]
+    stages.append(("second stage", second))
+    timing = output / "step_seconds.json"
+    seconds = json.loads(timing.read_text())["seconds"] if timing.is_file() else {}
+    if not all(v in seconds for v in (*rates.values(), STAGE_ONE, walks)):
+        return stages
+    budgets = {v: equal_time_epochs(seconds, (STAGE_ONE, walks), v) for v in rates.values()}
+    equal = [
+        (v, s, PHASE, epochs, "run")
+        for s in seeds
+        for v, epochs in budgets.items()
+        if epochs > VERDICT_EPOCHS
+    ]
+    stages.append(("equal time", equal))
+    trained = [(v, s, e) for v, s, _, e, _ in (*stages[1][1], *second, *equal) if v != STAGE_ONE]
+    stages.append(("refinement", [step for run in trained for step in refinements(*run)]))
+    return stages
+
+
+def missing(output: Path, seeds: Sequence[int]) -> list[tuple[str, Step]]:
+    """The steps of `plan` without their record yet, by stage."""
+    return [(stage, step) for stage, steps in plan(output, seeds) for step in steps
+            if not step_done(output, step[:4], step[4])]  # fmt: skip
+
+
+def describe(step: Step) -> str:
+    variant, seed, phase, epochs, name = step
+    return f"{name} {run_name(variant, seed, phase, epochs)}"
+
+
+def dry_run(args: argparse.Namespace) -> list[tuple[str, Step]]:
+    """Print the rates the records choose and the steps still missing, running nothing."""
+    queued = missing(args.output, args.seeds)
+    print("chosen rates:", json.dumps(chosen_rates(args.output)), flush=True)
+    print(
+        f"{len(queued)} steps to run:", *(f"  {stage}: {describe(step)}" for stage, step in queued), sep="\n"
+    )
+    if waiting := [stage for stage in STAGES if stage not in dict(plan(args.output, args.seeds))]:
+        print("waiting on choices the records do not make yet:", ", ".join(waiting))
+    return queued
+
+
+def run_cross_drive(args: argparse.Namespace) -> None:
+    """The stages of `plan` in order, each once the steps before it have finished, skipping every step
+    whose record is there; the step times the equal-time budgets need are measured alone first."""
+    if args.dry_run:
+        dry_run(args)
+        return
+    deadline = time.time() + 60 * args.minutes
+    runs = Runs(args)
+    for stage in STAGES:
+        if stage == "equal time" and len(rates := chosen_rates(args.output)) == len(FAMILIES):
+            measured_step_seconds(args, [*rates.values(), STAGE_ONE, chosen_walks()])
+        planned = dict(plan(args.output, args.seeds))
+        if stage not in planned:
+            print(f"{stage}: waiting on a choice the records do not make", flush=True)
+            break
+        for step in planned[stage]:
+            runs.add(*step)
+        if not runs.wait(deadline, lambda: None):
+            print(f"{stage}: cut by the deadline", flush=True)
+            break
+    pack(args.output, args.archive)
+    if runs.failed:
+        print("failed steps:", runs.failed, flush=True)
