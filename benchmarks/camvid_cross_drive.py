@@ -10,9 +10,12 @@ Stages, each planned from the records the ones before it left (`plan`):
   the drives 0001TP and 0016E5, seed by seed.
 - **second stage**: on each seed's frozen first stage, the staged verdict's chosen walks
   (`selection.json`) and DifNet's head on the chosen DeepLabV3+ run, `STAGE_TWO_EPOCHS` each.
+- **val**: the same models (each family at its rate, the staged DifNet, DifNet's head on DeepLabV3+)
+  trained on CamVid's train and scored on val (phase `verdict`), so that the ranking on the unseen
+  drive can be set beside the one on val, which shares a drive with train.
 - **equal time**: each family again for the epochs the staged DifNet's two stages take, from the
   step times measured alone (`step_seconds.json`).
-- **refinement**: every model of the verdict alone, with the image walk fitted on its training
+- **refinement**: every model of the verdict and of val alone, with the image walk fitted on its training
   frames (`refine`; a guided DifNet's own walk is fitted instead, `fit-guided`) and with a fitted
   dense CRF (`refine --crf`).
 
@@ -45,7 +48,7 @@ from benchmarks.camvid_variants import DRIVE_RATES, FIRST_STAGES, STAGE_ONE, VAR
 PHASE = "drive-verdict"
 FAMILIES = ("sim", "smp-deeplabv3plus", "smp-unet")  # the variant-name prefixes of the rate search
 Step = tuple[str, int, str, int, str]  # variant, seed, phase, epochs, step of benchmarks.camvid
-STAGES = ("rates", "verdict", "second stage", "equal time", "refinement")
+STAGES = ("rates", "verdict", "second stage", "val", "equal time", "refinement")
 
 
 def family_rates(family: str) -> list[str]:
@@ -78,12 +81,12 @@ def equal_time_epochs(seconds: dict[str, float], staged: Sequence[str], variant:
     return max(VERDICT_EPOCHS, round(staged_seconds / seconds[variant]))
 
 
-def refinements(variant: str, seed: int, epochs: int) -> list[Step]:
+def refinements(variant: str, seed: int, phase: str, epochs: int) -> list[Step]:
     """A finished run's post-processing steps: its image walk fitted (a guided DifNet's own walk, a
     model without one the bilateral walk), then a dense CRF fitted."""
     model, options = VARIANTS[variant]
     walk = "fit-guided" if model == "difnet" and options.get("guided_walk_stride") else "refine"
-    return [(variant, seed, PHASE, epochs, walk), (variant, seed, PHASE, epochs, "refine --crf")]
+    return [(variant, seed, phase, epochs, walk), (variant, seed, phase, epochs, "refine --crf")]
 
 
 def plan(output: Path, seeds: Sequence[int]) -> list[tuple[str, list[Step]]]:
@@ -96,9 +99,14 @@ def plan(output: Path, seeds: Sequence[int]) -> list[tuple[str, list[Step]]]:
     walks, deeplab = chosen_walks(), rates["smp-deeplabv3plus"]
     head = next(v for v, first in FIRST_STAGES.items() if first == deeplab)
     verdict = [*rates.values(), STAGE_ONE]
-    stages.append(("verdict", [(v, s, PHASE, VERDICT_EPOCHS, "run") for s in seeds for v in verdict]))
-    second = [(v, s, PHASE, STAGE_TWO_EPOCHS, "run") for s in seeds for v in (walks, head)]
-    stages.append(("second stage", second))
+    trained = {
+        phase: [(v, s, phase, VERDICT_EPOCHS, "run") for s in seeds for v in verdict]
+        + [(v, s, phase, STAGE_TWO_EPOCHS, "run") for s in seeds for v in (walks, head)]
+        for phase in (PHASE, "verdict")
+    }
+    stages.append(("verdict", [step for step in trained[PHASE] if step[3] == VERDICT_EPOCHS]))
+    stages.append(("second stage", [step for step in trained[PHASE] if step[3] == STAGE_TWO_EPOCHS]))
+    stages.append(("val", trained["verdict"]))
     timing = output / "step_seconds.json"
     seconds = json.loads(timing.read_text())["seconds"] if timing.is_file() else {}
     if not all(v in seconds for v in (*rates.values(), STAGE_ONE, walks)):
@@ -111,8 +119,8 @@ def plan(output: Path, seeds: Sequence[int]) -> list[tuple[str, list[Step]]]:
         if epochs > VERDICT_EPOCHS
     ]
     stages.append(("equal time", equal))
-    trained = [(v, s, e) for v, s, _, e, _ in (*stages[1][1], *second, *equal) if v != STAGE_ONE]
-    stages.append(("refinement", [step for run in trained for step in refinements(*run)]))
+    models = [step[:4] for step in (*trained[PHASE], *trained["verdict"], *equal) if step[0] != STAGE_ONE]
+    stages.append(("refinement", [step for run in models for step in refinements(*run)]))
     return stages
 
 

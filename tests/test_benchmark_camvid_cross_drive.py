@@ -48,7 +48,7 @@ def test_a_family_gets_its_rate_only_once_all_its_rates_have_run(tmp_path):
 def test_the_verdict_trains_each_family_at_its_rate_then_the_second_stages_on_each_seed(tmp_path):
     write_rates(tmp_path, SCORES)
     stages = dict(plan(tmp_path, [0, 1]))
-    assert list(stages) == ["rates", "verdict", "second stage"]  # equal time waits on the step times
+    assert list(stages) == ["rates", "verdict", "second stage", "val"]  # equal time waits on the step times
     assert stages["verdict"] == [
         (v, seed, "drive-verdict", 16, "run") for seed in (0, 1) for v in (*CHOSEN, "seed-aux-shared")
     ]
@@ -56,6 +56,10 @@ def test_the_verdict_trains_each_family_at_its_rate_then_the_second_stages_on_ea
         (v, seed, "drive-verdict", 3, "run")
         for seed in (0, 1)
         for v in ("walk-dist-r1-guided", "smp-deeplabv3plus-lr0.04-difhead")
+    ]
+    # the same models trained on train and scored on val, beside the unseen drive's ranking
+    assert stages["val"] == [
+        (v, s, "verdict", e, r) for v, s, _, e, r in (*stages["verdict"], *stages["second stage"])
     ]
 
 
@@ -80,7 +84,8 @@ def test_every_verdict_model_is_refined_by_its_image_walk_and_a_dense_crf(tmp_pa
     for variant, epochs in [*((v, e) for v in CHOSEN for e in (16, 19)), ("walk-dist-r1-guided", 3)]:
         assert (variant, 0, "drive-verdict", epochs, "refine --crf") in refined
     assert not any(step[0] == "seed-aux-shared" for step in refined)  # the first stage is not a verdict model
-    assert len(refined) == 2 * (2 * len(CHOSEN) + 2)
+    assert ("smp-unet-lr0.02", 0, "verdict", 16, "refine") in refined  # the val runs too
+    assert len(refined) == 2 * (2 * (len(CHOSEN) + 2) + len(CHOSEN))
 
 
 def test_a_refinement_is_done_once_its_key_is_in_the_runs_record(tmp_path):
