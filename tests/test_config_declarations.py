@@ -60,6 +60,8 @@ def test_refusing_an_option_follows_the_models_declaration(monkeypatch):
 
 
 def test_an_option_two_models_take_is_refused_naming_both(monkeypatch):
+    for registered in set(MODEL_OPTIONS) - {"difnet", "simdeeplab"}:  # smp's, where a test registered them
+        monkeypatch.delitem(MODEL_OPTIONS, registered)
     monkeypatch.setitem(MODEL_OPTIONS, "other", ModelOptions("Other", arguments=("kernel",)))
     with pytest.raises(ValueError, match="^kernel='distance': options of DifNet and Other, but the model"):
         TrainConfig(model="simdeeplab", kernel="distance", device="cpu")
