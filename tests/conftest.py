@@ -23,3 +23,19 @@ def camvid_root() -> Path:
     if not (CAMVID_ROOT / "train.txt").is_file():
         pytest.skip(f"CamVid not found at {CAMVID_ROOT} (expected ../shared/data/camvid)")
     return CAMVID_ROOT
+
+
+@pytest.fixture
+def started_runs(monkeypatch: pytest.MonkeyPatch) -> list:
+    """The steps the CamVid runner's `Runs` would start, in order, none of them started."""
+    from benchmarks.camvid import Runs
+
+    started: list = []
+
+    def wait(self: Runs, deadline: float, on_tick: object) -> bool:
+        started.extend(self.pending)
+        self.pending = []
+        return True
+
+    monkeypatch.setattr(Runs, "wait", wait)
+    return started

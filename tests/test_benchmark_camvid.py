@@ -129,22 +129,14 @@ def test_all_would_queue_only_the_staged_baselines_third_equal_time_seed(monkeyp
     assert "1 runs to queue:\n  verdict: verdict/sim-lr0.007-e20-seed2\n" in out and "waiting" not in out
 
 
-def test_all_starts_only_the_missing_run_and_keeps_the_committed_selection(tmp_path, monkeypatch):
+def test_all_starts_only_the_missing_run_and_keeps_the_committed_selection(tmp_path, started_runs):
     for path in [*RUNS.glob("*.json"), *RUNS.glob("*/*.json")]:  # the records, not the run folders
         (tmp_path / path.relative_to(RUNS)).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / path.relative_to(RUNS)).write_bytes(path.read_bytes())
-    started: list = []
-
-    def wait(self, deadline, on_tick):  # noqa: ANN001, ANN202
-        started.extend(self.pending)
-        self.pending = []
-        return True
-
-    monkeypatch.setattr(camvid.Runs, "wait", wait)
     args = argparse.Namespace(**vars(all_args(tmp_path)), dry_run=False, minutes=1.0, archive=None, parallel=2,
                               threads=1, device="cpu", crop=[160, 160], timing_steps=1, max_steps=None)  # fmt: skip
     camvid.run_all(args)
-    assert started == [("sim-lr0.007", 2, "verdict", 20, "run")]
+    assert started_runs == [("sim-lr0.007", 2, "verdict", 20, "run")]
     for name in ("selection.json", "step_seconds.json"):
         assert (tmp_path / name).read_text() == (RUNS / name).read_text()
 

@@ -106,21 +106,13 @@ def test_a_step_runs_as_its_subcommand_with_the_runs_arguments(tmp_path):
     assert command[command.index("--seed") + 1] == "1" and command[command.index("--epochs") + 1] == "16"
 
 
-def test_the_command_runs_the_missing_steps_stage_by_stage(tmp_path, monkeypatch, capsys):
+def test_the_command_runs_the_missing_steps_stage_by_stage(tmp_path, monkeypatch, capsys, started_runs):
     write_rates(tmp_path, {v: s for v, s in SCORES.items() if v != "sim-lr0.04"})
-    started: list = []
-
-    def wait(self, deadline, on_tick):  # noqa: ANN001, ANN202
-        started.extend(self.pending)
-        self.pending = []
-        return True
-
-    monkeypatch.setattr(camvid.Runs, "wait", wait)
     args = argparse.Namespace(output=tmp_path, seeds=[0], dry_run=False, minutes=1.0, archive=None, parallel=1,
                               threads=1, device="cpu", crop=[160, 160], max_steps=None, data_root=tmp_path)  # fmt: skip
     run_cross_drive(args)
     # the missing rate only: the next stages wait on its record, which the stubbed run never writes
-    assert started == [("sim-lr0.04", 0, "remedy", 8, "run")]
+    assert started_runs == [("sim-lr0.04", 0, "remedy", 8, "run")]
     assert "verdict: waiting on a choice" in capsys.readouterr().out
     monkeypatch.setattr(sys, "argv", ["camvid", "cross-drive", "--dry-run", "--output", str(tmp_path)])
     camvid.main()
