@@ -6,6 +6,10 @@ Stages, each planned from the records the ones before it left (`plan`):
 - **rates**: every model family's rate search (`DRIVE_RATES`: Sim-DeepLab-18, smp's DeepLabV3+ and
   U-Net at the same rates) on the remedy split's held-aside frames, seed 0; a family's rate is
   chosen once all its rates have a record.
+- **class weights**: each family at its rate and the staged DifNet's first stage with the
+  class-balanced loss CamVid papers train with (median-frequency weights, variants `*-mfw`), once, on
+  the same frames and seed: a screen reported beside the verdict, which trains unweighted as the
+  staged verdict did.
 - **verdict**: each family at its rate and the staged DifNet's first stage train `VERDICT_EPOCHS` on
   the drives 0001TP and 0016E5, seed by seed.
 - **second stage**: on each seed's frozen first stage, the staged verdict's chosen walks
@@ -48,7 +52,7 @@ from benchmarks.camvid_variants import DRIVE_RATES, FIRST_STAGES, STAGE_ONE, VAR
 PHASE = "drive-verdict"
 FAMILIES = ("sim", "smp-deeplabv3plus", "smp-unet")  # the variant-name prefixes of the rate search
 Step = tuple[str, int, str, int, str]  # variant, seed, phase, epochs, step of benchmarks.camvid
-STAGES = ("rates", "verdict", "second stage", "val", "equal time", "refinement")
+STAGES = ("rates", "class weights", "verdict", "second stage", "val", "equal time", "refinement")
 
 
 def family_rates(family: str) -> list[str]:
@@ -99,6 +103,7 @@ def plan(output: Path, seeds: Sequence[int]) -> list[tuple[str, list[Step]]]:
     walks, deeplab = chosen_walks(), rates["smp-deeplabv3plus"]
     head = next(v for v, first in FIRST_STAGES.items() if first == deeplab)
     verdict = [*rates.values(), STAGE_ONE]
+    stages.append(("class weights", [(f"{v}-mfw", 0, "remedy", SCREEN_EPOCHS, "run") for v in verdict]))
     trained = {
         phase: [(v, s, phase, VERDICT_EPOCHS, "run") for s in seeds for v in verdict]
         + [(v, s, phase, STAGE_TWO_EPOCHS, "run") for s in seeds for v in (walks, head)]

@@ -96,6 +96,13 @@ VARIANTS: dict[str, tuple[str, dict]] = {
         for lr in SMP_RATES
     },  # fmt: skip
 }
+# the class-balanced loss CamVid papers train with (SegNet's median-frequency weights), screened once on
+# every model of the cross-drive rate search and on the staged DifNet's first stage
+VARIANTS.update({
+    f"{variant}-mfw": (model, {**options, "class_weighting": "median-frequency"})
+    for variant, (model, options) in list(VARIANTS.items())
+    if variant == STAGE_ONE or (variant.startswith(("sim-lr", "smp-")) and "difhead" not in variant)
+})  # fmt: skip
 # the run a second stage starts from, besides the walks' STAGE_ONE: the smp model it puts DifNet's head on
 FIRST_STAGES = {f"smp-deeplabv3plus-lr{lr}-difhead": f"smp-deeplabv3plus-lr{lr}" for lr in SMP_RATES}
 INIT_VARIANTS = ("sim-he", "sim-normal", "dif-he", "dif-normal")

@@ -48,7 +48,10 @@ def test_a_family_gets_its_rate_only_once_all_its_rates_have_run(tmp_path):
 def test_the_verdict_trains_each_family_at_its_rate_then_the_second_stages_on_each_seed(tmp_path):
     write_rates(tmp_path, SCORES)
     stages = dict(plan(tmp_path, [0, 1]))
-    assert list(stages) == ["rates", "verdict", "second stage", "val"]  # equal time waits on the step times
+    assert list(stages) == ["rates", "class weights", "verdict", "second stage", "val"]  # equal time waits
+    assert stages["class weights"] == [
+        (f"{v}-mfw", 0, "remedy", 8, "run") for v in (*CHOSEN, "seed-aux-shared")
+    ]
     assert stages["verdict"] == [
         (v, seed, "drive-verdict", 16, "run") for seed in (0, 1) for v in (*CHOSEN, "seed-aux-shared")
     ]
@@ -113,9 +116,9 @@ def test_the_command_runs_the_missing_steps_stage_by_stage(tmp_path, monkeypatch
     run_cross_drive(args)
     # the missing rate only: the next stages wait on its record, which the stubbed run never writes
     assert started_runs == [("sim-lr0.04", 0, "remedy", 8, "run")]
-    assert "verdict: waiting on a choice" in capsys.readouterr().out
+    assert "class weights: waiting on a choice" in capsys.readouterr().out
     monkeypatch.setattr(sys, "argv", ["camvid", "cross-drive", "--dry-run", "--output", str(tmp_path)])
     camvid.main()
     out = capsys.readouterr().out
     assert "1 steps to run:\n  rates: run remedy/sim-lr0.04-e8-seed0\n" in out
-    assert "waiting on choices the records do not make yet: verdict" in out
+    assert "waiting on choices the records do not make yet: class weights, verdict" in out
