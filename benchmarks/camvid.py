@@ -853,6 +853,7 @@ def main() -> None:
             )
         if name == "cross-drive":
             sub.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS["verdict"]))
+            sub.add_argument("--report", action="store_true", help="write the table of the records so far")
         if name == "all":
             sub.add_argument("--variants", nargs="+", choices=tuple(VARIANTS), default=list(VARIANTS))
             sub.add_argument(

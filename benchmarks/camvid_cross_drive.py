@@ -25,17 +25,22 @@ Stages, each planned from the records the ones before it left (`plan`):
 
     python -m benchmarks.camvid cross-drive --dry-run     # what the records choose, what is missing
     python -m benchmarks.camvid cross-drive --parallel 2  # every step still missing, stage by stage
+    python -m benchmarks.camvid cross-drive --report      # results/camvid_cross_drive.md from the records
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from benchmarks._measure import markdown_table
 from benchmarks.camvid import (
+    PHASE_FOLDERS,
+    RESULTS,
     RUNS,
     SCREEN_EPOCHS,
     STAGE_TWO_EPOCHS,
@@ -47,7 +52,11 @@ from benchmarks.camvid import (
     run_name,
     step_done,
 )
+from benchmarks.camvid_report import small_miou
 from benchmarks.camvid_variants import DRIVE_RATES, FIRST_STAGES, STAGE_ONE, VARIANTS
+from difnet.data.camvid import CAMVID_CLASSES
+
+CLASS_NAMES = list(CAMVID_CLASSES)
 
 PHASE = "drive-verdict"
 FAMILIES = ("sim", "smp-deeplabv3plus", "smp-unet")  # the variant-name prefixes of the rate search
@@ -158,6 +167,9 @@ def run_cross_drive(args: argparse.Namespace) -> None:
     if args.dry_run:
         dry_run(args)
         return
+    if args.report:
+        print("wrote", report(args.output, RESULTS), flush=True)
+        return
     deadline = time.time() + 60 * args.minutes
     runs = Runs(args)
     for stage in STAGES:
@@ -175,3 +187,76 @@ def run_cross_drive(args: argparse.Namespace) -> None:
     pack(args.output, args.archive)
     if runs.failed:
         print("failed steps:", runs.failed, flush=True)
+
+
+def scored(record: dict) -> dict:
+    """A run record's own scores: where its phase scored it (`holdout` or `val`)."""
+    return record["holdout"] if "holdout" in record else record["val"]
+
+
+def refined(record: dict, key: str) -> dict | None:
+    """The scores with a refinement (`bilateral_walk`, `guided_walk_fit`, `dense_crf`), if it ran."""
+    if key not in record:
+        return None
+    return record[key]["refined"] if "refined" in record[key] else record[key]
+
+
+def summary_rows(output: Path) -> list[dict]:
+    """One row per model, phase and budget of the cross-drive verdict and its val twin: the mean over
+    its seeds of the mIoU alone, with its image walk and with a dense CRF, the small classes' mIoU
+    alone, the refinements' milliseconds per image and the training seconds."""
+    groups: dict[tuple[str, str, int], list[dict]] = {}
+    for folder, phase in ((PHASE_FOLDERS[PHASE], PHASE), ("verdict", "verdict")):
+        for path in sorted((output / folder).glob("*.json")):
+            record = json.loads(path.read_text())
+            groups.setdefault((phase, record["variant"], record["epochs"]), []).append(record)
+    rows = []
+    for (phase, variant, epochs), records in sorted(groups.items()):
+        walks = [refined(r, "guided_walk_fit") or refined(r, "bilateral_walk") for r in records]
+        crfs = [refined(r, "dense_crf") for r in records]
+        rows.append({
+            "phase": "0006R0 (unseen)" if phase == PHASE else "val", "variant": variant, "epochs": epochs,
+            "seeds": ", ".join(str(r["seed"]) for r in records),
+            "alone": mean_percent([scored(r)["miou"] for r in records]),
+            "walk": mean_percent([w["miou"] for w in walks if w]), "walk_seeds": sum(map(bool, walks)),
+            "crf": mean_percent([c["miou"] for c in crfs if c]), "crf_seeds": sum(map(bool, crfs)),
+            "small": mean_percent([m for r in records if (m := small_miou(scored(r), CLASS_NAMES)) is not None]),
+            "walk_ms": mean_of(milliseconds(records, "bilateral_walk")),
+            "crf_ms": mean_of(milliseconds(records, "dense_crf")),
+            "train_s": mean_of([r["train_seconds"] for r in records]),
+        })  # fmt: skip
+    return rows
+
+
+def milliseconds(records: Sequence[dict], key: str) -> list[float]:
+    """The milliseconds per image of refinement `key` in each of `records` that measured them."""
+    return [r[key]["refine_ms_per_image"] for r in records if "refine_ms_per_image" in r.get(key, {})]
+
+
+def mean_of(values: Sequence[float]) -> float | None:
+    return round(statistics.mean(values), 1) if values else None
+
+
+def mean_percent(values: Sequence[float]) -> float | None:
+    return round(100 * statistics.mean(values), 2) if values else None
+
+
+REPORT_COLUMNS = {
+    "phase": "scored on", "variant": "run", "epochs": "epochs", "seeds": "seeds", "alone": "mIoU alone",
+    "walk": "+ image walk", "walk_seeds": "(seeds)", "crf": "+ dense CRF", "crf_seeds": "(seeds)",
+    "small": "small classes alone", "walk_ms": "walk ms/image", "crf_ms": "CRF ms/image", "train_s": "train s",
+}  # fmt: skip
+
+
+def report(output: Path, results: Path) -> Path:
+    """Write the cross-drive verdict's table (`summary_rows`) to `results`/camvid_cross_drive.md."""
+    rows = summary_rows(output)
+    page = results / "camvid_cross_drive.md"
+    page.write_text(
+        "# CamVid across drives: every run so far\n\n"
+        "Means over the seeds listed; each refinement's mean over the seeds it ran on. The image walk is "
+        "the fitted bilateral walk, or for a guided DifNet its own walk fitted. Written by "
+        "`python -m benchmarks.camvid cross-drive --report` from the records.\n\n"
+        f"{markdown_table(rows, REPORT_COLUMNS)}\n"
+    )
+    return page

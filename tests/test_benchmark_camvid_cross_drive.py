@@ -16,7 +16,9 @@ from benchmarks.camvid_cross_drive import (
     equal_time_epochs,
     missing,
     plan,
+    report,
     run_cross_drive,
+    summary_rows,
 )
 from benchmarks.camvid_variants import DRIVE_RATES
 
@@ -111,7 +113,7 @@ def test_a_step_runs_as_its_subcommand_with_the_runs_arguments(tmp_path):
 
 def test_the_command_runs_the_missing_steps_stage_by_stage(tmp_path, monkeypatch, capsys, started_runs):
     write_rates(tmp_path, {v: s for v, s in SCORES.items() if v != "sim-lr0.04"})
-    args = argparse.Namespace(output=tmp_path, seeds=[0], dry_run=False, minutes=1.0, archive=None, parallel=1,
+    args = argparse.Namespace(output=tmp_path, seeds=[0], dry_run=False, report=False, minutes=1.0, archive=None, parallel=1,
                               threads=1, device="cpu", crop=[160, 160], max_steps=None, data_root=tmp_path)  # fmt: skip
     run_cross_drive(args)
     # the missing rate only: the next stages wait on its record, which the stubbed run never writes
@@ -122,3 +124,27 @@ def test_the_command_runs_the_missing_steps_stage_by_stage(tmp_path, monkeypatch
     out = capsys.readouterr().out
     assert "1 steps to run:\n  rates: run remedy/sim-lr0.04-e8-seed0\n" in out
     assert "waiting on choices the records do not make yet: class weights, verdict" in out
+
+
+def test_the_report_averages_each_models_seeds_alone_and_refined(tmp_path):
+    per_class = [0.5] * 11
+    for seed, (alone, walk, crf) in enumerate([(0.30, 0.32, 0.31), (0.34, 0.35, None)]):
+        record = {"variant": "smp-unet-lr0.02", "seed": seed, "epochs": 16, "train_seconds": 100.0 + seed,
+                  "holdout": {"miou": alone, "per_class_iou": per_class},
+                  "bilateral_walk": {"refined": {"miou": walk}, "refine_ms_per_image": 50.0}}  # fmt: skip
+        if crf is not None:
+            record["dense_crf"] = {"refined": {"miou": crf}, "refine_ms_per_image": 80.0}
+        record_path(tmp_path, "smp-unet-lr0.02", seed, "drive-verdict", 16).write_text(json.dumps(record))
+    guided = {"variant": "walk-dist-r1-guided", "seed": 0, "epochs": 3, "train_seconds": 300.0,
+              "val": {"miou": 0.46, "per_class_iou": per_class}, "guided_walk_fit": {"miou": 0.47}}  # fmt: skip
+    record_path(tmp_path, "walk-dist-r1-guided", 0, "verdict", 3).write_text(json.dumps(guided))
+    unseen, val = summary_rows(tmp_path)
+    assert unseen == {"phase": "0006R0 (unseen)", "variant": "smp-unet-lr0.02", "epochs": 16, "seeds": "0, 1",
+                      "alone": 32.0, "walk": 33.5, "walk_seeds": 2, "crf": 31.0, "crf_seeds": 1, "small": 50.0,
+                      "walk_ms": 50.0, "crf_ms": 80.0, "train_s": 100.5}  # fmt: skip
+    assert (val["phase"], val["alone"], val["walk"], val["crf"]) == ("val", 46.0, 47.0, None)
+    page = report(tmp_path, tmp_path).read_text()
+    assert (
+        "| 0006R0 (unseen) | smp-unet-lr0.02 | 16 | 0, 1 | 32 | 33.5 | 2 | 31 | 1 | 50 | 50 | 80 | 100.5 |"
+        in page
+    )
