@@ -31,11 +31,14 @@ Stages, each planned from the records the ones before it left (`plan`):
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import time
 from collections.abc import Sequence
 from pathlib import Path
+
+import torch
 
 from benchmarks._measure import markdown_table
 from benchmarks.camvid import (
@@ -49,12 +52,15 @@ from benchmarks.camvid import (
     best_of,
     measured_step_seconds,
     pack,
+    recipe,
     run_name,
     step_done,
 )
 from benchmarks.camvid_report import small_miou
 from benchmarks.camvid_variants import DRIVE_RATES, FIRST_STAGES, STAGE_ONE, VARIANTS
 from difnet.data.camvid import CAMVID_CLASSES
+from difnet.models import build_model
+from difnet.models.parameters import count_parameters
 
 CLASS_NAMES = list(CAMVID_CLASSES)
 
@@ -204,12 +210,15 @@ def refined(record: dict, key: str) -> dict | None:
 def summary_rows(output: Path) -> list[dict]:
     """One row per model, phase and budget of the cross-drive verdict and its val twin: the mean over
     its seeds of the mIoU alone, with its image walk and with a dense CRF, the small classes' mIoU
-    alone, the refinements' milliseconds per image and the training seconds."""
+    alone, the refinements' milliseconds per image, the training seconds, the parameters and the
+    step seconds measured alone (`step_seconds.json`, where measured)."""
     groups: dict[tuple[str, str, int], list[dict]] = {}
     for folder, phase in ((PHASE_FOLDERS[PHASE], PHASE), ("verdict", "verdict")):
         for path in sorted((output / folder).glob("*.json")):
             record = json.loads(path.read_text())
             groups.setdefault((phase, record["variant"], record["epochs"]), []).append(record)
+    timing = output / "step_seconds.json"
+    steps = json.loads(timing.read_text())["seconds"] if timing.is_file() else {}
     rows = []
     for (phase, variant, epochs), records in sorted(groups.items()):
         walks = [refined(r, "guided_walk_fit") or refined(r, "bilateral_walk") for r in records]
@@ -224,8 +233,18 @@ def summary_rows(output: Path) -> list[dict]:
             "walk_ms": mean_of(milliseconds(records, "bilateral_walk")),
             "crf_ms": mean_of(milliseconds(records, "dense_crf")),
             "train_s": mean_of([r["train_seconds"] for r in records]),
+            "parameters_m": round(parameter_count(variant) / 1e6, 2),
+            "step_s": steps.get(variant),
         })  # fmt: skip
     return rows
+
+
+@functools.cache
+def parameter_count(variant: str) -> int:
+    """The parameters of `variant`'s model for CamVid's 11 classes."""
+    config = recipe(variant, 0, "verdict", 1, Path("unused"), "cpu", Path("unused"))
+    with torch.device("meta"):  # no memory, no init
+        return count_parameters(build_model(**config.model_arguments(11)))
 
 
 def milliseconds(records: Sequence[dict], key: str) -> list[float]:
@@ -245,6 +264,7 @@ REPORT_COLUMNS = {
     "phase": "scored on", "variant": "run", "epochs": "epochs", "seeds": "seeds", "alone": "mIoU alone",
     "walk": "+ image walk", "walk_seeds": "(seeds)", "crf": "+ dense CRF", "crf_seeds": "(seeds)",
     "small": "small classes alone", "walk_ms": "walk ms/image", "crf_ms": "CRF ms/image", "train_s": "train s",
+    "parameters_m": "parameters (M)", "step_s": "step s (alone)",
 }  # fmt: skip
 
 

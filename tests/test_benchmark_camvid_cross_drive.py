@@ -21,6 +21,7 @@ from benchmarks.camvid_cross_drive import (
     summary_rows,
 )
 from benchmarks.camvid_variants import DRIVE_RATES
+from difnet.models.factory import parameter_counts
 
 # held-aside mIoU of each rate-search run: U-Net best at 0.02, DeepLabV3+ at 0.04, Sim-DeepLab at 0.007
 SCORES = {"sim-lr0.007": 0.29, "sim-lr0.01": 0.285, "sim-lr0.02": 0.28, "sim-lr0.04": 0.2,
@@ -129,22 +130,27 @@ def test_the_command_runs_the_missing_steps_stage_by_stage(tmp_path, monkeypatch
 def test_the_report_averages_each_models_seeds_alone_and_refined(tmp_path):
     per_class = [0.5] * 11
     for seed, (alone, walk, crf) in enumerate([(0.30, 0.32, 0.31), (0.34, 0.35, None)]):
-        record = {"variant": "smp-unet-lr0.02", "seed": seed, "epochs": 16, "train_seconds": 100.0 + seed,
+        record = {"variant": "sim-lr0.007", "seed": seed, "epochs": 16, "train_seconds": 100.0 + seed,
                   "holdout": {"miou": alone, "per_class_iou": per_class},
                   "bilateral_walk": {"refined": {"miou": walk}, "refine_ms_per_image": 50.0}}  # fmt: skip
         if crf is not None:
             record["dense_crf"] = {"refined": {"miou": crf}, "refine_ms_per_image": 80.0}
-        record_path(tmp_path, "smp-unet-lr0.02", seed, "drive-verdict", 16).write_text(json.dumps(record))
+        record_path(tmp_path, "sim-lr0.007", seed, "drive-verdict", 16).write_text(json.dumps(record))
     guided = {"variant": "walk-dist-r1-guided", "seed": 0, "epochs": 3, "train_seconds": 300.0,
               "val": {"miou": 0.46, "per_class_iou": per_class}, "guided_walk_fit": {"miou": 0.47}}  # fmt: skip
     record_path(tmp_path, "walk-dist-r1-guided", 0, "verdict", 3).write_text(json.dumps(guided))
+    (tmp_path / "step_seconds.json").write_text(json.dumps({"seconds": {"sim-lr0.007": 0.9}}))
     unseen, val = summary_rows(tmp_path)
-    assert unseen == {"phase": "0006R0 (unseen)", "variant": "smp-unet-lr0.02", "epochs": 16, "seeds": "0, 1",
+    assert unseen.pop("parameters_m") == round(
+        parameter_counts((18,), num_classes=11)["simdeeplab"][18] / 1e6, 2
+    )
+    assert unseen.pop("step_s") == 0.9
+    assert unseen == {"phase": "0006R0 (unseen)", "variant": "sim-lr0.007", "epochs": 16, "seeds": "0, 1",
                       "alone": 32.0, "walk": 33.5, "walk_seeds": 2, "crf": 31.0, "crf_seeds": 1, "small": 50.0,
                       "walk_ms": 50.0, "crf_ms": 80.0, "train_s": 100.5}  # fmt: skip
     assert (val["phase"], val["alone"], val["walk"], val["crf"]) == ("val", 46.0, 47.0, None)
     page = report(tmp_path, tmp_path).read_text()
     assert (
-        "| 0006R0 (unseen) | smp-unet-lr0.02 | 16 | 0, 1 | 32 | 33.5 | 2 | 31 | 1 | 50 | 50 | 80 | 100.5 |"
+        "| 0006R0 (unseen) | sim-lr0.007 | 16 | 0, 1 | 32 | 33.5 | 2 | 31 | 1 | 50 | 50 | 80 | 100.5 | "
         in page
     )
