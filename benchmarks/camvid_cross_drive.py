@@ -3,9 +3,10 @@ instead, judged on the drive 0006R0 that no model trains on (`benchmarks.camvid.
 
 Stages, each planned from the records the ones before it left (`plan`):
 
-- **rates**: every model family's rate search (`DRIVE_RATES`: Sim-DeepLab-18, smp's DeepLabV3+ and
-  U-Net at the same rates) on the remedy split's held-aside frames, seed 0; a family's rate is
-  chosen once all its rates have a record.
+- **rates**: every model family's rate search (Sim-DeepLab-18, smp's DeepLabV3+ and U-Net at the
+  same rates, `DRIVE_RATE_GRID`, widened by one rate past an end of the grid where a family's best
+  sits at that end) on the remedy split's held-aside frames, seed 0; a family's rate is chosen
+  once all its rates have a record.
 - **class weights**: each family at its rate and the staged DifNet's first stage with the
   class-balanced loss CamVid papers train with (median-frequency weights, variants `*-mfw`), once, on
   the same frames and seed: a screen reported beside the verdict, which trains unweighted as the
@@ -57,7 +58,7 @@ from benchmarks.camvid import (
     step_done,
 )
 from benchmarks.camvid_report import small_miou
-from benchmarks.camvid_variants import DRIVE_RATES, FIRST_STAGES, STAGE_ONE, VARIANTS
+from benchmarks.camvid_variants import DRIVE_EDGE_RATES, DRIVE_RATE_GRID, FIRST_STAGES, STAGE_ONE, VARIANTS
 from difnet.data.camvid import CAMVID_CLASSES
 from difnet.models import build_model
 from difnet.models.parameters import count_parameters
@@ -70,20 +71,31 @@ Step = tuple[str, int, str, int, str]  # variant, seed, phase, epochs, step of b
 STAGES = ("rates", "class weights", "verdict", "second stage", "val", "equal time", "refinement")
 
 
-def family_rates(family: str) -> list[str]:
-    """The rate-search variants of `family` (`sim-lr0.007`, ...), in declaration order."""
-    return [v for v in DRIVE_RATES if v.startswith(f"{family}-lr")]
+def searched_rates(output: Path, family: str) -> tuple[list[str], str | None]:
+    """The rate variants `family` searches so far and the one it chooses (None until all have run):
+    the best held-aside mIoU over `DRIVE_RATE_GRID`, or, where that best is at an end of the grid,
+    over the grid and the rate past that end (`DRIVE_EDGE_RATES`)."""
+    searched = [f"{family}-lr{lr}" for lr in DRIVE_RATE_GRID]
+    edges = dict(
+        zip((searched[0], searched[-1]), (f"{family}-lr{lr}" for lr in DRIVE_EDGE_RATES), strict=True)
+    )
+    best = best_rate(output, searched)
+    if best in edges:
+        searched.append(edges[best])
+        best = best_rate(output, searched)
+    return searched, best
+
+
+def best_rate(output: Path, rates: Sequence[str]) -> str | None:
+    """The variant of `rates` with the best held-aside mIoU, once each has its record under `output`."""
+    if not all(step_done(output, (v, 0, "remedy", SCREEN_EPOCHS)) for v in rates):
+        return None
+    return best_of(output, "remedy", rates, SCREEN_EPOCHS, lambda r: r["holdout"]["miou"])
 
 
 def chosen_rates(output: Path) -> dict[str, str]:
-    """Each family's variant with the best held-aside mIoU, for the families whose every rate has a
-    record under `output`."""
-    chosen = {}
-    for family in FAMILIES:
-        rates = family_rates(family)
-        if all(step_done(output, (v, 0, "remedy", SCREEN_EPOCHS)) for v in rates):
-            chosen[family] = best_of(output, "remedy", rates, SCREEN_EPOCHS, lambda r: r["holdout"]["miou"])
-    return chosen
+    """Each family's chosen rate variant (`searched_rates`), for the families that have chosen."""
+    return {family: best for family in FAMILIES if (best := searched_rates(output, family)[1])}
 
 
 def chosen_walks() -> str:
@@ -111,7 +123,8 @@ def refinements(variant: str, seed: int, phase: str, epochs: int) -> list[Step]:
 def plan(output: Path, seeds: Sequence[int]) -> list[tuple[str, list[Step]]]:
     """Each stage of `STAGES` whose choices the records under `output` make so far, with its steps; a
     stage waiting on a choice is left out, with every later one."""
-    stages = [("rates", [(v, 0, "remedy", SCREEN_EPOCHS, "run") for v in DRIVE_RATES])]
+    searched = [v for family in FAMILIES for v in searched_rates(output, family)[0]]
+    stages = [("rates", [(v, 0, "remedy", SCREEN_EPOCHS, "run") for v in searched])]
     rates = chosen_rates(output)
     if len(rates) < len(FAMILIES):
         return stages

@@ -43,7 +43,9 @@ STAGE_TWO: dict[str, dict] = {
     },
 }
 STAGE_ONE = "seed-aux-shared"
-SMP_RATES = (0.007, 0.01, 0.02, 0.04)  # the smp models' rate search, the cross-drive one
+DRIVE_RATE_GRID = (0.007, 0.01, 0.02, 0.04)  # every family's rate search in the cross-drive protocol
+DRIVE_EDGE_RATES = (0.0035, 0.08)  # searched too where a family's best rate is at that end of the grid
+SEARCHED_RATES = tuple(sorted((*DRIVE_RATE_GRID, *DRIVE_EDGE_RATES)))
 STAGE_ONE_EPOCHS = {"remedy": 8, "verdict": 16, "drive-screen": 8, "drive-verdict": 16}
 # name: (model, recipe overrides); the DifNet remedies start from DeepLab's head init
 VARIANTS: dict[str, tuple[str, dict]] = {
@@ -71,13 +73,17 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     **{f"sim-lr{lr}": ("simdeeplab", {"head_init": "normal", "lr": lr}) for lr in (0.007, 0.01)},
     # the cross-drive rate search, the same rates for every model (0.014 and 0.02 of the old search
     # are retired with their records; 0.02 is searched again here)
-    **{f"sim-lr{lr}": ("simdeeplab", {"head_init": "normal", "lr": lr}) for lr in (0.02, 0.04)},
+    **{
+        f"sim-lr{lr}": ("simdeeplab", {"head_init": "normal", "lr": lr})
+        for lr in SEARCHED_RATES
+        if lr not in (0.007, 0.01)
+    },
     # the models a user would pick instead (benchmarks/smp_models.py), on smp's ResNet-18, at DeepLab's
     # head init as every model here
     **{
         f"{model}-lr{lr}": (model, {"head_init": "normal", "depth": 18, "lr": lr})
         for model in ("smp-deeplabv3plus", "smp-unet")
-        for lr in SMP_RATES
+        for lr in SEARCHED_RATES
     },  # fmt: skip
     # DifNet's head on the smp model at each of its rates, trained the staged way on that rate's frozen
     # run (FIRST_STAGES): the distance kernel within 1 cell and the guided walk at stride 2, DifNet's
@@ -93,7 +99,7 @@ VARIANTS: dict[str, tuple[str, dict]] = {
                 "guided_walk_stride": 2,
             },
         )
-        for lr in SMP_RATES
+        for lr in SEARCHED_RATES
     },  # fmt: skip
 }
 # the class-balanced loss CamVid papers train with (SegNet's median-frequency weights), screened once on
@@ -104,13 +110,9 @@ VARIANTS.update({
     if variant == STAGE_ONE or (variant.startswith(("sim-lr", "smp-")) and "difhead" not in variant)
 })  # fmt: skip
 # the run a second stage starts from, besides the walks' STAGE_ONE: the smp model it puts DifNet's head on
-FIRST_STAGES = {f"smp-deeplabv3plus-lr{lr}-difhead": f"smp-deeplabv3plus-lr{lr}" for lr in SMP_RATES}
+FIRST_STAGES = {f"smp-deeplabv3plus-lr{lr}-difhead": f"smp-deeplabv3plus-lr{lr}" for lr in SEARCHED_RATES}
 INIT_VARIANTS = ("sim-he", "sim-normal", "dif-he", "dif-normal")
 # what each selection step of `benchmarks.camvid.select` chooses among, besides a model's init
 REMEDIES = tuple(v for v in VARIANTS if v.startswith("dif-") and v not in INIT_VARIANTS)
 RATES = ("sim-lr0.007", "sim-lr0.01")
-# the cross-drive protocol's rate search, every model on the same rates
-DRIVE_RATES = tuple(
-    v for v in VARIANTS if "-lr" in v and v.split("-lr")[-1] in ("0.007", "0.01", "0.02", "0.04")
-)
 SECOND_STAGES = tuple(v for v in VARIANTS if v.startswith("walk-"))

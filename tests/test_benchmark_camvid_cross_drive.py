@@ -20,14 +20,15 @@ from benchmarks.camvid_cross_drive import (
     run_cross_drive,
     summary_rows,
 )
-from benchmarks.camvid_variants import DRIVE_RATES
 from difnet.models.factory import parameter_counts
 
 # held-aside mIoU of each rate-search run: U-Net best at 0.02, DeepLabV3+ at 0.04, Sim-DeepLab at 0.007
 SCORES = {"sim-lr0.007": 0.29, "sim-lr0.01": 0.285, "sim-lr0.02": 0.28, "sim-lr0.04": 0.2,
           "smp-deeplabv3plus-lr0.007": 0.25, "smp-deeplabv3plus-lr0.01": 0.27, "smp-deeplabv3plus-lr0.02": 0.289,
           "smp-deeplabv3plus-lr0.04": 0.295, "smp-unet-lr0.007": 0.26, "smp-unet-lr0.01": 0.28,
-          "smp-unet-lr0.02": 0.305, "smp-unet-lr0.04": 0.3}  # fmt: skip
+          "smp-unet-lr0.02": 0.305, "smp-unet-lr0.04": 0.3,
+          # past the grid's ends where a family's best sits at one
+          "sim-lr0.0035": 0.285, "smp-deeplabv3plus-lr0.08": 0.29}  # fmt: skip
 CHOSEN = ["sim-lr0.007", "smp-deeplabv3plus-lr0.04", "smp-unet-lr0.02"]
 
 
@@ -38,7 +39,23 @@ def write_rates(output: Path, scores: dict[str, float]) -> None:
 
 
 def test_without_records_only_the_rate_search_is_planned():
-    assert plan(Path("/nonexistent"), [0]) == [("rates", [(v, 0, "remedy", 8, "run") for v in DRIVE_RATES])]
+    grid = [
+        f"{family}-lr{lr}"
+        for family in ("sim", "smp-deeplabv3plus", "smp-unet")
+        for lr in (0.007, 0.01, 0.02, 0.04)
+    ]
+    assert plan(Path("/nonexistent"), [0]) == [("rates", [(v, 0, "remedy", 8, "run") for v in grid])]
+
+
+def test_a_best_rate_at_an_end_of_the_grid_widens_the_search_past_that_end(tmp_path):
+    edges = ("sim-lr0.0035", "smp-deeplabv3plus-lr0.08")  # Sim-DeepLab best at 0.007, DeepLabV3+ at 0.04
+    write_rates(tmp_path, {v: s for v, s in SCORES.items() if v not in edges})
+    assert chosen_rates(tmp_path) == {"smp-unet": "smp-unet-lr0.02"}  # U-Net's best is inside the grid
+    assert [step[0] for _, step in missing(tmp_path, [0])] == list(edges)
+    write_rates(tmp_path, {"sim-lr0.0035": 0.3, "smp-deeplabv3plus-lr0.08": 0.29})
+    assert chosen_rates(tmp_path) == {
+        "sim": "sim-lr0.0035", "smp-deeplabv3plus": "smp-deeplabv3plus-lr0.04", "smp-unet": "smp-unet-lr0.02"
+    }  # fmt: skip
 
 
 def test_a_family_gets_its_rate_only_once_all_its_rates_have_run(tmp_path):
@@ -113,17 +130,17 @@ def test_a_step_runs_as_its_subcommand_with_the_runs_arguments(tmp_path):
 
 
 def test_the_command_runs_the_missing_steps_stage_by_stage(tmp_path, monkeypatch, capsys, started_runs):
-    write_rates(tmp_path, {v: s for v, s in SCORES.items() if v != "sim-lr0.04"})
+    write_rates(tmp_path, {v: s for v, s in SCORES.items() if v != "smp-unet-lr0.04"})
     args = argparse.Namespace(output=tmp_path, seeds=[0], dry_run=False, report=False, minutes=1.0, archive=None, parallel=1,
                               threads=1, device="cpu", crop=[160, 160], max_steps=None, data_root=tmp_path)  # fmt: skip
     run_cross_drive(args)
     # the missing rate only: the next stages wait on its record, which the stubbed run never writes
-    assert started_runs == [("sim-lr0.04", 0, "remedy", 8, "run")]
+    assert started_runs == [("smp-unet-lr0.04", 0, "remedy", 8, "run")]
     assert "class weights: waiting on a choice" in capsys.readouterr().out
     monkeypatch.setattr(sys, "argv", ["camvid", "cross-drive", "--dry-run", "--output", str(tmp_path)])
     camvid.main()
     out = capsys.readouterr().out
-    assert "1 steps to run:\n  rates: run remedy/sim-lr0.04-e8-seed0\n" in out
+    assert "1 steps to run:\n  rates: run remedy/smp-unet-lr0.04-e8-seed0\n" in out
     assert "waiting on choices the records do not make yet: class weights, verdict" in out
 
 
