@@ -21,6 +21,7 @@ from difnet.diffusion import (
     transition_matrix,
     transition_rows,
     unflatten_nodes,
+    walk_step,
 )
 
 
@@ -283,3 +284,13 @@ def test_flatten_and_unflatten_nodes_round_trip():
     assert nodes.shape == (2, 12, 5) and nodes.is_contiguous()
     torch.testing.assert_close(nodes[:, 1 * 4 + 2], maps[:, :, 1, 2])
     torch.testing.assert_close(unflatten_nodes(nodes, (3, 4)), maps)
+
+
+def test_a_step_with_beta_the_number_one_is_the_restart_bit_for_bit_and_keeps_its_gradient():
+    walked, y, seed = (torch.rand(2, 9, 3, generator=torch.Generator().manual_seed(i)) for i in range(3))
+    mu = torch.tensor(0.8, requires_grad=True)
+    skipped = walk_step(walked, y, seed, mu, 1.0)
+    assert torch.equal(skipped, walk_step(walked, y, seed, mu, torch.tensor(1.0)))
+    assert torch.equal(skipped, torch.lerp(seed, walked, mu))
+    skipped.sum().backward()
+    assert mu.grad is not None and torch.isclose(mu.grad, (walked - seed).sum())

@@ -33,8 +33,11 @@ TAIL_TOLERANCE = 1e-5
 
 def walk_step(walked: Tensor, y: Tensor, seed: Tensor, mu: Tensor | float, beta: Tensor | float) -> Tensor:
     """Eqs. 4-5 given `walked = P y`: `beta (mu P y + (1 - mu) s) + (1 - beta) y`, in `walked`'s
-    dtype; a step apart so walks on other transition matrices (e.g. label-built) share it."""
+    dtype; a step apart so walks on other transition matrices (e.g. label-built) share it. A beta
+    that is the number 1 (the image walks') skips Eq. 5, whose lerp would return `restarted` exactly."""
     restarted = torch.lerp(seed.to(walked.dtype), walked, mu)  # Eq. 4
+    if isinstance(beta, int | float) and beta == 1:
+        return restarted
     return torch.lerp(y.to(walked.dtype), restarted, beta)  # Eq. 5
 
 
