@@ -21,7 +21,7 @@ Every run resumable and recorded with the commit that produced it, in stages (`p
 
     python -m benchmarks.camvid all --dry-run                       # what the records choose, what is missing
     python -m benchmarks.camvid all --device cuda --parallel 24     # every run still missing
-    python -m benchmarks.camvid cross-drive --dry-run               # the cross-drive verdict's stages
+    python -m benchmarks.camvid_cross_drive --dry-run               # the cross-drive verdict's stages
     python -m benchmarks.camvid run --variant dif-aux --seed 0 --phase remedy --epochs 8   # one run
     python -m benchmarks.camvid report                              # results/camvid_verdict.*
     python -m benchmarks.camvid rediagnose --variant walk-dist-r1 --seed 0 --phase remedy --epochs 3
@@ -808,29 +808,41 @@ def measured_step_seconds(args: argparse.Namespace, variants: list[str]) -> dict
     return stored
 
 
+def add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments every command that reads the frames takes: where they are, where runs go."""
+    parser.add_argument("--data-root", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--output", type=Path, default=RUNS, help="run folders and their records")
+
+
+def add_training_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments every command that trains or scores a model takes."""
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--crop", type=int, nargs=2, default=[160, 160], metavar=("H", "W"))
+    parser.add_argument("--max-steps", type=int, help="cut every epoch to this many steps (smoke runs)")
+
+
+def add_queue_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments of a command that queues runs (`all`, the cross-drive verdict)."""
+    parser.add_argument("--parallel", type=int, default=2, help="runs at a time")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    parser.add_argument("--minutes", type=float, default=600.0, help="stop unfinished runs after this")
+    parser.add_argument("--archive", type=Path, help="pack records and logs into this .tar.gz")
+    parser.add_argument("--timing-steps", type=int, default=10, help="timed steps per variant")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="print the selection and the runs it would queue"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    for name in (
-        "run",
-        "rediagnose",
-        "refine",
-        "fit-scalars",
-        "fit-guided",
-        "all",
-        "cross-drive",
-        "report",
-        "shrink",
-    ):
+    for name in ("run", "rediagnose", "refine", "fit-scalars", "fit-guided", "all", "report", "shrink"):
         sub = commands.add_parser(name)
-        sub.add_argument("--data-root", type=Path, default=DEFAULT_DATA)
-        sub.add_argument("--output", type=Path, default=RUNS, help="run folders and their records")
-        if name in ("run", "rediagnose", "refine", "fit-scalars", "fit-guided", "all", "cross-drive"):
-            sub.add_argument("--device", default="cpu")
-            sub.add_argument("--crop", type=int, nargs=2, default=[160, 160], metavar=("H", "W"))
-            sub.add_argument("--max-steps", type=int, help="cut every epoch to this many steps (smoke runs)")
+        add_data_arguments(sub)
+        if name in ("run", "rediagnose", "refine", "fit-scalars", "fit-guided", "all"):
+            add_training_arguments(sub)
         if name == "refine":
             refiner = sub.add_mutually_exclusive_group()
             refiner.add_argument(
@@ -842,19 +854,8 @@ def main() -> None:
             sub.add_argument("--seed", type=int, default=0)
             sub.add_argument("--phase", choices=PHASES, required=True)
             sub.add_argument("--epochs", type=int, required=True)
-        if name in ("all", "cross-drive"):
-            sub.add_argument("--parallel", type=int, default=2, help="runs at a time")
-            sub.add_argument("--threads", type=int, default=1, help="torch threads per run")
-            sub.add_argument("--minutes", type=float, default=600.0, help="stop unfinished runs after this")
-            sub.add_argument("--archive", type=Path, help="pack records and logs into this .tar.gz")
-            sub.add_argument("--timing-steps", type=int, default=10, help="timed steps per variant")
-            sub.add_argument(
-                "--dry-run", action="store_true", help="print the selection and the runs it would queue"
-            )
-        if name == "cross-drive":
-            sub.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS["verdict"]))
-            sub.add_argument("--report", action="store_true", help="write the table of the records so far")
         if name == "all":
+            add_queue_arguments(sub)
             sub.add_argument("--variants", nargs="+", choices=tuple(VARIANTS), default=list(VARIANTS))
             sub.add_argument(
                 "--phases", nargs="+", choices=(*HELD_ASIDE, "verdict"), default=[*HELD_ASIDE, "verdict"]
@@ -882,10 +883,6 @@ def main() -> None:
         fit_guided(args)
     elif args.command == "all":
         run_all(args)
-    elif args.command == "cross-drive":
-        from benchmarks.camvid_cross_drive import run_cross_drive
-
-        run_cross_drive(args)
     else:
         from benchmarks.camvid_report import report
 

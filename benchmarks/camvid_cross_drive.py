@@ -24,9 +24,11 @@ Stages, each planned from the records the ones before it left (`plan`):
   frames (`refine`; a guided DifNet's own walk is fitted instead, `fit-guided`) and with a fitted
   dense CRF (`refine --crf`).
 
-    python -m benchmarks.camvid cross-drive --dry-run     # what the records choose, what is missing
-    python -m benchmarks.camvid cross-drive --parallel 2  # every step still missing, stage by stage
-    python -m benchmarks.camvid cross-drive --report      # results/camvid_cross_drive.md from the records
+    python -m benchmarks.camvid_cross_drive --dry-run     # what the records choose, what is missing
+    python -m benchmarks.camvid_cross_drive --parallel 2  # every step still missing, stage by stage
+    python -m benchmarks.camvid_cross_drive --report      # results/camvid_cross_drive.md from the records
+
+Each step runs as its `python -m benchmarks.camvid` subcommand, which this module builds on.
 """
 
 from __future__ import annotations
@@ -47,9 +49,13 @@ from benchmarks.camvid import (
     RESULTS,
     RUNS,
     SCREEN_EPOCHS,
+    SEEDS,
     STAGE_TWO_EPOCHS,
     VERDICT_EPOCHS,
     Runs,
+    add_data_arguments,
+    add_queue_arguments,
+    add_training_arguments,
     best_of,
     measured_step_seconds,
     pack,
@@ -289,7 +295,23 @@ def report(output: Path, results: Path) -> Path:
         "# CamVid across drives: every run so far\n\n"
         "Means over the seeds listed; each refinement's mean over the seeds it ran on. The image walk is "
         "the fitted bilateral walk, or for a guided DifNet its own walk fitted. Written by "
-        "`python -m benchmarks.camvid cross-drive --report` from the records.\n\n"
+        "`python -m benchmarks.camvid_cross_drive --report` from the records.\n\n"
         f"{markdown_table(rows, REPORT_COLUMNS)}\n"
     )
     return page
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    add_data_arguments(parser)
+    add_training_arguments(parser)
+    add_queue_arguments(parser)
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS["verdict"]))
+    parser.add_argument("--report", action="store_true", help="write the table of the records so far")
+    run_cross_drive(parser.parse_args())
+
+
+if __name__ == "__main__":
+    main()

@@ -8,7 +8,6 @@ import json
 import sys
 from pathlib import Path
 
-from benchmarks import camvid
 from benchmarks.camvid import Runs, record_path, step_done
 from benchmarks.camvid_cross_drive import (
     STAGES,
@@ -20,6 +19,7 @@ from benchmarks.camvid_cross_drive import (
     run_cross_drive,
     summary_rows,
 )
+from benchmarks.camvid_cross_drive import main as cross_drive_main
 from difnet.models.factory import parameter_counts
 
 # held-aside mIoU of each rate-search run: U-Net best at 0.02, DeepLabV3+ at 0.04, Sim-DeepLab at 0.007
@@ -137,8 +137,8 @@ def test_the_command_runs_the_missing_steps_stage_by_stage(tmp_path, monkeypatch
     # the missing rate only: the next stages wait on its record, which the stubbed run never writes
     assert started_runs == [("smp-unet-lr0.04", 0, "remedy", 8, "run")]
     assert "class weights: waiting on a choice" in capsys.readouterr().out
-    monkeypatch.setattr(sys, "argv", ["camvid", "cross-drive", "--dry-run", "--output", str(tmp_path)])
-    camvid.main()
+    monkeypatch.setattr(sys, "argv", ["camvid_cross_drive", "--dry-run", "--output", str(tmp_path)])
+    cross_drive_main()
     out = capsys.readouterr().out
     assert "1 steps to run:\n  rates: run remedy/smp-unet-lr0.04-e8-seed0\n" in out
     assert "waiting on choices the records do not make yet: class weights, verdict" in out
