@@ -11,7 +11,9 @@ import statistics
 import subprocess
 import sys
 import time
+import unittest.mock
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -122,6 +124,12 @@ def sgemm_gflops(size: int = 4096, device: torch.device | str = "cpu") -> float:
     b = torch.randn(size, size, device=device, generator=generator)
     timing = time_calls(lambda: a @ b, device=device, min_repeats=5, budget_s=5.0)
     return 2 * size**3 / timing["min_s"] / 1e9
+
+
+def offset_sums() -> AbstractContextManager:
+    """While active, local transitions sum `P y` offset by offset on the CPU too (their route
+    before the sparse-matrix products; still the GPU's and half precision's): the before rows."""
+    return unittest.mock.patch("difnet.diffusion.kernels.has_csr_product", return_value=False)
 
 
 def machine_info() -> dict[str, Any]:

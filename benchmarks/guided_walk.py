@@ -2,9 +2,11 @@
 follows: DifNet's 5 walks on the stride-8 grid (64 x 64 nodes, the local distance kernel of radius
 1 that CamVid's staged DifNet uses), and the guided walk's 15 steps on the image at stride 2
 (253 x 253 nodes, radius 3) and at stride 4. Batch 1, 21 classes, float32; forward (no grad) and
-forward+backward. Per case: median wall time in this process, and the peak extra memory of one
-call (peak RSS in a fresh process on CPU, max_memory_allocated on CUDA) against one N x N float32
-matrix of the case's grid. Writes guided_walk.{json,md} under benchmarks/results/.
+forward+backward; the guided walk at stride 2 also with its products summed offset by offset, as
+before the CPU's sparse-matrix route ("offset sums"). Per case: median wall time in this process,
+and the peak extra memory of one call (peak RSS in a fresh process on CPU, max_memory_allocated on
+CUDA) against one N x N float32 matrix of the case's grid. Writes guided_walk.{json,md} under
+benchmarks/results/.
 
     python -m benchmarks.guided_walk                  # CPU, and CUDA when present
 """
@@ -12,6 +14,7 @@ matrix of the case's grid. Writes guided_walk.{json,md} under benchmarks/results
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 from collections.abc import Callable
@@ -26,6 +29,7 @@ from benchmarks._measure import (
     machine_info,
     markdown_table,
     measure_peak_extra_memory,
+    offset_sums,
     run_in_subprocess,
     time_calls,
     write_results,
@@ -34,7 +38,13 @@ from difnet.diffusion import Cascade, TransitionKernel
 from difnet.diffusion.guided import GuidedWalk, walk_grid
 
 IMAGE, CLASSES, FEATURE_DIM, SEED_STRIDE = 505, 21, 64, 8
-CASES = ("cascade, stride 8", "guided walk, stride 2", "guided walk, stride 4")
+# "offset sums": the walk's products summed offset by offset, as before the CPU's sparse-matrix route
+CASES = (
+    "cascade, stride 8",
+    "guided walk, stride 2",
+    "guided walk, stride 2, offset sums",
+    "guided walk, stride 4",
+)
 MODES = ("forward", "forward+backward")
 COLUMNS = {
     "device": "device",
@@ -63,15 +73,16 @@ def case_call(case: str, mode: str, device: str) -> tuple[Callable[[], Any], int
         features = [torch.randn(1, nodes, FEATURE_DIM, device=device, generator=generator) for _ in range(5)]
         inputs, run = [seed, *features], lambda: module(features, seed, grid)[-1]
     else:
-        module = GuidedWalk(3, stride=int(case.rsplit(" ", 1)[-1])).to(device)
+        module = GuidedWalk(3, stride=int(case.split(", ")[1].split()[-1])).to(device)
         images = torch.randn(1, 3, IMAGE, IMAGE, device=device, generator=generator)
         probabilities = seed.transpose(1, 2).reshape(1, CLASSES, *grid).softmax(1)
         nodes = walk_grid((IMAGE, IMAGE), module.stride)[0] ** 2
         inputs, run = [probabilities], lambda: module(probabilities, images)
+    route = offset_sums() if case.endswith("offset sums") else contextlib.nullcontext()
     if mode == "forward":
 
         def forward() -> Any:
-            with torch.no_grad():
+            with torch.no_grad(), route:
                 return run()
 
         return forward, nodes
@@ -79,8 +90,9 @@ def case_call(case: str, mode: str, device: str) -> tuple[Callable[[], Any], int
         tensor.requires_grad_(True)
 
     def forward_backward() -> Any:
-        out = run()
-        return torch.autograd.grad(out, [*inputs, *module.parameters()], torch.ones_like(out))
+        with route:
+            out = run()
+            return torch.autograd.grad(out, [*inputs, *module.parameters()], torch.ones_like(out))
 
     return forward_backward, nodes
 

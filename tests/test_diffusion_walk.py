@@ -26,7 +26,8 @@ from difnet.diffusion import (
 
 
 class LargestTensor(TorchDispatchMode):
-    """Records the element count of the largest tensor any op produces while active."""
+    """Records the element count of the largest tensor any op produces while active (a sparse
+    tensor counts its stored entries, not its dense shape)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -36,7 +37,8 @@ class LargestTensor(TorchDispatchMode):
         out = func(*args, **(kwargs or {}))
         for leaf in tree_flatten(out)[0]:
             if isinstance(leaf, torch.Tensor):
-                self.numel = max(self.numel, leaf.numel())
+                stored = leaf.values().numel() if leaf.layout != torch.strided else leaf.numel()
+                self.numel = max(self.numel, stored)
         return out
 
 

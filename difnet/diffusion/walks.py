@@ -7,8 +7,8 @@ probabilities, to ~1e-5, from 42 products `P y` instead of 100. `n` steps give `
 with `q_n(x) = (mu x)^n + (1 - mu) sum_(k<n) (mu x)^k`; `P = D^-1 W` with `W` symmetric has a real
 spectrum in [-1, 1], where the series truncated at degree `d` errs by at most its dropped
 coefficients' sum in the D-norm (`D^1/2 P D^-1/2` is symmetric, so each `T_j` of it has norm at
-most 1). The basis `T_j(P) p_0` comes from `T_(j+1) = 2 P T_j - T_(j-1)`, one product a degree,
-for every count at once.
+most 1). The basis `T_j(P) p_0` comes from `T_(j+1) = 2 P T_j - T_(j-1)` (one lerp), one product a
+degree, for every count at once.
 """
 
 from __future__ import annotations
@@ -226,7 +226,7 @@ def chebyshev_walk(
     previous, current = None, start
     for degree in range(1, highest + 1):
         walked = transition(current)
-        previous, current = current, walked if previous is None else 2 * walked - previous
+        previous, current = current, walked if previous is None else torch.lerp(previous, walked, 2.0)
         for n in counts:
             if degree <= degrees[n]:
                 sums[n] = torch.addcmul(sums[n], coefficients[n][degree], current)

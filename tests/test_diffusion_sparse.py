@@ -1,0 +1,140 @@
+"""The local transition's sparse-matrix route on the CPU (`difnet.diffusion.sparse`) computes what
+the offset sums compute, in values and gradients, at odd grids, batch > 1 and both radii; it is
+the route a walk takes on the CPU, and subnormal weights and values are zero on it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from difnet.diffusion import kernels
+from difnet.diffusion.guided import GuidedWalk
+from difnet.diffusion.kernels import (
+    TransitionKernel,
+    _local_apply,
+    flatten_nodes,
+    local_transition,
+    unflatten_nodes,
+)
+from difnet.diffusion.sparse import CsrApply, CsrTransition, has_csr_product, padded_grid_columns
+
+
+def offset_weights(batch, radius, height, width, dtype=torch.float64, seed=0):
+    """A softmax over the offsets of random logits, zero outside the grid, as local kernels have."""
+    generator = torch.Generator().manual_seed(seed)
+    side = 2 * radius + 1
+    logits = torch.randn(batch, side * side, height, width, generator=generator, dtype=dtype)
+    inside = F.pad(torch.ones(1, 1, height, width, dtype=torch.bool), (radius,) * 4)
+    inside = torch.cat(
+        [inside[:, :, dy : dy + height, dx : dx + width] for dy in range(side) for dx in range(side)], 1
+    )
+    return torch.softmax(logits.masked_fill(~inside, float("-inf")), dim=1)
+
+
+def offset_sums(weights, values, radius):
+    """`P y` summed offset by offset, the route the sparse one replaces on the CPU."""
+    maps = unflatten_nodes(values, weights.shape[-2:]).contiguous()
+    return flatten_nodes(_local_apply(weights, F.pad(maps, (radius,) * 4), radius))
+
+
+@pytest.mark.parametrize(
+    ("radius", "height", "width", "classes"), [(1, 5, 7, 3), (3, 9, 4, 11), (3, 13, 17, 1)]
+)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_sparse_product_is_the_offset_sum(radius, height, width, classes, dtype):
+    weights = offset_weights(2, radius, height, width, dtype)
+    values = torch.randn(2, height * width, classes, dtype=dtype)
+    transition = CsrTransition(weights, radius)
+    expected = offset_sums(weights, values, radius)
+    torch.testing.assert_close(transition.product(transition.matrices, values), expected)
+    # P^T: <P y, g> = <y, P^T g>
+    grad = torch.randn_like(values)
+    transposed = transition.product(transition.transposed, grad)
+    torch.testing.assert_close((expected * grad).sum(), (values * transposed).sum())
+
+
+@pytest.mark.parametrize(("radius", "height", "width"), [(1, 4, 5), (2, 5, 3)])
+def test_the_sparse_product_passes_gradcheck_in_weights_and_values(radius, height, width):
+    weights = offset_weights(2, radius, height, width).requires_grad_()
+    values = torch.randn(2, height * width, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(
+        lambda w, v: CsrApply.apply(w, v, CsrTransition(w, radius)), (weights, values)
+    )
+
+
+def test_the_sparse_products_gradients_are_the_offset_sums():
+    weights = offset_weights(2, 3, 11, 6).requires_grad_()
+    values = torch.randn(2, 66, 5, dtype=torch.float64, requires_grad=True)
+    upstream = torch.randn(2, 66, 5, dtype=torch.float64)
+    sparse = torch.autograd.grad(
+        CsrApply.apply(weights, values, CsrTransition(weights, 3)), (weights, values), upstream
+    )
+    dense = torch.autograd.grad(offset_sums(weights, values, 3), (weights, values), upstream)
+    for a, b in zip(sparse, dense, strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_a_row_lists_the_padded_grids_window_in_order():
+    rows, columns = padded_grid_columns(2, 3, 1)
+    assert rows.dtype == columns.dtype == torch.int32  # MKL's index type: no copy a product
+    assert rows.tolist() == list(range(0, 6 * 9 + 1, 9))
+    # node (1, 2) of a 2x3 grid padded by 1 (width 5): padded rows 1..3, columns 2..4
+    assert columns[5 * 9 : 6 * 9].tolist() == [7, 8, 9, 12, 13, 14, 17, 18, 19]
+
+
+@pytest.mark.parametrize("similarity", ["dot", "distance"])
+def test_a_walk_on_the_cpu_takes_the_sparse_route_with_and_without_gradients(similarity, monkeypatch):
+    features = torch.randn(2, 35, 4, dtype=torch.float64, requires_grad=True)
+    values = torch.randn(2, 35, 3, dtype=torch.float64, requires_grad=True)
+    kernel, grid = TransitionKernel(similarity, 2), (5, 7)
+    taken, product = [], CsrTransition.product
+    monkeypatch.setattr(CsrTransition, "product", lambda self, m, v: taken.append(1) or product(self, m, v))
+    sparse = local_transition(features, kernel, grid)(values)
+    with torch.no_grad():
+        local_transition(features, kernel, grid)(values)
+    assert len(taken) == 2
+    sparse_grads = torch.autograd.grad(sparse.sum(), (features, values))
+    monkeypatch.setattr(kernels, "has_csr_product", lambda weights: False)
+    dense = local_transition(features, kernel, grid)(values)
+    torch.testing.assert_close(sparse, dense)
+    for a, b in zip(sparse_grads, torch.autograd.grad(dense.sum(), (features, values)), strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_half_precision_and_other_devices_keep_the_offset_sums():
+    assert has_csr_product(torch.zeros(1, dtype=torch.float32))
+    assert not has_csr_product(torch.zeros(1, dtype=torch.bfloat16))
+    assert not has_csr_product(torch.zeros(1, device="meta"))
+
+
+def test_subnormal_weights_and_values_are_zero_on_the_sparse_route():
+    tiny = torch.finfo(torch.float32).tiny
+    # features far apart: the distance kernel's weights underflow past the normal floats
+    features = torch.tensor([0.0, 9.5, 19.0, 28.5]).view(1, 4, 1)  # exp(-9.5^2) is subnormal
+    walk = local_transition(features, TransitionKernel("distance", 1), (1, 4))
+    values = torch.tensor([1.0, tiny / 4, 0.0, 1.0]).view(1, 4, 1)
+    with torch.no_grad():
+        out = walk(values)
+    assert torch.isfinite(out).all()
+    assert not ((out.abs() > 0) & (out.abs() < tiny)).any()
+
+
+def test_a_learned_guided_walks_gradients_agree_on_both_routes(monkeypatch):
+    torch.manual_seed(0)
+    images, probabilities = (
+        torch.rand(2, 3, 13, 10, dtype=torch.float64),
+        torch.rand(2, 4, 13, 10, dtype=torch.float64),
+    )
+    grads = []
+    for csr in (True, False):
+        monkeypatch.setattr(kernels, "has_csr_product", lambda weights, csr=csr: csr)
+        torch.manual_seed(1)
+        walk = GuidedWalk(3, stride=1, steps=12, solver="steps").double()
+        (
+            walk(probabilities, images)
+            * torch.linspace(0, 1, 2 * 4 * 13 * 10, dtype=torch.float64).view(2, 4, 13, 10)
+        ).sum().backward()
+        grads.append([parameter.grad for parameter in walk.parameters()])
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b)
