@@ -215,7 +215,7 @@ def recipe(
         workers=0, device=device, output_dir=str(output / run_name(variant, seed, phase, epochs)),
         overwrite=True, eval_every=EVAL_EVERY, progress=False, max_steps_per_epoch=max_steps,
     )  # fmt: skip
-    if first := first_stage(variant):
+    if (first := first_stage(variant)) and phase in STAGE_ONE_EPOCHS:  # timing starts from random weights
         overrides = {**overrides, "seed_from": str(stage_one_checkpoint(output, seed, phase, first))}
     return TrainConfig(**{**shared, **overrides})
 
@@ -502,11 +502,14 @@ def record_path(output: Path, variant: str, seed: int, phase: str, epochs: int) 
 
 def step_seconds(variant: str, device: str, crop: tuple[int, int], steps: int = 10, warmup: int = 3) -> float:
     """Median seconds of one training step (forward, backward, SGD) of `variant` alone on a batch
-    of 8 random crops: what decides the equal-time budget."""
+    of 8 random crops, from random weights (a second stage's seed frozen, as it trains): what
+    decides the equal-time budget."""
     config = recipe(variant, 0, "timing", 1, Path("unused"), device, DEFAULT_DATA)
     seed_everything(0)
     model = build_model(**config.model_arguments(11)).to(device).train()
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    if first_stage(variant):  # a second stage trains on its frozen first stage's seed
+        model.freeze_seed_branch()
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01, momentum=0.9)
     images = torch.randn(8, 3, *crop, device=device)
     labels = torch.randint(0, 11, (8, *crop), device=device)
     times = []

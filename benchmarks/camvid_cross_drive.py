@@ -200,18 +200,32 @@ def run_cross_drive(args: argparse.Namespace) -> None:
     for stage in STAGES:
         if stage == "equal time" and len(rates := chosen_rates(args.output)) == len(FAMILIES):
             measured_step_seconds(args, [*rates.values(), STAGE_ONE, chosen_walks()])
-        planned = dict(plan(args.output, args.seeds))
-        if stage not in planned:
-            print(f"{stage}: waiting on a choice the records do not make", flush=True)
-            break
-        for step in planned[stage]:
-            runs.add(*step)
-        if not runs.wait(deadline, lambda: None):
-            print(f"{stage}: cut by the deadline", flush=True)
+        if not run_stage(stage, args, runs, deadline):
             break
     pack(args.output, args.archive)
     if runs.failed:
         print("failed steps:", runs.failed, flush=True)
+
+
+def run_stage(stage: str, args: argparse.Namespace, runs: Runs, deadline: float) -> bool:
+    """Run `stage`'s steps until its plan has none left to add (a stage grows as its own records
+    come in: the rate search widens past the grid's end); False when it waits on a choice the
+    records do not make or the deadline cut it."""
+    added: set[Step] = set()
+    while True:
+        planned = dict(plan(args.output, args.seeds))
+        if stage not in planned:
+            print(f"{stage}: waiting on a choice the records do not make", flush=True)
+            return False
+        new = [step for step in planned[stage] if step not in added]
+        if not new:
+            return True
+        for step in new:
+            runs.add(*step)
+        added.update(new)
+        if not runs.wait(deadline, lambda: None):
+            print(f"{stage}: cut by the deadline", flush=True)
+            return False
 
 
 def scored(record: dict) -> dict:

@@ -27,6 +27,7 @@ from benchmarks.camvid import (
     select,
     selection,
     start_segment,
+    step_seconds,
     with_samples,
 )
 from benchmarks.camvid_report import report, small_miou, verdict_gaps
@@ -596,3 +597,11 @@ def test_walk_report_lists_a_guided_runs_picked_setting_against_its_learned_one(
         "| walk-dist-r1-guided-e3 | val | 2 | 46.0 | +1.5 | stride 1, 60 steps, mu 0.99 | 47.9 | **+1.9** | "
         "9.0 -> 9.5 | +0.4 | 412 | fffffff |" in text
     )
+
+
+@pytest.mark.parametrize("variant", ["walk-dist-r1-guided", "smp-deeplabv3plus-lr0.04-difhead"])
+def test_a_second_stages_step_time_is_measured_on_random_weights_without_its_first_stage(variant):
+    # the equal-time budget needs the second stage's step time before any first stage has run
+    if variant.startswith("smp-"):
+        pytest.importorskip("segmentation_models_pytorch")
+    assert step_seconds(variant, "cpu", (48, 48), steps=1, warmup=0) > 0

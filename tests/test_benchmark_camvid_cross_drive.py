@@ -8,6 +8,7 @@ import json
 import sys
 from pathlib import Path
 
+from benchmarks import camvid_cross_drive
 from benchmarks.camvid import Runs, record_path, step_done
 from benchmarks.camvid_cross_drive import (
     STAGES,
@@ -171,3 +172,27 @@ def test_the_report_averages_each_models_seeds_alone_and_refined(tmp_path):
         "| 0006R0 (unseen) | sim-lr0.007 | 16 | 0, 1 | 32 | 33.5 | 2 | 31 | 1 | 50 | 50 | 80 | 100.5 | "
         in page
     )
+
+
+def test_the_rate_search_widens_within_one_command_once_the_grids_records_are_in(
+    tmp_path, monkeypatch, capsys
+):
+    # every stubbed run writes its record at once, scored as SCORES says (the grid's ends win)
+    def wait(self, deadline, on_tick):
+        write_rates(tmp_path, {step[0]: SCORES[step[0]] for step in self.pending if step[0] in SCORES})
+        started.extend(self.pending)
+        self.pending = []
+        return True
+
+    started = []
+    monkeypatch.setattr(Runs, "wait", wait)
+    monkeypatch.setattr(camvid_cross_drive, "STAGES", ("rates", "class weights"))
+    args = argparse.Namespace(output=tmp_path, seeds=[0], dry_run=False, report=False, minutes=1.0, archive=None, parallel=1,
+                              threads=1, device="cpu", crop=[160, 160], max_steps=None, data_root=tmp_path)  # fmt: skip
+    run_cross_drive(args)
+    rates = [step[0] for step in started if step[2] == "remedy" and not step[0].endswith("-mfw")]
+    assert len(rates) == 12 + 2 and {"sim-lr0.0035", "smp-deeplabv3plus-lr0.08"} <= set(rates)
+    assert rates.index("sim-lr0.0035") > rates.index("sim-lr0.007")  # after the grid it widens
+    # the stage after the rates starts in the same command: the class weights at the chosen rates
+    assert [step[0] for step in started[len(rates) :]] == [f"{v}-mfw" for v in (
+        "sim-lr0.007", "smp-deeplabv3plus-lr0.04", "smp-unet-lr0.02", "seed-aux-shared")]  # fmt: skip
