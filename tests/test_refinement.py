@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 import reference
 from difnet.evaluation import evaluate
-from difnet.refinement import BilateralWalk, RefinedModel, bilateral_grid, fit_bilateral_walk
+from difnet.refinement import BilateralWalk, RefinedModel, bilateral_grid, cheapest_within, fit_bilateral_walk
 
 FLIP = 1e-3  # channel 2's mark of a flipped seed pixel: too faint for the colour kernel to see
 
@@ -117,6 +117,28 @@ def test_fit_scores_each_setting_as_evaluate_scores_it() -> None:
     assert fit.walk.colour_sigma == 0.05
     assert fit.best_miou == 1.0 > fit.model_miou
     assert fit.to_dict()["walk"]["colour_sigma"] == 0.05
+
+
+def test_a_fit_with_a_tolerance_takes_the_cheapest_walk_within_it_of_the_best() -> None:
+    dataset, model = TwoRegions(), MarkedSeed()
+    # the longest walks first: the first best is the dearest of the settings that tie
+    settings = bilateral_grid((0.05, 100.0), (2.0,), (0.8, 0.97), (10, 4, 1), stride=1, radius=2)
+    best = fit_bilateral_walk(model, dataset, settings)
+    fast = fit_bilateral_walk(model, dataset, settings, tolerance=0.02)
+    within = [walk for walk, score in best.scores if score >= best.best_miou - 0.02]
+    assert fast.walk.cost == min(walk.cost for walk in within) < best.walk.cost
+    assert fast.scores == best.scores  # the same search, another choice
+    assert cheapest_within(best.scores, 0.0, lambda walk: walk.cost) in [
+        w for w, s in best.scores if s == best.best_miou
+    ]
+    with pytest.raises(ValueError, match="tolerance must be at least 0"):
+        fit_bilateral_walk(model, dataset, settings, tolerance=-0.1)
+
+
+def test_a_walks_cost_counts_its_products_entries_and_grid() -> None:
+    assert BilateralWalk(stride=1, radius=3, steps=100, mu=0.99).cost == 42 * 49  # the Chebyshev series' 42
+    assert BilateralWalk(stride=1, radius=3, steps=100, mu=0.99, solver="steps").cost == 100 * 49
+    assert BilateralWalk(stride=2, radius=1, steps=5, mu=0.9).cost == 5 * 9 / 4
 
 
 @pytest.mark.parametrize(

@@ -244,6 +244,12 @@ def walk_states(
     """`restart_walk`'s `(n, p_n)`, by `chebyshev_walk` when `solver` is "chebyshev" and its series
     takes fewer products than the longest walk's steps (else step by step, exactly as before)."""
     steps = sorted(set(steps))
-    if solver == "chebyshev" and steps and chebyshev_degree(scalar(mu), steps[-1]) < steps[-1]:
+    if steps and walk_products(scalar(mu), steps[-1], solver) < steps[-1]:
         return chebyshev_walk(transition, start, mu, steps)
     return restart_walk(transition, start, mu, steps)
+
+
+def walk_products(mu: float, steps: int, solver: str) -> int:
+    """The products `P y` a walk of `steps` steps with restart weight `mu` takes with `solver`: the
+    Chebyshev series' degree where that is fewer than the steps, else the steps."""
+    return min(steps, chebyshev_degree(mu, steps)) if solver == "chebyshev" else steps

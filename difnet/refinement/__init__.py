@@ -9,7 +9,7 @@ from difnet.refinement.bilateral import (
     fit_bilateral_walk,
 )
 from difnet.refinement.dense_crf import DenseCRF, DenseCRFFit, dense_crf_grid, fit_dense_crf
-from difnet.refinement.fitting import SettingFit, fit_setting
+from difnet.refinement.fitting import SettingFit, cheapest_within, fit_setting
 from difnet.refinement.guided import GuidedFit, GuidedSetting, fit_guided_walk, guided_grid, guided_walk_of
 from difnet.refinement.refined import ImageRefiner, RefinedModel
 
@@ -24,6 +24,7 @@ __all__ = [
     "RefinedModel",
     "SettingFit",
     "bilateral_grid",
+    "cheapest_within",
     "dense_crf_grid",
     "fit_bilateral_walk",
     "fit_dense_crf",

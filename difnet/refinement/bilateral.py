@@ -27,7 +27,7 @@ from difnet.diffusion.guided import (
     check_walk_settings,
     walk_grid,
 )
-from difnet.diffusion.walks import DEFAULT_SOLVER
+from difnet.diffusion.walks import DEFAULT_SOLVER, walk_products
 from difnet.models.heads import upsample
 from difnet.refinement.fitting import SettingFit, fit_setting
 
@@ -58,6 +58,12 @@ class BilateralWalk:
     def walker(self, channels: int) -> GuidedWalk:
         """This setting as a `GuidedWalk` on images of `channels` channels, its weights fixed."""
         return GuidedWalk(channels, **asdict(self)).requires_grad_(False)
+
+    @property
+    def cost(self) -> float:
+        """Multiply-adds a pixel and class: the `(2r + 1)^2` entries of each of the products `P y`
+        the solver takes, on a grid `stride^2` times coarser (what fits trade against mIoU)."""
+        return walk_products(self.mu, self.steps, self.solver) * (2 * self.radius + 1) ** 2 / self.stride**2
 
     def guide_features(self, images: Tensor) -> Tensor:
         """Node features `[B, N, C + 2]` whose negative squared distances are the kernel's logits."""
@@ -119,10 +125,12 @@ def fit_bilateral_walk(
     settings: Sequence[BilateralWalk],
     *,
     device: str | torch.device = "cpu",
+    tolerance: float = 0.0,
 ) -> BilateralFit:
     """The setting in `settings` with the best mIoU on `dataset` (`(image, label)` pairs at the
     model's input size, with `num_classes` as `difnet.evaluate` takes), from one pass of the model
-    over it; the walks run on the CPU."""
+    over it; the walks run on the CPU. With a `tolerance` (mIoU, a fraction), the cheapest setting
+    (`BilateralWalk.cost`) within it of the best."""
     model.eval()
     groups: dict[BilateralWalk, list[int]] = {}  # settings that differ only in steps share one walk
     for walk in settings:
@@ -134,4 +142,6 @@ def fit_bilateral_walk(
                   for n, p in base.states(probabilities, image, steps))  # fmt: skip
         return probabilities, walked
 
-    return BilateralFit(*fit_setting(dataset, settings, refine))
+    return BilateralFit(
+        *fit_setting(dataset, settings, refine, tolerance=tolerance, cost=lambda walk: walk.cost)
+    )

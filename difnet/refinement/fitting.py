@@ -44,13 +44,32 @@ class SettingFit(Generic[FitSetting]):
         }
 
 
+def cheapest_within(
+    scores: Sequence[tuple[FitSetting, float]], tolerance: float, cost: Callable[[FitSetting], float]
+) -> FitSetting:
+    """The setting of least `cost` among those `scores` puts within `tolerance` (mIoU, a fraction)
+    of the best, the better scored on equal cost: speed bought with at most that much fit mIoU."""
+    best = max(score for _, score in scores)
+    return min(
+        (pair for pair in scores if pair[1] >= best - tolerance), key=lambda pair: (cost(pair[0]), -pair[1])
+    )[0]
+
+
 @torch.no_grad()
 def fit_setting(
-    dataset: Sequence[tuple[Tensor, Tensor]], settings: Sequence[FitSetting], refine: ImageScorer
+    dataset: Sequence[tuple[Tensor, Tensor]],
+    settings: Sequence[FitSetting],
+    refine: ImageScorer,
+    *,
+    tolerance: float = 0.0,
+    cost: Callable[[FitSetting], float] | None = None,
 ) -> tuple[FitSetting, float, list[tuple[FitSetting, float]]]:
     """The setting of `settings` with the best mIoU on `dataset` (`(image, label)` pairs with
     `num_classes`), the model's own mIoU and every setting's, with `refine` scoring each image
-    (the first best on a tie)."""
+    (the first best on a tie); with a `tolerance` and a `cost`, the cheapest within `tolerance` of
+    the best instead (`cheapest_within`)."""
+    if tolerance < 0 or (tolerance > 0 and cost is None):
+        raise ValueError(f"tolerance must be at least 0, and a positive one needs a cost (got {tolerance!r})")
     if not settings:
         raise ValueError("a fit needs at least one setting to try")
     num_classes = getattr(dataset, "num_classes", None)
@@ -65,4 +84,7 @@ def fit_setting(
         for setting, walked in refined:
             matrices[setting].update(walked.argmax(1).cpu(), label)
     scored = [(setting, matrices[setting].compute().miou) for setting in settings]
-    return max(scored, key=lambda pair: pair[1])[0], alone.compute().miou, scored
+    chosen = (
+        cheapest_within(scored, tolerance, cost) if tolerance else max(scored, key=lambda pair: pair[1])[0]
+    )
+    return chosen, alone.compute().miou, scored
