@@ -392,8 +392,8 @@ def refine(args: argparse.Namespace) -> dict:
     scored, with the refinement's milliseconds per image there, and write both into its record
     (`bilateral_walk` or `dense_crf`) with the commit that computed them. With `args.widen`, the
     fitted walk's stride, steps and mu are then searched again over
-    `difnet.refinement.guided_grid()`, the search `fit-guided` gives a guided DifNet's walk. With
-    `args.tolerance`, the cheapest walk the fit puts within it of the best is scored too
+    `difnet.refinement.guided_grid()`, the search `fit-guided` gives a guided DifNet's walk. For each
+    of `args.tolerance`, the cheapest walk the fit puts within it of the best is scored too
     (`fastest_within`): what the walk's speed costs in mIoU where it is scored."""
     path, record, model = finished_run(args)
     fitted_on = fit_images(args.data_root, args.phase)
@@ -413,17 +413,17 @@ def refine(args: argparse.Namespace) -> dict:
         name: scored_metrics(scored, scored_on, args.device)
         for name, scored in (("model", model), ("refined", RefinedModel(model, fit.chosen)))
     }
-    fastest = None
-    if args.tolerance and not args.crf:
-        walk = cheapest_within(fit.scores, args.tolerance, lambda setting: setting.cost)
+    fastest = []
+    for tolerance in [] if args.crf else args.tolerance:
+        walk = cheapest_within(fit.scores, tolerance, lambda setting: setting.cost)
         refined = scored_metrics(RefinedModel(model, walk), scored_on, args.device)
-        fastest = {"tolerance": args.tolerance, "walk": asdict(walk), "cost_vs_chosen": walk.cost / fit.chosen.cost,
-                   "refined": refined, "gain": refined["miou"] - scores["model"]["miou"],
-                   "refine_ms_per_image": refine_milliseconds(model, walk, scored_on, args.device)}  # fmt: skip
+        fastest.append({"tolerance": tolerance, "walk": asdict(walk), "cost_vs_chosen": walk.cost / fit.chosen.cost,
+                        "refined": refined, "gain": refined["miou"] - scores["model"]["miou"],
+                        "refine_ms_per_image": refine_milliseconds(model, walk, scored_on, args.device)})  # fmt: skip
     record["dense_crf" if args.crf else "bilateral_walk"] = {
         "fit": first.to_dict(),
         **({} if widened is None else {"widened": widened.to_dict()}),
-        **({} if fastest is None else {"fastest_within": fastest}),
+        **({"fastest_within": fastest} if fastest else {}),
         "fit_images": len(fitted_on),
         "split": scored_split(args.phase),
         **scores,
@@ -864,8 +864,8 @@ def main() -> None:
             )
             refiner.add_argument("--crf", action="store_true", help="fit a dense CRF instead of the walk")
             sub.add_argument(
-                "--tolerance", type=float, default=0.0,
-                help="also score the cheapest walk within this much fit mIoU (a fraction) of the best",
+                "--tolerance", type=float, nargs="*", default=[], metavar="MIOU",
+                help="also score, for each, the cheapest walk within that much fit mIoU (a fraction) of the best",
             )  # fmt: skip
         if name in ("run", "rediagnose", "refine", "fit-scalars", "fit-guided"):
             sub.add_argument("--variant", choices=tuple(VARIANTS), required=True)

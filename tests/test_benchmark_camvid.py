@@ -341,7 +341,7 @@ def test_refine_fits_on_training_images_and_scores_with_and_without_the_walk(tmp
     model = SimDeepLab(depth=18, num_classes=len(NAMES))
     monkeypatch.setattr(camvid, "load_model", lambda source: model)
     args = argparse.Namespace(variant="sim-lr0.007", seed=0, phase="remedy", epochs=8, output=tmp_path,
-                              data_root=tmp_path, device="cpu", widen=False, crf=False, tolerance=0.0)  # fmt: skip
+                              data_root=tmp_path, device="cpu", widen=False, crf=False, tolerance=[])  # fmt: skip
     path = record_path(tmp_path, "sim-lr0.007", 0, "remedy", 8)
     with pytest.raises(SystemExit, match="no record .*sim-lr0.007-e8-seed0.json: run it first"):
         camvid.refine(args)
@@ -371,16 +371,19 @@ def test_refine_fits_on_training_images_and_scores_with_and_without_the_walk(tmp
     assert walk["refine_ms_per_image"] > 0 and walk["threads"] >= 1
     assert "fastest_within" not in widened
     # with a tolerance of the whole range, the cheapest walk tried is scored beside the best
-    fastest = camvid.refine(argparse.Namespace(**{**vars(args), "widen": True, "tolerance": 1.0}))[
+    fastest = camvid.refine(argparse.Namespace(**{**vars(args), "widen": True, "tolerance": [0.0, 1.0]}))[
         "bilateral_walk"
     ]
     cheapest = min((BilateralWalk(**{k: v for k, v in t.items() if k != "miou"}) for t in fastest["widened"]["tried"]),
                    key=lambda walk: walk.cost)  # fmt: skip
-    assert BilateralWalk(**fastest["fastest_within"]["walk"]) == cheapest
-    assert fastest["fastest_within"]["refined"]["miou"] == pytest.approx(
+    exact, whole = fastest["fastest_within"]
+    assert exact["tolerance"] == 0.0 and BilateralWalk(**exact["walk"]) == BilateralWalk(
+        **fastest["widened"]["walk"]
+    )
+    assert BilateralWalk(**whole["walk"]) == cheapest and whole["refine_ms_per_image"] > 0
+    assert whole["refined"]["miou"] == pytest.approx(
         evaluate(RefinedModel(model, cheapest), scored, progress=False).metrics.miou
     )
-    assert fastest["fastest_within"]["refine_ms_per_image"] > 0
     pytest.importorskip("pydensecrf", reason='the dense CRF needs pydensecrf2 (pip install "difnet[crf]")')
     from functools import partial
 
