@@ -114,6 +114,14 @@ def test_non_finite_inputs_are_refused(which: str, bad: float) -> None:
         BilateralWalk()(probabilities, images)
 
 
+def test_finite_inputs_whose_sum_overflows_pass() -> None:
+    """The check sums first: a sum that overflows on finite values is looked at value by value."""
+    probabilities, images = inputs(1, 3, 6, 7)
+    images[0, :, :2] = torch.finfo(torch.float32).max
+    assert torch.isinf(images.sum())
+    BilateralWalk(stride=1, steps=2)(probabilities, images)
+
+
 def test_an_unknown_solver_is_refused() -> None:
     with pytest.raises(ValueError, match="solver must be one of"):
         BilateralWalk(solver="multigrid")

@@ -13,7 +13,7 @@ holds an `N x N` tensor, in forward or backward. Maps `[B, C, h, w]` become node
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import reduce
@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from difnet.diffusion.sparse import CsrApply, CsrTransition, has_csr_product
+from difnet.diffusion.sparse import CsrApply, CsrRestartWalk, CsrTransition, has_csr_product
 
 WalkMethod = Literal["fused", "materialized"]
 WALK_METHODS: tuple[str, ...] = ("fused", "materialized")
@@ -253,7 +253,7 @@ def local_transition(
     kernel: TransitionKernel,
     grid: Sequence[int],
     temperature: Tensor | float | None = None,
-) -> Callable[[Tensor], Tensor]:
+) -> LocalTransition:
     """`y -> P y` for the local `kernel` of features `[B, N, d]` on `grid`, values `[B, N, K]`: the
     logits for each of the `(2r + 1)^2` grid offsets and their softmax over the offsets inside the
     grid are computed once, so that a walk of many steps on one `P` pays for them once. Memory grows
@@ -261,7 +261,8 @@ def local_transition(
     if not kernel.is_local:
         raise ValueError(f"local_transition needs a local kernel with a radius (got {kernel})")
     radius, (height, width) = kernel.radius, _grid(grid, features)
-    maps = unflatten_nodes(features, (height, width))
+    # one memory layout (channels first) for the offsets' products: channels-last views ran 3x slower
+    maps = unflatten_nodes(features, (height, width)).contiguous()
     padded = F.pad(maps, (radius,) * 4)
     side = 2 * radius + 1
 
@@ -282,27 +283,44 @@ def local_transition(
     weights = torch.softmax(logits.masked_fill(~inside, float("-inf")), dim=1)
     # weights that underflow to subnormal floats (far colours on real images) become zero: the CPU
     # multiplies subnormals many times slower, and a walk on a CamVid frame took 2-4x as long
-    weights = weights.masked_fill(weights < torch.finfo(weights.dtype).tiny, 0)
+    return LocalTransition(weights.masked_fill(weights < torch.finfo(weights.dtype).tiny, 0), radius)
 
-    sparse = CsrTransition(weights, radius) if has_csr_product(weights) else None
 
-    def transition(values: Tensor) -> Tensor:
+class LocalTransition:
+    """`P y` of a local kernel's offset weights `[B, (2r + 1)^2, h, w]`, values `[B, N, K]`: as
+    sparse-matrix products on the CPU in full precision (`CsrTransition`), else summed offset by
+    offset; `restart_walk` runs a whole walk with restart as one autograd node on the CPU."""
+
+    def __init__(self, weights: Tensor, radius: int) -> None:
+        self.weights, self.radius = weights, radius
+        self.sparse = CsrTransition(weights, radius) if has_csr_product(weights) else None
+
+    def __call__(self, values: Tensor) -> Tensor:
+        weights, radius = self.weights, self.radius
         values = values.to(weights.dtype)
         tracked = torch.is_grad_enabled() and (weights.requires_grad or values.requires_grad)
         traced = torch.compiler.is_compiling() or torch.jit.is_tracing()
-        if sparse is not None and not traced:
-            return (
-                CsrApply.apply(weights, values, sparse)
-                if tracked
-                else sparse.product(sparse.matrices, values)
-            )
+        if self.sparse is not None and not traced:
+            if tracked:
+                return CsrApply.apply(weights, values, self.sparse)
+            return self.sparse.product(self.sparse.matrices, values)
         # one memory layout for every elementwise op (node tensors unflatten to channels-last views)
-        maps = unflatten_nodes(values, (height, width)).contiguous()
+        maps = unflatten_nodes(values, weights.shape[-2:]).contiguous()
         if tracked and not traced:
             return flatten_nodes(_LocalApply.apply(weights, maps, radius))
         return flatten_nodes(_local_apply(weights, F.pad(maps, (radius,) * 4), radius))
 
-    return transition
+    def restart_walk(self, start: Tensor, mu: Tensor | float, counts: Sequence[int]) -> list[Tensor] | None:
+        """`p_n` after each of `counts` (ascending) steps of `p_n = mu P p_(n-1) + (1 - mu) p_0`
+        from `p_0 = start` as one autograd node (`CsrRestartWalk`), where gradients are tracked
+        through sparse-matrix products; None elsewhere (the walk then runs step by step)."""
+        mu = torch.as_tensor(mu, dtype=self.weights.dtype, device=self.weights.device)
+        start = start.to(self.weights.dtype)
+        tracked = torch.is_grad_enabled() and any(t.requires_grad for t in (self.weights, start, mu))
+        traced = torch.compiler.is_compiling() or torch.jit.is_tracing()
+        if self.sparse is None or not counts or not tracked or traced:
+            return None
+        return list(CsrRestartWalk.apply(self.weights, start, mu, self.sparse, tuple(counts)))
 
 
 def _local_apply(weights: Tensor, padded: Tensor, radius: int) -> Tensor:

@@ -7,7 +7,8 @@ the nodes of the grid padded by `r`, it reads each weight and value once, and ev
 its `(2r + 1)^2` entries (zero outside the grid), so one column structure serves every image of a
 grid and the values need only a zero border. The backward is the same kind of product with `P^T`
 (its rows are the reversed offsets' weights, read from the neighbours) and, for the weights, the
-sampled products `g_i . y_j` at `P`'s entries.
+sampled products `g_i . y_j` at `P`'s entries. A whole walk with restart is one autograd node
+(`CsrRestartWalk`): its backward takes those sampled products for many steps at once.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ class CsrTransition:
     def __init__(self, weights: Tensor, radius: int) -> None:
         self.weights, self.radius = weights.detach(), radius
         self.height, self.width = weights.shape[-2:]
-        self._bordered: Tensor | None = None
+        self._bordered: dict[tuple[torch.Size, torch.dtype], Tensor] = {}
 
     @cached_property
     def matrices(self) -> list[Tensor]:
@@ -67,38 +68,33 @@ class CsrTransition:
 
     def weight_gradient(self, grad: Tensor, values: Tensor) -> Tensor:
         """`d loss / d weights` `[B, (2r + 1)^2, h, w]` of `P y` given `grad` `[B, N, K]`: at each
-        entry `(i, j)` of `P`, `grad_i . y_j` (a sampled matrix product, written into `sampled`,
-        whose values are zeroed first since the product adds them in even at beta 0)."""
-        bordered = self.bordered(values).flatten(1, 2)
+        entry `(i, j)` of `P`, `grad_i . y_j` (a sampled matrix product, written into `sampled`).
+        `values` `[B, N, ...]` may hold several value tensors side by side (`[B, N, c, K]` with
+        `grad` `[B, N, c K]`): the sum of their products."""
+        bordered = self.bordered(values).flatten(3).flatten(1, 2)
         gradient = values.new_empty(len(self.sampled), self.height, self.width, (2 * self.radius + 1) ** 2)
-        for matrix, rows, nodes, image in zip(self.sampled, grad, bordered, gradient, strict=True):
-            matrix.values().zero_()
+        for matrix, rows, nodes, image in zip(
+            self.sampled, grad.contiguous(), bordered, gradient, strict=True
+        ):
+            matrix.values().zero_()  # beta 0 still multiplies what it holds: a NaN there would stay
             torch.sparse.sampled_addmm(matrix, rows, nodes.t(), beta=0.0, out=matrix)
             image.view(-1).copy_(matrix.values())
         return gradient.permute(0, 3, 1, 2)
 
     def bordered(self, values: Tensor) -> Tensor:
-        """Values `[B, N, K]` on the padded grid `[B, h + 2r, w + 2r, K]`, its border zero and
+        """Values `[B, N, ...]` on the padded grid `[B, h + 2r, w + 2r, ...]`, its border zero and
         subnormal values zero (the CPU multiplies subnormals many times slower; a walk from sharp
-        probabilities ran 2.3x faster without them): one buffer, reused while the values' shape
-        and dtype stay the same."""
-        shape = (
-            values.shape[0],
-            self.height + 2 * self.radius,
-            self.width + 2 * self.radius,
-            values.shape[-1],
-        )
-        if self._bordered is None or self._bordered.shape != shape or self._bordered.dtype != values.dtype:
-            self._bordered = values.new_zeros(shape)
-        inner = (
-            slice(None),
-            slice(self.radius, self.radius + self.height),
-            slice(self.radius, self.radius + self.width),
-        )
-        self._bordered[inner] = F.hardshrink(values, torch.finfo(values.dtype).tiny).unflatten(
-            1, (self.height, self.width)
-        )
-        return self._bordered
+        probabilities ran 2.3x faster without them): one buffer a shape and dtype, reused."""
+        r = self.radius
+        shape = torch.Size((values.shape[0], self.height + 2 * r, self.width + 2 * r, *values.shape[2:]))
+        if (buffer := self._bordered.get((shape, values.dtype))) is None:
+            buffer = self._bordered[shape, values.dtype] = values.new_empty(shape)
+            for border in (buffer[:, :r], buffer[:, -r:], buffer[:, :, :r], buffer[:, :, -r:]):
+                border.zero_()
+        inner = buffer[:, r : r + self.height, r : r + self.width]
+        torch.ops.aten.hardshrink.out(values.unflatten(1, (self.height, self.width)), torch.finfo(values.dtype).tiny,
+                                      out=inner)  # fmt: skip
+        return buffer
 
     def _csr(self, rows_of_weights: Tensor) -> list[Tensor]:
         """One CSR matrix a image from its entries `[B, h, w, (2r + 1)^2]` in column order."""
@@ -129,6 +125,62 @@ class CsrApply(torch.autograd.Function):
         grad_weights = transition.weight_gradient(grad, values) if ctx.needs_input_grad[0] else None
         grad_values = transition.product(transition.transposed, grad) if ctx.needs_input_grad[1] else None
         return grad_weights, grad_values, None
+
+
+class CsrRestartWalk(torch.autograd.Function):
+    """The restart walk `p_t = mu P p_(t-1) + (1 - mu) p_0` through a `CsrTransition`, its states
+    after each of `counts` steps (ascending) as one autograd node. The backward walks the adjoint
+    back with `P^T` and takes the weights' gradient of many steps in one sampled product, their
+    values side by side (a product a step, as `CsrApply` takes, ran twice as long)."""
+
+    # value columns a sampled product takes at once: a chunk of steps, so memory stays bounded
+    sampled_columns = 256
+
+    @staticmethod
+    def forward(ctx, weights: Tensor, start: Tensor, mu: Tensor, transition: CsrTransition,  # noqa: ANN001
+                counts: tuple[int, ...]) -> tuple[Tensor, ...]:  # fmt: skip
+        states = start.new_empty(counts[-1] + 1, *start.shape)  # p_0 .. p_n
+        states[0] = start
+        for t in range(1, counts[-1] + 1):
+            torch.lerp(start, transition.product(transition.matrices, states[t - 1]), mu, out=states[t])
+        ctx.transition, ctx.counts = transition, counts
+        ctx.save_for_backward(mu, states)
+        return tuple(states[n].clone() for n in counts)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, *grads: Tensor) -> tuple[Tensor | None, ...]:  # noqa: ANN001
+        mu, states = ctx.saved_tensors
+        transition, wanted, steps = ctx.transition, dict(zip(ctx.counts, grads, strict=True)), ctx.counts[-1]
+        chunk = max(1, CsrRestartWalk.sampled_columns // states.shape[-1])
+        adjoints = states.new_empty(*states.shape[1:3], min(chunk, steps), states.shape[-1])  # [B, N, c, K]
+        adjoint, grad_start = torch.zeros_like(states[0]), torch.zeros_like(states[0])
+        grad_mu, grad_weights = mu.new_zeros(()), None
+        for t in range(steps, 0, -1):  # adjoint: d loss / d p_t
+            if t in wanted:
+                adjoint = adjoint + wanted[t]
+            back = transition.product(transition.transposed, adjoint)  # P^T adjoint
+            if ctx.needs_input_grad[
+                2
+            ]:  # d p_t / d mu = P p_(t-1) - p_0 = (p_t - p_0) / mu, differences first
+                grad_mu += torch.dot(adjoint.view(-1), (states[t] - states[0]).view(-1))
+            grad_start.add_(adjoint, alpha=float(1 - mu))
+            if ctx.needs_input_grad[0]:  # the chunk of steps [bottom, top] that t is in, counted from the end
+                top = steps - (steps - t) // chunk * chunk
+                bottom = max(1, top - chunk + 1)
+                adjoints[:, :, t - bottom] = adjoint
+                if t == bottom:  # P's entries (i, j) take adjoint_t,i . p_(t-1),j summed over the chunk
+                    part = transition.weight_gradient(
+                        adjoints[:, :, : top - bottom + 1].flatten(2),
+                        states[bottom - 1 : top].permute(1, 2, 0, 3),
+                    )
+                    grad_weights = part if grad_weights is None else grad_weights + part
+            adjoint = back * mu
+        if 0 in wanted:
+            adjoint = adjoint + wanted[0]
+        grad_start += adjoint
+        grad_weights = None if grad_weights is None else grad_weights * mu
+        return grad_weights, grad_start, grad_mu / mu if ctx.needs_input_grad[2] else None, None, None
 
 
 @lru_cache(maxsize=4)  # 50 MB of indices at 505x505: a few grids, not every image size

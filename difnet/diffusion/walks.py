@@ -22,7 +22,14 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from difnet.diffusion.kernels import PAPER_KERNEL, WALK_METHODS, TransitionKernel, WalkMethod, propagate
+from difnet.diffusion.kernels import (
+    PAPER_KERNEL,
+    WALK_METHODS,
+    LocalTransition,
+    TransitionKernel,
+    WalkMethod,
+    propagate,
+)
 
 Transition = Callable[[Tensor], Tensor]  # y -> P y
 # "chebyshev": the walk's Chebyshev series where it takes fewer products than the steps; "steps": step by step
@@ -242,10 +249,13 @@ def walk_states(
     solver: str,
 ) -> Iterator[tuple[int, Tensor]]:
     """`restart_walk`'s `(n, p_n)`, by `chebyshev_walk` when `solver` is "chebyshev" and its series
-    takes fewer products than the longest walk's steps (else step by step, exactly as before)."""
+    takes fewer products than the longest walk's steps, else step by step (as one autograd node
+    where a `LocalTransition` runs it so: `LocalTransition.restart_walk`)."""
     steps = sorted(set(steps))
     if steps and walk_products(scalar(mu), steps[-1], solver) < steps[-1]:
         return chebyshev_walk(transition, start, mu, steps)
+    if isinstance(transition, LocalTransition) and (states := transition.restart_walk(start, mu, steps)):
+        return zip(steps, states, strict=True)
     return restart_walk(transition, start, mu, steps)
 
 
