@@ -133,9 +133,10 @@ class CsrRestartWalk(torch.autograd.Function):
     back with `P^T` and takes the weights' gradient of many steps in one sampled product, their
     values side by side (a product a step, as `CsrApply` takes, ran twice as long)."""
 
-    # value columns a sampled product takes at once (a chunk of steps: 6 at 21 classes), so that its
-    # two side-by-side copies stay a few states' size (256 took as long, 411 ms against 435, at twice it)
-    sampled_columns = 128
+    # value columns a sampled product takes at once (a chunk of steps: 3 at 21 classes, 5 at 11); its
+    # two side-by-side copies hold 2 x 64 floats a node. The guided walk's pass at 505x505, paired:
+    # 64 379 ms against 128's 388, 128 411 against 256's 435, 32 497 against 64's 440
+    sampled_columns = 64
 
     @staticmethod
     def forward(ctx, weights: Tensor, start: Tensor, mu: Tensor, transition: CsrTransition,  # noqa: ANN001
@@ -175,12 +176,12 @@ class CsrRestartWalk(torch.autograd.Function):
                         adjoints[:, :, : top - bottom + 1].flatten(2),
                         states[bottom - 1 : top].permute(1, 2, 0, 3),
                     )
-                    grad_weights = part if grad_weights is None else grad_weights + part
+                    grad_weights = part if grad_weights is None else grad_weights.add_(part)
             adjoint = back * mu
         if 0 in wanted:
             adjoint = adjoint + wanted[0]
         grad_start += adjoint
-        grad_weights = None if grad_weights is None else grad_weights * mu
+        grad_weights = None if grad_weights is None else grad_weights.mul_(mu)
         return grad_weights, grad_start, grad_mu / mu if ctx.needs_input_grad[2] else None, None, None
 
 
