@@ -162,9 +162,8 @@ class CsrRestartWalk(torch.autograd.Function):
             if t in wanted:
                 adjoint = adjoint + wanted[t]
             back = transition.product(transition.transposed, adjoint)  # P^T adjoint
-            if ctx.needs_input_grad[
-                2
-            ]:  # d p_t / d mu = P p_(t-1) - p_0 = (p_t - p_0) / mu, differences first
+            # d p_t / d mu = P p_(t-1) - p_0 = (p_t - p_0) / mu: the differences first, then the sum
+            if ctx.needs_input_grad[2]:
                 grad_mu += torch.dot(adjoint.view(-1), (states[t] - states[0]).view(-1))
             grad_start.add_(adjoint, alpha=float(1 - mu))
             if ctx.needs_input_grad[0]:  # the chunk of steps [bottom, top] that t is in, counted from the end
