@@ -91,7 +91,7 @@ def check_finite(**tensors: Tensor) -> None:
     """A `ValueError` naming the first of `tensors` that holds a NaN or an infinity (a finite sum
     proves every value finite in one pass; only a sum that is not looks at each value)."""
     for name, tensor in tensors.items():
-        if not bool(tensor.sum().isfinite()) and not bool(torch.isfinite(tensor).all()):
+        if not bool(tensor.detach().sum().isfinite()) and not bool(torch.isfinite(tensor).all()):
             raise ValueError(f"{name} must be finite: {name} of shape {tuple(tensor.shape)} holds NaN or inf")
 
 
