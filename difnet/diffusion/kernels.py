@@ -299,7 +299,7 @@ class LocalTransition:
         weights, radius = self.weights, self.radius
         values = values.to(weights.dtype)
         tracked = torch.is_grad_enabled() and (weights.requires_grad or values.requires_grad)
-        traced = torch.compiler.is_compiling() or torch.jit.is_tracing()
+        traced = _traced()
         if self.sparse is not None and not traced:
             if tracked:
                 return CsrApply.apply(weights, values, self.sparse)
@@ -314,13 +314,18 @@ class LocalTransition:
         """`p_n` after each of `counts` (ascending) steps of `p_n = mu P p_(n-1) + (1 - mu) p_0`
         from `p_0 = start` as one autograd node (`CsrRestartWalk`), where gradients are tracked
         through sparse-matrix products; None elsewhere (the walk then runs step by step)."""
+        if self.sparse is None or not counts or not torch.is_grad_enabled() or _traced():
+            return None
         mu = torch.as_tensor(mu, dtype=self.weights.dtype, device=self.weights.device)
         start = start.to(self.weights.dtype)
-        tracked = torch.is_grad_enabled() and any(t.requires_grad for t in (self.weights, start, mu))
-        traced = torch.compiler.is_compiling() or torch.jit.is_tracing()
-        if self.sparse is None or not counts or not tracked or traced:
+        if not any(t.requires_grad for t in (self.weights, start, mu)):
             return None
         return list(CsrRestartWalk.apply(self.weights, start, mu, self.sparse, tuple(counts)))
+
+
+def _traced() -> bool:
+    """Whether torch.compile or TorchScript is tracing: their graphs take the offset sums."""
+    return torch.compiler.is_compiling() or torch.jit.is_tracing()
 
 
 def _local_apply(weights: Tensor, padded: Tensor, radius: int) -> Tensor:
